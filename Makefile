@@ -1,0 +1,36 @@
+# The README's two commands are `make demo` and `make test`; both set up first (idempotent, cached).
+SHELL := /bin/bash
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast bench-sessionize bench-train bench-score results clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+setup:  ## create/refresh the cached environment (venv, Delta jars, Horovod build)
+	@bash scripts/setup.sh
+
+demo: setup  ## run the whole pipeline on generated data (DATA=movielens for ml-latest-small)
+	@$(PY) scripts/demo.py $(if $(DATA),--data $(DATA))
+
+test: setup  ## the full test suite (real Spark, Delta, Petastorm, Horovod, MLflow)
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup  ## the tests not marked slow
+	@$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench-sessionize: setup  ## ebbtide's sessionize job against DuckDB on the same events
+	@$(PY) bench/bench_sessionize.py
+
+bench-train: setup  ## Petastorm-fed training loop against the bare model step
+	@$(PY) bench/bench_train.py
+
+bench-score: setup  ## Spark scoring against the bare matrix product + top-k
+	@$(PY) bench/bench_score.py
+
+results: setup  ## docs/results.md: ebbtide against baselines and RecBole on real data
+	@$(PY) scripts/results.py
+
+clean:  ## remove local tables, checkpoints and MLflow runs (not the cached environment)
+	rm -rf .ebbtide spark-warehouse metastore_db derby.log

@@ -1,0 +1,86 @@
+"""The one SparkSession factory.
+
+Embedded default: ``local[*]`` with Delta enabled from the jars that ``scripts/setup.sh``
+cached, a warehouse folder, UTC everywhere, and every Delta table of the warehouse
+registered by name in the catalog database, so ``ebbtide sql`` can SELECT them. On a
+cluster (``spark.use_platform_session: true``) it adds no jars and takes the platform's
+session, whose metastore already knows the tables.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ebbtide.config import Config, ConfigError
+from ebbtide.log import get_logger
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = get_logger("spark")
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+
+
+def delta_jars() -> list[str]:
+    """The Delta jars setup.sh cached; EBBTIDE_DELTA_JARS (a folder) overrides."""
+    folder = os.environ.get("EBBTIDE_DELTA_JARS")
+    if not folder:
+        marker = Path(sys.prefix) / "delta-jars.path"
+        if marker.exists():
+            folder = marker.read_text().strip()
+    jars = sorted(glob.glob(os.path.join(folder, "*.jar"))) if folder else []
+    if not jars:
+        raise ConfigError(
+            "Delta jars not found: run `make setup` (scripts/setup.sh caches them), "
+            "or set EBBTIDE_DELTA_JARS to a folder holding delta-spark_2.13 and delta-storage jars, "
+            "or set spark.add_delta_jars: false on a platform that ships Delta"
+        )
+    return jars
+
+
+def get_spark(cfg: Config) -> "SparkSession":
+    from pyspark.sql import SparkSession
+
+    sc = cfg.spark
+    if sc.use_platform_session:
+        spark = SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
+    else:
+        active = SparkSession.getActiveSession()
+        if active is not None:
+            spark = active
+        else:
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+            b = (
+                SparkSession.builder.master(sc.master)
+                .appName(sc.app_name)
+                .config("spark.sql.extensions", DELTA_EXTENSION)
+                .config("spark.sql.catalog.spark_catalog", DELTA_CATALOG)
+                .config("spark.sql.warehouse.dir", cfg.path(cfg.storage.warehouse_dir))
+                .config("spark.sql.session.timeZone", "UTC")
+                .config("spark.sql.shuffle.partitions", str(sc.shuffle_partitions))
+                .config("spark.driver.memory", sc.driver_memory)
+                .config("spark.ui.showConsoleProgress", "false")
+                .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
+                .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
+                .config("spark.databricks.delta.snapshotPartitions", "2")
+                .config("spark.sql.sources.parallelPartitionDiscovery.parallelism", "2")
+            )
+            if sc.add_delta_jars:
+                b = b.config("spark.jars", ",".join(delta_jars()))
+            for k, v in sc.conf.items():
+                b = b.config(k, v)
+            log.info("starting Spark %s (warehouse %s)", sc.master, cfg.path(cfg.storage.warehouse_dir))
+            spark = b.getOrCreate()
+            spark.sparkContext.setLogLevel("WARN")
+    from ebbtide import tables
+
+    tables.ensure_database(spark, cfg)
+    if not sc.use_platform_session:
+        tables.register_all(spark, cfg)
+    return spark

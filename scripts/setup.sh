@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# One-command, idempotent setup of everything ebbtide needs on a fresh machine
+# (Python 3.11, Java 17, Maven): a virtual environment with the pinned stack, the Delta
+# jars, and Horovod built from source with the C++17 patch. Every download and build is
+# cached outside the work tree under $EBBTIDE_CACHE, keyed by version, so a second run
+# takes seconds. The repo gets one symlink, .venv, to the cached environment.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${EBBTIDE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ebbtide}
+PY=${PYTHON:-python3}
+UV_VERSION=0.13.8
+HOROVOD_VERSION=0.28.1
+DELTA_VERSION=$(sed -n 's/^delta-spark==//p' "$ROOT/requirements.lock")
+SCALA=2.13
+
+log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+command -v "$PY" >/dev/null || die "python3 not found; install Python 3.11"
+"$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+  || die "Python 3.11 is required (found $("$PY" --version)); set PYTHON=/path/to/python3.11"
+command -v java >/dev/null || die "java not found; install OpenJDK 17 (Spark 4 needs Java 17+)"
+mkdir -p "$CACHE"
+
+# --- uv: fast resolver with a shared download cache -------------------------------------
+UV_HOME="$CACHE/uv-$UV_VERSION"
+UV="$UV_HOME/bin/uv"
+if [ ! -x "$UV" ]; then
+  log "installing uv $UV_VERSION into $UV_HOME"
+  "$PY" -m pip install -q --disable-pip-version-check --target "$UV_HOME/lib" "uv==$UV_VERSION"
+  mkdir -p "$UV_HOME/bin"
+  ln -sf "$UV_HOME/lib/bin/uv" "$UV"
+fi
+export UV_CACHE_DIR="$CACHE/uv-cache"
+export UV_LINK_MODE=copy
+
+# --- the virtual environment, keyed by the lock file and the Python version -------------
+KEY=$( (cat "$ROOT/requirements.lock" "$ROOT/overrides.txt"; "$PY" --version; echo "horovod=$HOROVOD_VERSION") \
+       | sha256sum | cut -c1-12)
+VENV="$CACHE/venv-$KEY"
+if [ ! -f "$VENV/.deps-complete" ]; then
+  log "creating virtual environment $VENV (first run downloads torch, pyspark...: several minutes)"
+  rm -rf "$VENV"
+  "$UV" venv -q --python "$PY" "$VENV"
+  "$UV" pip install --python "$VENV/bin/python" -r "$ROOT/requirements.lock" --override "$ROOT/overrides.txt"
+  touch "$VENV/.deps-complete"
+else
+  log "virtual environment up to date: $VENV"
+fi
+VPY="$VENV/bin/python"
+
+# --- Horovod 0.28.1, patched for C++17 (torch >= 2.1 needs it), wheel cached -------------
+if ! "$VPY" -c 'import horovod.torch' 2>/dev/null; then
+  TORCH_V=$("$VPY" -c 'import torch; print(torch.__version__.split("+")[0])')
+  WHEELS="$CACHE/wheels/horovod-$HOROVOD_VERSION-torch$TORCH_V-py311"
+  if ! ls "$WHEELS"/horovod-*.whl >/dev/null 2>&1; then
+    log "building Horovod $HOROVOD_VERSION against torch $TORCH_V (about 5 minutes on 2 cores, once)"
+    BUILD=$(mktemp -d)
+    trap 'rm -rf "$BUILD"' EXIT
+    "$PY" -m pip download -q --no-deps --no-binary :all: -d "$BUILD" "horovod==$HOROVOD_VERSION"
+    tar -xzf "$BUILD"/horovod-*.tar.gz -C "$BUILD"
+    SRC="$BUILD/horovod-$HOROVOD_VERSION"
+    sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' \
+      "$SRC/CMakeLists.txt" "$SRC/horovod/torch/CMakeLists.txt"
+    grep -q 'CMAKE_CXX_STANDARD 17' "$SRC/horovod/torch/CMakeLists.txt" \
+      || die "the Horovod C++17 patch did not apply; see docs/stack.md"
+    mkdir -p "$WHEELS"
+    "$UV" pip install -q --python "$VPY" pip
+    (cd "$SRC" && PATH="/usr/bin:$PATH" CMAKE_POLICY_VERSION_MINIMUM=3.5 MAKEFLAGS="-j$(nproc)" \
+      HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+      HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
+      "$VPY" -m pip wheel --no-build-isolation --no-deps -w "$WHEELS" . >"$BUILD/build.log" 2>&1) \
+      || { tail -40 "$BUILD/build.log" >&2; die "Horovod build failed (log above); needs gcc/g++, make and cmake >= 3.13 (see docs/stack.md)"; }
+  fi
+  "$UV" pip install --python "$VPY" --no-deps "$WHEELS"/horovod-*.whl
+  "$VPY" -c 'import horovod.torch' || die "Horovod installed but does not import"
+fi
+
+# --- Delta jars from Maven Central (Databricks and EMR ship their own) -------------------
+JARS="$CACHE/jars/delta-$DELTA_VERSION"
+if ! ls "$JARS"/delta-spark_$SCALA-*.jar >/dev/null 2>&1; then
+  command -v mvn >/dev/null || die "mvn not found; it fetches the Delta jars from Maven Central"
+  log "fetching Delta $DELTA_VERSION jars into $JARS"
+  mkdir -p "$JARS"
+  for art in "io.delta:delta-spark_$SCALA:$DELTA_VERSION" "io.delta:delta-storage:$DELTA_VERSION"; do
+    mvn -q -B dependency:copy -Dartifact="$art" -DoutputDirectory="$JARS" >/dev/null \
+      || die "could not fetch $art from Maven Central"
+  done
+fi
+
+# --- the project itself, editable, pointing at this checkout -----------------------------
+"$UV" pip install -q --python "$VPY" --no-deps -e "$ROOT"
+ln -sfn "$VENV" "$ROOT/.venv"
+printf '%s\n' "$JARS" > "$VENV/delta-jars.path"
+log "ready: $(cd "$ROOT" && .venv/bin/python -c 'import pyspark, torch, horovod, petastorm, mlflow, delta; print("pyspark", pyspark.__version__, "| torch", torch.__version__, "| horovod", horovod.__version__, "| petastorm", petastorm.__version__, "| mlflow", mlflow.__version__)')"

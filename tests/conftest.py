@@ -1,0 +1,62 @@
+"""Shared fixtures: one local SparkSession with Delta for the whole run, a fresh warehouse per test."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+ML_SMALL = SHARED / "data" / "ml-latest-small"
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+def make_config(tmp_path: Path, *overrides: str):
+    from ebbtide.config import load_config
+
+    return load_config(
+        env="local",
+        overrides=[
+            f"storage.root={tmp_path}",
+            "spark.master=local[2]",
+            "spark.shuffle_partitions=2",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """The one SparkSession of the test run (starting Spark costs ~5 s)."""
+    from ebbtide.spark import get_spark
+
+    cfg = make_config(tmp_path_factory.mktemp("spark-session"))
+    s = get_spark(cfg)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def cfg(tmp_path, spark):
+    """A config whose warehouse is a fresh folder; tables of other tests are invisible here."""
+    c = make_config(tmp_path, f"storage.database=t_{abs(hash(tmp_path)) % 10**8}")
+    spark.conf.set("spark.sql.warehouse.dir", c.path(c.storage.warehouse_dir))
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {c.storage.database}")
+    return c
+
+
+@pytest.fixture
+def ctx(cfg, spark):
+    from ebbtide.cli import Context
+
+    return Context(cfg, _spark=spark)
+
+
+@pytest.fixture
+def ml_small() -> Path:
+    if not (ML_SMALL / "ratings.csv").exists():
+        pytest.skip(f"MovieLens latest-small not found at {ML_SMALL}")
+    return ML_SMALL

@@ -1,0 +1,70 @@
+import dataclasses
+import typing
+
+import pytest
+import yaml
+
+from ebbtide.config import Config, ConfigError, default_conf_dir, load_config
+
+
+def test_defaults_load_and_types():
+    cfg = load_config(env="local")
+    assert cfg.sessionize.gap_minutes == 30.0
+    assert isinstance(cfg.sequences.max_len, int)
+    assert cfg.env == "local"
+
+
+def test_overrides_are_typed_and_applied_last(tmp_path):
+    extra = tmp_path / "x.yaml"
+    extra.write_text("sessionize:\n  gap_minutes: 10\n")
+    cfg = load_config(env="local", files=[extra], overrides=["sessionize.gap_minutes=45", "spark.conf.spark.foo=bar"])
+    assert cfg.sessionize.gap_minutes == 45.0
+    assert cfg.spark.conf == {"spark.foo": "bar"}
+
+
+def test_unknown_key_names_the_key():
+    with pytest.raises(ConfigError, match=r"unknown config key 'sessionize.gap_minute'"):
+        load_config(env="local", overrides=["sessionize.gap_minute=3"])
+
+
+def test_ill_typed_value_names_key_and_type():
+    with pytest.raises(ConfigError, match=r"'sequences.max_len' must be int"):
+        load_config(env="local", overrides=["sequences.max_len=long"])
+    with pytest.raises(ConfigError, match=r"'ingest.source.format' must be one of"):
+        load_config(env="local", overrides=["ingest.source.format=xml"])
+
+
+def test_missing_overlay_is_an_error():
+    with pytest.raises(ConfigError, match="no overlay"):
+        load_config(env="nowhere")
+
+
+@pytest.mark.parametrize("env", ["local", "databricks", "emr"])
+def test_every_overlay_validates(env):
+    assert load_config(env=env).env == env
+
+
+def _keys(cls, prefix=""):
+    for f in dataclasses.fields(cls):
+        if f.name == "extra":
+            continue
+        tp = typing.get_type_hints(cls)[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            yield from _keys(tp, key + ".")
+        else:
+            yield key
+
+
+def test_base_yaml_documents_every_key():
+    from ebbtide import config as c
+
+    base = yaml.safe_load((default_conf_dir() / "base.yaml").read_text())
+    cfg = load_config(env="local")
+    sections = [(Config, "")] + [(type(v), k + ".") for k, v in cfg.extra.items()]
+    for cls, prefix in sections:
+        for key in _keys(cls, prefix):
+            node = base
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{key} missing from conf/base.yaml"
+                node = node[part]
