@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench-sessionize bench-train bench-score results clean help
+.PHONY: setup demo test test-fast bench-sessionize bench-train bench-model bench-score results clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -26,6 +26,9 @@ bench-sessionize: setup  ## ebbtide's sessionize job against DuckDB on the same 
 bench-train: setup  ## Petastorm-fed training loop against the bare model step
 	@$(PY) bench/bench_train.py
 
+bench-model: setup  ## EbbtideNet training step vs a plain cuDNN-style nn.LSTM step of the same shape
+	@$(PY) bench/bench_model.py
+
 bench-score: setup  ## Spark scoring against the bare matrix product + top-k
 	@$(PY) bench/bench_score.py
 
@@ -34,3 +37,7 @@ results: setup  ## docs/results.md: ebbtide against baselines and RecBole on rea
 
 clean:  ## remove local tables, checkpoints and MLflow runs (not the cached environment)
 	rm -rf .ebbtide spark-warehouse metastore_db derby.log
+
+.PHONY: package
+package: setup  ## the wheel (conf inside) + venv-pack archive for spark-submit --archives (ARGS=--wheel-only ...)
+	@bash scripts/package.sh $(ARGS)

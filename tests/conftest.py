@@ -13,6 +13,21 @@ ML_SMALL = SHARED / "data" / "ml-latest-small"
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
+# Overrides that make training, evaluation and scoring on tiny tables take seconds.
+TINY = (
+    "sequences.max_len=20",
+    "model.item_dim=16",
+    "model.hidden_dim=32",
+    "model.time_dim=8",
+    "model.event_type_dim=4",
+    "train.batch_size=32",
+    "train.eval_batch_size=256",
+    "train.shuffle_rows=200",
+    "train.threads_per_proc=1",
+    "train.reader_workers=1",
+    "score.batch_users=64",
+)
+
 
 def make_config(tmp_path: Path, *overrides: str):
     from ebbtide.config import load_config
@@ -41,9 +56,10 @@ def spark(tmp_path_factory):
 
 @pytest.fixture
 def cfg(tmp_path, spark):
-    """A config whose warehouse is a fresh folder; tables of other tests are invisible here."""
+    """A config whose warehouse is a fresh folder and whose database is its own, so tables of
+    other tests are invisible here. (Tables are addressed by path; the session's static
+    warehouse setting only decides where empty databases live.)"""
     c = make_config(tmp_path, f"storage.database=t_{abs(hash(tmp_path)) % 10**8}")
-    spark.conf.set("spark.sql.warehouse.dir", c.path(c.storage.warehouse_dir))
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {c.storage.database}")
     return c
 

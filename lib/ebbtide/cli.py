@@ -76,6 +76,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stage_parser(cmd: str, module) -> argparse.ArgumentParser:
+    sp = argparse.ArgumentParser(prog=f"ebbtide {cmd}", description=STAGES[cmd][1])
+    _common(sp)
+    module.add_arguments(sp)
+    return sp
+
+
+def run_stage(cmd: str, argv: list[str], ctx: Optional[Context] = None) -> dict:
+    """Run one stage in this process and return its summary (the demo chains stages this way,
+    sharing one Spark session). Raises ConfigError on a bad configuration."""
+    module = importlib.import_module(STAGES[cmd][0])
+    args = _stage_parser(cmd, module).parse_args(argv)
+    if ctx is None:
+        cfg = load_config(env=args.env, files=args.conf, overrides=args.overrides)
+        setup_logging(cfg.log_level)
+        ctx = Context(cfg)
+    t0 = time.perf_counter()
+    log.info("%s: run %s, env %s", cmd, ctx.run_id, ctx.cfg.env)
+    summary = module.run(ctx, args) or {}
+    return {"stage": cmd, "run_id": ctx.run_id, "seconds": round(time.perf_counter() - t0, 1), **summary}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -85,27 +107,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     cmd = argv[0]
     if cmd not in STAGES:
         parser.error(f"unknown command {cmd!r}; choose from {', '.join(STAGES)}")
-    module = importlib.import_module(STAGES[cmd][0])
-    sp = argparse.ArgumentParser(prog=f"ebbtide {cmd}", description=STAGES[cmd][1])
-    _common(sp)
-    module.add_arguments(sp)
-    args = sp.parse_args(argv[1:])
     try:
-        cfg = load_config(env=args.env, files=args.conf, overrides=args.overrides)
+        summary = run_stage(cmd, argv[1:])
     except ConfigError as e:
         print(f"ebbtide {cmd}: configuration error: {e}", file=sys.stderr)
         return 2
-    setup_logging(cfg.log_level)
-    ctx = Context(cfg)
-    t0 = time.perf_counter()
-    log.info("%s: run %s, env %s", cmd, ctx.run_id, cfg.env)
-    try:
-        summary = module.run(ctx, args) or {}
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        log.error("%s failed: %s", cmd, e)
+    except (FileNotFoundError, ValueError) as e:
+        log.debug("traceback", exc_info=True)
         print(f"ebbtide {cmd}: {e}", file=sys.stderr)
         return 1
-    summary = {"stage": cmd, "run_id": ctx.run_id, "seconds": round(time.perf_counter() - t0, 1), **summary}
     print(json.dumps(summary, default=str))
     return 0
 

@@ -115,6 +115,23 @@ class SynthConf:
     seed: int = 7
     format: Literal["csv", "json", "parquet"] = "parquet"
     files: int = 4
+    # Planted story (see ebbtide.synth): per-user interest half-life, log-uniform in [min, max].
+    half_life_min_days: float = 0.5
+    half_life_max_days: float = 60.0
+    session_events_mean: float = 4.0
+    intra_gap_median_s: float = 40.0
+    # interest_c(t) = prior_c + interest_boost * 2^(-(t - t_last_c) / h); priors ~ Dirichlet.
+    interest_boost: float = 2.0
+    category_concentration: float = 0.5
+    zipf_exponent: float = 1.0
+    # Probability that a new item is the successor of the user's last item in its category.
+    successor_prob: float = 0.5
+    # Users arrive uniformly in the first arrival_fraction of the window.
+    arrival_fraction: float = 0.75
+    # Truth label: churned = no event in the window's last churn_days days.
+    churn_days: int = 30
+    # Fraction of deliberately broken rows (for the ingest quarantine); 0 = none.
+    bad_rows: float = 0.0
 
 
 @dataclass(frozen=True)

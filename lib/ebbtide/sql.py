@@ -13,9 +13,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def split_statements(text: str) -> list[str]:
-    """';'-separated statements, with `--` comment lines dropped."""
-    lines = [ln for ln in text.splitlines() if not ln.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    """';'-separated statements; `--` comments dropped; ';' and '--' inside quotes kept."""
+    out, cur, quote, i = [], [], None, 0
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            cur.append(ch)
+            if ch == "\\" and i + 1 < len(text):
+                cur.append(text[i + 1])
+                i += 1
+            elif ch == quote:
+                quote = None
+        elif ch in ("'", '"', "`"):
+            quote = ch
+            cur.append(ch)
+        elif text.startswith("--", i):
+            nl = text.find("\n", i)
+            i = len(text) if nl < 0 else nl
+            continue
+        elif ch == ";":
+            out.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    out.append("".join(cur).strip())
+    return [s for s in out if s]
 
 
 def run(ctx, args) -> dict:

@@ -57,7 +57,6 @@ def _keys(cls, prefix=""):
 
 
 def test_base_yaml_documents_every_key():
-    from ebbtide import config as c
 
     base = yaml.safe_load((default_conf_dir() / "base.yaml").read_text())
     cfg = load_config(env="local")

@@ -23,36 +23,73 @@ class ModelConf:
     # Full softmax up to this many items; sampled softmax with log-Q correction above it.
     full_softmax_max_items: int = 50000
     sampled_negatives: int = 1024
+    # uniform | popularity: the sampled softmax's proposal; popularity needs EbbtideNet.set_item_counts.
+    sampled_proposal: Literal["uniform", "popularity"] = "uniform"
     # Weight of the return-time (hazard) loss next to the next-item loss.
     hazard_weight: float = 0.5
+    # time_lstm read-out: attention heads, each with a learned decay rate; their initial half-lives
+    # are spread log-evenly between these two values.
+    decay_heads: int = 4
+    decay_half_life_min_days: float = 0.05
+    decay_half_life_max_days: float = 60.0
+    # expected_days_to_return is the mean return time given a return within this many days.
+    return_horizon_days: float = 365.0
 
 
 @register_section("train")
 @dataclass(frozen=True)
 class TrainConf:
-    launcher: Literal["local", "horovod", "torch-distributor"] = "local"
+    # local: one process; horovod: horovod.spark.run on the Spark session; horovodrun: plain hosts;
+    # torch-distributor: DDP through pyspark's TorchDistributor.
+    launcher: Literal["local", "horovod", "horovodrun", "torch-distributor"] = "local"
+    # Processes for horovod / horovodrun / torch-distributor (local is always one).
     num_proc: int = 2
+    # horovodrun -H, e.g. "host1:4,host2:4"; empty = localhost:num_proc.
+    hosts: str = ""
+    # auto: CUDA when available (NCCL, one GPU per process), else CPU (Gloo).
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     epochs: int = 10
     batch_size: int = 256
     # Base learning rate for one process; scaled by the world size.
     lr: float = 0.002
     weight_decay: float = 0.0
+    grad_clip: float = 5.0
     seed: int = 42
     early_stopping_patience: int = 3
-    early_stopping_metric: str = "val_ndcg@10"
+    # MLflow metric names allow no '@': val_ndcg_at_10, val_hr_at_10 or val_loss (lower is better).
+    early_stopping_metric: str = "val_ndcg_at_10"
+    # Cut-off K of the validation metrics HR@K / NDCG@K (full ranking over the catalogue).
+    eval_k: int = 10
+    eval_batch_size: int = 1024
+    # 0 = the whole valid split every epoch.
+    max_valid_rows: int = 0
     # auto: bf16/fp16 autocast on GPU, fp32 on CPU.
     mixed_precision: Literal["auto", "off"] = "auto"
     checkpoint_dir: str = "{root}/checkpoints/train"
+    # Continue an unfinished run of the same config and data from its last epoch checkpoint.
+    resume: bool = True
+    # Petastorm reader threads per process; 1 makes the row order (and so the weights) reproducible.
     reader_workers: int = 2
+    # Rows in each process's shuffling buffer (0 = row-group order only).
     shuffle_rows: int = 10000
     # 0 = the whole split each epoch.
     max_steps_per_epoch: int = 0
+    # torch threads per process; 0 = the machine's cores divided by the local processes.
+    threads_per_proc: int = 0
+    # Seconds for all Horovod / DDP processes to start before the launch fails.
+    start_timeout_s: int = 300
 
 
 @register_section("mlflow")
 @dataclass(frozen=True)
 class MlflowConf:
     tracking_uri: str = "sqlite:///{root}/mlflow.db"
+    # Empty: the tracking URI also holds the model registry.
+    registry_uri: str = ""
     artifact_root: str = "{root}/mlartifacts"
     experiment: str = "ebbtide"
     model_name: str = "ebbtide"
+    # Alias every newly registered version gets; evaluation promotes it to champion through a gate.
+    alias: str = "challenger"
+    # Items the pyfunc returns per user unless the caller passes params={"k": ...}.
+    top_k: int = 10

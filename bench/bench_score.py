@@ -1,0 +1,135 @@
+"""`make bench-score`: the Spark scoring plumbing against the bare arithmetic it wraps.
+
+For each catalogue size, the same user and item embeddings are scored twice:
+(a) through the scoring job's plumbing on Spark `local[2]`: users read from Parquet, the
+    job's ``inference.recommend_fn`` over Arrow batches in ``mapInArrow`` (model cached per
+    worker, batched matrix product, masking, top-k, item ids), the result written as a Delta
+    table through ``ebbtide.tables``;
+(b) the bare batched matrix product plus top-k in this one process, same batch sizes.
+ratio = (a) users/s / (b) users/s; the target is 0.5 or more. Spark start-up and the first
+load of torch in the workers are excluded (a warm-up run), as the nightly job pays them once.
+
+The last line is one JSON object: {"bench": "score", "users": ..., "runs": [...]}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--users", type=int, default=100_000)
+    p.add_argument("--items", default="10000,100000", help="comma-separated catalogue sizes")
+    p.add_argument("--dim", type=int, default=64, help="embedding size")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--batch-users", type=int, default=512)
+    p.add_argument("--max-batch-mfloats", type=float, default=32.0)
+    p.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
+    return p.parse_args(argv)
+
+
+def bare(users: np.ndarray, items: np.ndarray, k: int, batch_users: int, max_mfloats: float) -> float:
+    """Batched matrix product + top-k in one process (torch's default threads); returns seconds."""
+    import torch
+
+    rows = max(1, min(batch_users, int(max_mfloats * 1e6 // items.shape[0])))
+    it = torch.from_numpy(items).t().contiguous()
+    u = torch.from_numpy(users)
+    t0 = time.perf_counter()
+    for s in range(0, u.shape[0], rows):
+        scores = u[s : s + rows] @ it
+        scores[:, :2] = -float("inf")  # pad and OOV, as the job masks them
+        torch.topk(scores, k, dim=1)
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+
+    from ebbtide import tables
+    from ebbtide.config import load_config
+    from ebbtide.log import get_logger, setup_logging
+    from ebbtide.scoring import inference
+    from ebbtide.spark import get_spark
+
+    setup_logging("WARNING")
+    log = get_logger("bench.score")
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-score-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(env="local", overrides=[
+        f"storage.root={work}", "spark.master=local[2]", "spark.shuffle_partitions=2",
+        "storage.database=bench_score",
+    ])
+    t0 = time.perf_counter()
+    spark = get_spark(cfg)
+    startup_s = time.perf_counter() - t0
+
+    rng = np.random.default_rng(0)
+    users = rng.standard_normal((args.users, args.dim), dtype=np.float32)
+    # Two files -> two tasks, one per core of local[2].
+    udir = work / "users"
+    udir.mkdir(exist_ok=True)
+    half = args.users // 2
+    for i, (a, b) in enumerate([(0, half), (half, args.users)]):
+        vec = pa.FixedSizeListArray.from_arrays(pa.array(users[a:b].ravel()), args.dim).cast(pa.list_(pa.float32()))
+        ids = pa.array([f"u{j}" for j in range(a, b)])
+        pq.write_table(pa.table({"user_id": ids, "user_vec": vec}), udir / f"part-{i}.parquet")
+    user_df = spark.read.parquet(str(udir))
+
+    def spark_path(item_path: str, df, name: str) -> float:
+        fn = inference.recommend_fn(
+            item_path, k=args.k, loader=inference.load_embeddings, exclude_consumed=False,
+            batch_users=args.batch_users, max_batch_mfloats=args.max_batch_mfloats, torch_threads=1,
+        )
+        t = time.perf_counter()
+        tables.write(df.mapInArrow(fn, inference.RECS_DDL), cfg, name, mode="overwrite")
+        return time.perf_counter() - t
+
+    runs = []
+    for n_items in [int(x) for x in args.items.split(",")]:
+        items = rng.standard_normal((n_items, args.dim), dtype=np.float32)
+        item_path = str(work / f"items-{n_items}.npy")
+        np.save(item_path, items)
+        # Warm-up: both workers (one user from each file) start, import torch and load the item
+        # matrix once, as the job does on its first batch.
+        spark_path(item_path, user_df.where(F.col("user_id").isin("u0", f"u{half}")), f"warmup_{n_items}")
+        spark_s = spark_path(item_path, user_df, f"recs_{n_items}")
+        written = tables.read(spark, cfg, f"recs_{n_items}").count()
+        if written != args.users * args.k:
+            raise RuntimeError(f"spark path wrote {written} rows, expected {args.users * args.k}")
+        bare_s = bare(users, items, args.k, args.batch_users, args.max_batch_mfloats)
+        run = {
+            "items": n_items,
+            "users_per_s": round(args.users / spark_s, 1),
+            "bare_users_per_s": round(args.users / bare_s, 1),
+            "ratio": round(bare_s / spark_s, 3),
+            "spark_s": round(spark_s, 2),
+            "bare_s": round(bare_s, 2),
+        }
+        log.warning("%s", run)
+        print(json.dumps({"bench": "score", "users": args.users, **run}), flush=True)
+        runs.append(run)
+    print(json.dumps({
+        "bench": "score", "users": args.users, "dim": args.dim, "k": args.k, "master": "local[2]",
+        "spark_startup_s": round(startup_s, 1), "cpus": os.cpu_count(), "runs": runs,
+    }))
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

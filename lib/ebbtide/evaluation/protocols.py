@@ -1,0 +1,177 @@
+"""Evaluation protocols on ``gold_training_examples``: which rows train, which rows evaluate.
+
+temporal (default)
+    The sequences stage labels each example by its *target's* time against the global
+    cut-offs T1 (validation start) and T2 (test start). Baselines fit on ``split = 'train'``
+    (every target before T1, so every input too); the model is evaluated on the uncensored
+    examples of the chosen split. No event at or after T1 enters a training input or target.
+leave-last-out
+    For comparison with papers: each user's last uncensored target is the test example, the
+    one before it the validation example, and everything earlier trains. It leaks the future
+    across users (one user's test event can precede another's training events): never use it
+    to choose a model for production.
+
+Churn is evaluated *as of a cut date* (T2 for test, T1 for valid) the way the nightly job
+scores: each user's state is the window that straddles the cut (last input before it, next
+event after it, or censored), the elapsed time is ``cut - last_ts``, and the labels are
+"returned within D days after the cut" (unknown, NaN, when the data end before cut + D).
+Baselines' churn models fit on the same kind of snapshot taken inside the train period
+(``cut = T1 - max horizon``, observed only up to T1).
+
+The Spark functions are pure DataFrame -> DataFrame; ``to_batch`` turns collected rows into
+the numpy batch every scorer takes.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+ARRAY_FEATURES = ("item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start")
+DAY_S = 86400.0
+
+
+def _event_seq():
+    from pyspark.sql import functions as F
+
+    return F.expr("try_cast(substring_index(example_id, '#', -1) AS BIGINT)")
+
+
+def with_leave_last_out_split(df: "DataFrame") -> "DataFrame":
+    """Replace ``split``: per user, the last uncensored target is test, the one before valid,
+    the rest train (censored rows keep no split: 'censored')."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    w = Window.partitionBy("user_id").orderBy(F.col("target_ts").desc(), _event_seq().desc())
+    unc = df.filter(F.col("censored") == 0).withColumn("_r", F.row_number().over(w))
+    unc = unc.withColumn(
+        "split", F.when(F.col("_r") == 1, "test").when(F.col("_r") == 2, "valid").otherwise("train")
+    ).drop("_r")
+    cen = df.filter(F.col("censored") != 0).withColumn("split", F.lit("censored"))
+    return unc.unionByName(cen)
+
+
+def apply_protocol(df: "DataFrame", protocol: str) -> "DataFrame":
+    if protocol == "temporal":
+        return df
+    if protocol == "leave-last-out":
+        return with_leave_last_out_split(df)
+    raise ValueError(f"unknown protocol {protocol!r}; use temporal or leave-last-out")
+
+
+def evaluation_rows(df: "DataFrame", split: str) -> "DataFrame":
+    """The examples the ranking is measured on: the split's uncensored rows."""
+    from pyspark.sql import functions as F
+
+    return df.filter((F.col("split") == split) & (F.col("censored") == 0))
+
+
+def training_rows(df: "DataFrame") -> "DataFrame":
+    """What baselines fit on: the train split's uncensored rows, only the columns they use."""
+    from pyspark.sql import functions as F
+
+    return (
+        df.filter((F.col("split") == "train") & (F.col("censored") == 0))
+        .select(
+            "user_id",
+            F.col("target_item").cast("long").alias("target_item"),
+            F.col("target_ts").cast("double").alias("target_ts_s"),
+            F.element_at("item_idx", -1).cast("long").alias("last_item"),
+            F.col("time_to_next_s").cast("double").alias("time_to_next_s"),
+        )
+    )
+
+
+def split_start(df: "DataFrame", split: str, configured: str = "") -> float:
+    """The cut date of a split in epoch seconds: the configured T1/T2 when set, else the first
+    target time in the split (no event lies between the true cut and it, so the two agree)."""
+    from pyspark.sql import functions as F
+
+    if configured:
+        import pandas as pd
+
+        ts = pd.Timestamp(configured)
+        return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).timestamp()
+    v = df.filter(F.col("split") == split).agg(F.min(F.col("target_ts").cast("double"))).collect()[0][0]
+    if v is None:
+        raise ValueError(f"gold_training_examples has no '{split}' rows; rerun `ebbtide sequences` with split cut-offs inside the data")
+    return float(v)
+
+
+def churn_snapshot(df: "DataFrame", cut_s: float, observe_until_s: Optional[float] = None) -> "DataFrame":
+    """One row per user: the example whose input ends before ``cut_s`` and whose next event
+    (or censoring horizon) is at or after it. Adds ``elapsed_s`` (cut - last_ts),
+    ``returned`` (1 when the next event is seen by ``observe_until_s``), ``return_after_s``
+    (next event - cut when returned, else the observed horizon - cut).
+
+    ``observe_until_s`` hides everything after it (the train snapshot must not see T1 onward).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    last = F.col("last_ts").cast("double")
+    nxt = F.col("target_ts").cast("double")
+    horizon = last + F.col("time_to_next_s").cast("double")
+    until = F.lit(float(observe_until_s)) if observe_until_s is not None else None
+    unc = df.filter((F.col("censored") == 0) & (last < cut_s) & (nxt >= cut_s))
+    cen = df.filter((F.col("censored") != 0) & (last < cut_s) & (horizon >= cut_s))
+    unc = unc.withColumn("_next", nxt).withColumn("_end", nxt).withColumn("_obs", F.lit(1))
+    cen = cen.withColumn("_next", F.lit(None).cast("double")).withColumn("_end", horizon).withColumn("_obs", F.lit(0))
+    both = unc.unionByName(cen)
+    if until is not None:
+        seen = F.col("_next") <= until
+        both = both.withColumn("_obs", F.when(seen, 1).otherwise(0)).withColumn(
+            "_end", F.when(seen, F.col("_next")).otherwise(F.least(F.col("_end"), until))
+        )
+    w = Window.partitionBy("user_id").orderBy(F.col("_obs").desc(), last.desc(), F.col("_end").desc())
+    return (
+        both.withColumn("_r", F.row_number().over(w))
+        .filter("_r = 1")
+        .withColumn("elapsed_s", F.lit(float(cut_s)) - last)
+        .withColumn("returned", F.col("_obs").cast("int"))
+        .withColumn("return_after_s", F.col("_end") - F.lit(float(cut_s)))
+        .drop("_r", "_next", "_end", "_obs")
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# numpy side
+# ---------------------------------------------------------------------------------------
+
+
+def churn_labels(returned: np.ndarray, return_after_s: np.ndarray, days: float) -> np.ndarray:
+    """1 = returned within ``days`` of the cut, 0 = known not to, NaN = not observable
+    (censored before cut + days)."""
+    returned = np.asarray(returned).astype(bool)
+    after = np.asarray(return_after_s, dtype=np.float64)
+    h = days * DAY_S
+    y = np.full(len(after), np.nan)
+    y[returned & (after <= h)] = 1.0
+    y[returned & (after > h)] = 0.0
+    y[~returned & (after >= h)] = 0.0
+    return y
+
+
+def to_batch(pdf) -> dict[str, np.ndarray]:
+    """Collected rows (pandas) -> the numpy batch every scorer takes: the five (n, L) arrays,
+    ``length``, and ``last_ts_s`` (epoch seconds) for the baselines that need absolute time."""
+    out: dict[str, np.ndarray] = {}
+    for c in ARRAY_FEATURES:
+        col = pdf[c].to_numpy()
+        dtype = np.float32 if c == "gap_s" else np.int64
+        out[c] = np.stack([np.asarray(v, dtype=dtype) for v in col]) if len(col) else np.zeros((0, 0), dtype)
+    out["length"] = pdf["length"].to_numpy().astype(np.int64)
+    out["last_ts_s"] = epoch_s(pdf["last_ts"])
+    return out
+
+
+def epoch_s(series) -> np.ndarray:
+    """Timestamps (naive ones are UTC, as the session writes them) -> epoch seconds."""
+    import pandas as pd
+
+    s = pd.to_datetime(series, utc=True)
+    return (s.astype("int64") / 1e9).to_numpy(dtype=np.float64)

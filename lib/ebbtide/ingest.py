@@ -1,0 +1,740 @@
+"""`ebbtide ingest`: raw behaviour logs -> ``bronze_events``, ``quarantine_events``, ``ops_ingest_log``.
+
+A source is a folder (or one file) of CSV, JSON-lines or Parquet files. Each row is mapped onto the
+raw event contract (``user_id``, ``item_id``, ``ts`` required; ``event_type``, ``event_id``,
+``value``, ``category``, ``session_id`` optional), either by an adapter that knows a layout
+(MovieLens, RecBole, Taobao) or by a column mapping (``generic``). Source columns the contract
+does not name are kept in the ``extra`` map.
+
+How it stays incremental and crash-safe: a Structured Streaming file source with
+``trigger(availableNow=True)`` remembers in its checkpoint which files it has read, so a rerun
+reads only new files. Each micro-batch is written with insert-only MERGEs (bronze on
+``event_id``, quarantine on ``quarantine_id``) and its accounting row is MERGEd on
+``(stream_id, batch_id)``; a batch replayed after a crash therefore inserts nothing twice and
+rewrites the same accounting row.
+
+How it never loses a row: CSV and JSON files are read as text lines, so the raw line survives
+for quarantine whatever is wrong with it. Every line (header lines and blank lines aside) ends up
+as exactly one of: a new bronze row, a quarantine row, or a counted duplicate.
+
+The transforms (:func:`parse_lines`, :func:`parse_parquet`, :func:`to_contract`,
+:func:`validate`, :func:`to_bronze`, :func:`dedupe_events`, :func:`to_quarantine`) are pure
+DataFrame -> DataFrame functions; :func:`run` at the bottom does the I/O.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Optional
+
+from ebbtide.config import IngestConf, SourceConf
+from ebbtide.log import get_logger, step
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+log = get_logger("ingest")
+
+BRONZE = "bronze_events"
+QUARANTINE = "quarantine_events"
+OPS_LOG = "ops_ingest_log"
+
+# The raw event contract: what a source column can be mapped to.
+CONTRACT_FIELDS = ("user_id", "item_id", "ts", "event_type", "event_id", "value", "category", "session_id")
+REQUIRED_FIELDS = ("user_id", "item_id", "ts")
+FORMATS = ("csv", "json", "parquet")
+ADAPTERS = ("generic", "movielens", "movielens_100k", "recbole_inter", "taobao")
+TS_UNITS = ("auto", "s", "ms", "iso")
+
+# Epoch numbers above this are milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
+MS_THRESHOLD = 1e11
+
+BRONZE_SCHEMA = (
+    "event_id string, user_id string, item_id string, event_type string, ts timestamp, "
+    "event_date date, value double, category string, source_session_id string, "
+    "extra map<string,string>, source_file string, ingest_run_id string, ingested_at timestamp"
+)
+QUARANTINE_SCHEMA = (
+    "quarantine_id string, source_file string, raw string, reason string, "
+    "ingest_run_id string, quarantined_at timestamp"
+)
+OPS_LOG_SCHEMA = (
+    "ingest_run_id string, stream_id string, source string, batch_id long, files array<string>, "
+    "rows_read long, rows_bronze_new long, rows_quarantined long, rows_duplicate long, processed_at timestamp"
+)
+
+BRONZE_COMMENT = "Raw behaviour events that passed the raw event contract, deduplicated on event_id (ebbtide ingest)"
+QUARANTINE_COMMENT = "Raw rows that broke the raw event contract: the text as read and the reason (ebbtide ingest)"
+OPS_LOG_COMMENT = (
+    "One row per ingest micro-batch; rows_read = rows_bronze_new + rows_quarantined + rows_duplicate"
+)
+
+# Quarantine reasons, in the order they are checked: a row gets the first that applies.
+R_FIELD_COUNT = "wrong field count"
+R_MALFORMED_JSON = "malformed json"
+R_MISSING_USER = "missing user_id"
+R_MISSING_ITEM = "missing item_id"
+R_MISSING_TS = "missing ts"
+R_UNPARSABLE_TS = "unparsable ts"
+R_TS_RANGE = "ts out of range"
+R_BAD_VALUE = "bad value type"
+
+# Separates fields inside hashed strings; cannot occur in a text line's fields by accident.
+_SEP = "\u001f"
+
+
+# --------------------------------------------------------------------------------------
+# Layout: how one source's rows map onto the contract (config + adapter + what the files say)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    format: str
+    adapter: str
+    ts_unit: str = "auto"
+    delimiter: str = ","
+    # CSV column names in file order (from the header or the adapter); empty for JSON.
+    columns: tuple[str, ...] = ()
+    # The header line as it appears in the files; every line equal to it is skipped.
+    header_line: Optional[str] = None
+    # contract field -> source column
+    mapping: dict[str, str] = field(default_factory=dict)
+    # A fixed event type for every row (MovieLens ratings), else the mapped column's value.
+    event_type_const: Optional[str] = None
+    # Lower-cased source value -> contract event type (Taobao's pv/cart/fav/buy).
+    event_type_map: dict[str, str] = field(default_factory=dict)
+    event_type_default: str = "interaction"
+
+
+_TAOBAO_BEHAVIOR = {"pv": "view", "cart": "cart", "fav": "favorite", "buy": "purchase"}
+
+
+def split_csv_line(line: str, delimiter: str) -> list[str]:
+    """Fields of one CSV line (quotes respected), for the header; rows are parsed by Spark."""
+    import csv
+
+    return next(csv.reader([line], delimiter=delimiter)) if line else []
+
+
+def resolve_layout(
+    src: SourceConf,
+    first_line: Optional[str] = None,
+    parquet_columns: Optional[list[str]] = None,
+) -> Layout:
+    """The layout of a source: adapter defaults, then the files' header, then the user's column mapping.
+
+    ``first_line`` is the first line of the first file (CSV sources); ``parquet_columns`` the
+    Parquet schema's column names. Raises ValueError, naming the fix, when a required contract
+    field has no source column.
+    """
+    unknown = sorted(set(src.columns) - set(CONTRACT_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"ingest.source.columns maps unknown contract field(s) {unknown}; "
+            f"the contract fields are {', '.join(CONTRACT_FIELDS)} (e.g. --column user_id=visitorid)"
+        )
+    first_line = (first_line or "").lstrip("\ufeff")
+    kw: dict[str, Any] = dict(ts_unit=src.ts_unit, event_type_default=src.event_type_default or "interaction")
+    adapter = src.adapter
+
+    if adapter != "generic" and src.format != "csv":
+        raise ValueError(
+            f"adapter {adapter!r} reads delimited text; set format csv (or leave --format out), "
+            "or use --adapter generic for JSON / Parquet sources"
+        )
+
+    if adapter == "movielens":
+        # ratings.csv: userId,movieId,rating,timestamp with a header
+        cols = tuple(split_csv_line(first_line, ",")) or ("userId", "movieId", "rating", "timestamp")
+        layout = Layout(
+            format="csv", adapter=adapter, delimiter=",", columns=cols, header_line=first_line or None,
+            mapping={"user_id": "userId", "item_id": "movieId", "value": "rating", "ts": "timestamp"},
+            event_type_const="rating", **kw,
+        )
+    elif adapter == "movielens_100k":
+        # u.data: user item rating timestamp, tab-separated, no header
+        layout = Layout(
+            format="csv", adapter=adapter, delimiter="\t", columns=("user", "item", "rating", "timestamp"),
+            mapping={"user_id": "user", "item_id": "item", "value": "rating", "ts": "timestamp"},
+            event_type_const="rating", **kw,
+        )
+    elif adapter == "recbole_inter":
+        # RecBole atomic file: tab-separated header of name:type tokens, e.g. user_id:token
+        if not first_line:
+            raise ValueError("a RecBole .inter file starts with a header such as user_id:token<TAB>item_id:token")
+        cols = tuple(c.split(":", 1)[0].strip() for c in first_line.split("\t"))
+        mapping = {"user_id": "user_id", "item_id": "item_id", "ts": "timestamp"}
+        if "rating" in cols:
+            mapping["value"] = "rating"
+        layout = Layout(
+            format="csv", adapter=adapter, delimiter="\t", columns=cols, header_line=first_line,
+            mapping=mapping, event_type_const="rating" if "rating" in cols else None, **kw,
+        )
+    elif adapter == "taobao":
+        # UserBehavior.csv: user,item,category,behavior,ts without a header
+        layout = Layout(
+            format="csv", adapter=adapter, delimiter=",",
+            columns=("user", "item", "category", "behavior", "ts"),
+            mapping={"user_id": "user", "item_id": "item", "category": "category",
+                     "event_type": "behavior", "ts": "ts"},
+            event_type_map=dict(_TAOBAO_BEHAVIOR), **kw,
+        )
+    elif adapter == "generic":
+        if src.format == "csv":
+            fields = split_csv_line(first_line, src.csv_delimiter)
+            if src.csv_header:
+                cols, header = tuple(f.strip() for f in fields), (first_line or None)
+            else:
+                cols, header = tuple(f"_c{i}" for i in range(len(fields))), None
+        elif src.format == "parquet":
+            cols, header = tuple(parquet_columns or ()), None
+        else:
+            cols, header = (), None
+        # Contract fields the source names the same way need no mapping.
+        mapping = {f: f for f in CONTRACT_FIELDS if not cols or f in cols}
+        layout = Layout(
+            format=src.format, adapter=adapter, delimiter=src.csv_delimiter if src.format == "csv" else ",",
+            columns=cols if src.format == "csv" else (), header_line=header, mapping=mapping, **kw,
+        )
+    else:
+        raise ValueError(f"unknown adapter {adapter!r}; choose from {', '.join(ADAPTERS)}")
+    if layout.format == "csv" and not layout.columns:
+        raise ValueError("the first source file has no first line to take column names from; "
+                         "remove empty files or narrow --glob")
+
+    mapping = {**layout.mapping, **src.columns}
+    known = set(layout.columns) | set(parquet_columns or ())
+    if known:
+        missing = [f"{f} (source column {mapping[f]!r})" if f in mapping else f
+                   for f in REQUIRED_FIELDS if mapping.get(f) not in known]
+        if missing:
+            raise ValueError(
+                f"source columns {sorted(known)} lack the contract field(s) {', '.join(missing)}; "
+                "map them with --column FIELD=SOURCE_COLUMN (or ingest.source.columns), "
+                "or pick the matching --adapter"
+            )
+        # A mapped optional column the files do not have is dropped from the mapping, not an error.
+        mapping = {f: c for f, c in mapping.items() if c in known}
+    if "event_type" in src.columns:
+        layout = dataclasses.replace(layout, event_type_const=None)
+    return dataclasses.replace(layout, mapping=mapping)
+
+
+# --------------------------------------------------------------------------------------
+# Pure transforms
+# --------------------------------------------------------------------------------------
+
+
+def _F():
+    from pyspark.sql import functions as F
+
+    return F
+
+
+def parse_lines(lines: "DataFrame", layout: Layout) -> "DataFrame":
+    """Text lines (``value``, ``source_file``) -> ``source_file, raw, fields, parse_error``.
+
+    ``fields`` maps each source column to its text (null for a malformed line). Header lines and
+    blank lines are not rows and are dropped here.
+    """
+    F = _F()
+    raw = F.regexp_replace(F.col("value"), "^\ufeff", "")
+    df = lines.select(F.col("source_file"), raw.alias("raw"))
+    df = df.where(F.trim(F.col("raw")) != "")
+    if layout.header_line:
+        df = df.where(F.col("raw") != F.lit(layout.header_line))
+
+    if layout.format == "json":
+        fields = F.from_json(F.col("raw"), "map<string,string>")
+        keys = F.map_keys(fields)
+        bad = fields.isNull() | (F.size(keys) != F.size(F.array_distinct(keys)))
+        return df.select(
+            "source_file", "raw",
+            F.when(~bad, fields).alias("fields"),
+            F.when(bad, F.lit(R_MALFORMED_JSON)).alias("parse_error"),
+        )
+
+    if layout.format != "csv":
+        raise ValueError(f"parse_lines reads csv or json lines, not {layout.format!r}")
+    n = len(layout.columns)
+    # Quoted sections may hold the delimiter: drop them before counting fields.
+    unquoted = F.regexp_replace(F.col("raw"), '"(?:[^"]|"")*"', "")
+    n_fields = F.size(F.split(unquoted, re.escape(layout.delimiter), -1))
+    schema = ", ".join(f"c{i} string" for i in range(n))
+    parsed = F.from_csv(F.col("raw"), schema, {"sep": layout.delimiter, "escape": '"', "mode": "PERMISSIVE"})
+    fields = F.map_from_arrays(
+        F.array(*[F.lit(c) for c in layout.columns]),
+        F.array(*[parsed.getField(f"c{i}") for i in range(n)]),
+    )
+    ok = n_fields == F.lit(n)
+    return df.select(
+        "source_file", "raw",
+        F.when(ok, fields).alias("fields"),
+        F.when(~ok, F.lit(R_FIELD_COUNT)).alias("parse_error"),
+    )
+
+
+def parse_parquet(rows: "DataFrame") -> "DataFrame":
+    """Parquet rows (their columns plus ``source_file``) -> ``source_file, raw, fields, parse_error``.
+
+    ``raw`` is the row as JSON; timestamp columns become ISO-8601 text with their UTC offset so
+    that they parse back to the same instant.
+    """
+    F = _F()
+    from pyspark.sql.types import TimestampNTZType, TimestampType
+
+    cols = [c for c in rows.columns if c != "source_file"]
+    texts = []
+    for f in rows.schema.fields:
+        if f.name == "source_file":
+            continue
+        c = F.col(f"`{f.name}`")
+        if isinstance(f.dataType, (TimestampType, TimestampNTZType)):
+            texts.append(F.date_format(c, "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"))
+        else:
+            texts.append(c.cast("string"))
+    return rows.select(
+        F.col("source_file"),
+        F.to_json(F.struct(*[F.col(f"`{c}`") for c in cols])).alias("raw"),
+        F.map_from_arrays(F.array(*[F.lit(c) for c in cols]), F.array(*texts)).alias("fields"),
+        F.lit(None).cast("string").alias("parse_error"),
+    )
+
+
+def _blank_to_null(c: "Column") -> "Column":
+    F = _F()
+    t = F.trim(c)
+    return F.when(t != "", t)
+
+
+def to_contract(parsed: "DataFrame", layout: Layout) -> "DataFrame":
+    """Parsed rows -> the contract's fields as text, plus ``extra`` (unmapped source columns)."""
+    F = _F()
+    m = layout.mapping
+
+    def get(name: str) -> "Column":
+        if name not in m:
+            return F.lit(None).cast("string")
+        return _blank_to_null(F.try_element_at(F.col("fields"), F.lit(m[name])))
+
+    if layout.event_type_const is not None:
+        et = F.lit(layout.event_type_const)
+    else:
+        et = F.lower(get("event_type"))
+        for src_value, contract_value in layout.event_type_map.items():
+            et = F.when(et == F.lit(src_value), F.lit(contract_value)).otherwise(et)
+    et = F.coalesce(et, F.lit(layout.event_type_default))
+
+    used = sorted(set(m.values()))
+    extra = F.map_filter(F.col("fields"), lambda k, v: ~k.isin(*used)) if used else F.col("fields")
+    return parsed.select(
+        "source_file", "raw", "parse_error",
+        get("user_id").alias("user_id"),
+        get("item_id").alias("item_id"),
+        get("ts").alias("ts_text"),
+        et.alias("event_type"),
+        get("event_id").alias("source_event_id"),
+        get("value").alias("value_text"),
+        get("category").alias("category"),
+        get("session_id").alias("source_session_id"),
+        extra.cast("map<string,string>").alias("extra"),
+    )
+
+
+def ts_micros(ts_text: "Column", unit: str) -> "Column":
+    """Epoch microseconds (double) of a timestamp text: epoch s / ms, or ISO-8601 (no offset = UTC)."""
+    F = _F()
+    num = F.expr("try_cast(null as double)") if unit == "iso" else ts_text.try_cast("double")
+    num = F.when(~F.isnan(num), num)
+    iso = F.unix_micros(F.try_to_timestamp(ts_text)).cast("double")
+    if unit == "s":
+        return num * 1e6
+    if unit == "ms":
+        return num * 1e3
+    if unit == "iso":
+        return iso
+    if unit == "auto":
+        by_size = F.when(F.abs(num) > MS_THRESHOLD, num * 1e3).otherwise(num * 1e6)
+        return F.when(num.isNotNull(), by_size).otherwise(iso)
+    raise ValueError(f"ts_unit must be one of {', '.join(TS_UNITS)}, got {unit!r}")
+
+
+def ts_bounds(ingest: IngestConf, now: Optional[float] = None) -> tuple[float, float]:
+    """[min_ts, now + max_future_days] as epoch seconds."""
+    try:
+        lo = datetime.fromisoformat(ingest.min_ts.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"ingest.min_ts must be ISO-8601 such as 1990-01-01T00:00:00Z, got {ingest.min_ts!r}") from None
+    if lo.tzinfo is None:
+        lo = lo.replace(tzinfo=timezone.utc)
+    now = time.time() if now is None else now
+    return lo.timestamp(), now + ingest.max_future_days * 86400.0
+
+
+def validate(contract: "DataFrame", ts_unit: str, min_ts_s: float, max_ts_s: float) -> "DataFrame":
+    """Typed ``ts`` and ``value``, and ``reason``: null for a good row, else the first broken rule."""
+    F = _F()
+    us = ts_micros(F.col("ts_text"), ts_unit)
+    in_range = (us >= F.lit(min_ts_s * 1e6)) & (us <= F.lit(max_ts_s * 1e6))
+    value = F.col("value_text").try_cast("double")
+    value = F.when(~F.isnan(value) & (F.abs(value) != F.lit(float("inf"))), value)
+    reason = (
+        F.when(F.col("parse_error").isNotNull(), F.col("parse_error"))
+        .when(F.col("user_id").isNull(), F.lit(R_MISSING_USER))
+        .when(F.col("item_id").isNull(), F.lit(R_MISSING_ITEM))
+        .when(F.col("ts_text").isNull(), F.lit(R_MISSING_TS))
+        .when(us.isNull(), F.lit(R_UNPARSABLE_TS))
+        .when(~in_range, F.lit(R_TS_RANGE))
+        .when(F.col("value_text").isNotNull() & value.isNull(), F.lit(R_BAD_VALUE))
+    )
+    ts = F.when(in_range, F.timestamp_micros(F.round(us).cast("long")))
+    return contract.select("*", ts.alias("ts"), value.alias("value"), reason.alias("reason"))
+
+
+def event_id_col() -> "Column":
+    """The source's id, else sha2-256 of the normalized (user_id, item_id, ts, event_type, value)."""
+    F = _F()
+    normalized = F.concat_ws(
+        _SEP,
+        F.col("user_id"), F.col("item_id"),
+        F.unix_micros(F.col("ts")).cast("string"),
+        F.col("event_type"),
+        F.coalesce(F.col("value").cast("string"), F.lit("")),
+    )
+    return F.coalesce(F.col("source_event_id"), F.sha2(normalized, 256))
+
+
+def to_bronze(good: "DataFrame", run_id: str) -> "DataFrame":
+    """Validated good rows -> bronze_events rows (not yet deduplicated)."""
+    F = _F()
+    return good.select(
+        event_id_col().alias("event_id"),
+        "user_id", "item_id", "event_type", "ts",
+        F.to_date("ts").alias("event_date"),
+        "value", "category", "source_session_id", "extra", "source_file",
+        F.lit(run_id).alias("ingest_run_id"),
+        F.current_timestamp().alias("ingested_at"),
+    )
+
+
+def dedupe_events(bronze: "DataFrame") -> "DataFrame":
+    """One row per event_id; which copy survives is deterministic (first source file, then fields)."""
+    F = _F()
+    from pyspark.sql import Window
+
+    w = Window.partitionBy("event_id").orderBy(
+        F.col("source_file").asc_nulls_last(), "ts", "user_id", "item_id",
+        F.col("category").asc_nulls_first(), F.col("source_session_id").asc_nulls_first(),
+        F.col("value").asc_nulls_first(), F.to_json("extra").asc_nulls_first(),
+    )
+    return bronze.withColumn("_n", F.row_number().over(w)).where("_n = 1").drop("_n")
+
+
+def to_quarantine(bad: "DataFrame", run_id: str) -> "DataFrame":
+    """Rejected rows -> quarantine_events rows.
+
+    Identical bad lines of one file stay distinct rows: the id hashes the line's occurrence
+    number among its identical copies, so a replayed file maps to the same ids again.
+    """
+    F = _F()
+    from pyspark.sql import Window
+
+    occurrence = F.row_number().over(Window.partitionBy("source_file", "raw").orderBy("raw"))
+    qid = F.sha2(F.concat_ws(_SEP, F.col("source_file"), F.col("raw"), occurrence.cast("string")), 256)
+    return bad.select(
+        qid.alias("quarantine_id"), "source_file", "raw", "reason",
+        F.lit(run_id).alias("ingest_run_id"),
+        F.current_timestamp().alias("quarantined_at"),
+    )
+
+
+def prepare(batch: "DataFrame", layout: Layout, min_ts_s: float, max_ts_s: float) -> "DataFrame":
+    """A micro-batch as read (text lines, or Parquet rows) -> validated contract rows with ``reason``."""
+    parsed = parse_parquet(batch) if layout.format == "parquet" else parse_lines(batch, layout)
+    return validate(to_contract(parsed, layout), layout.ts_unit, min_ts_s, max_ts_s)
+
+
+def count_new(events: "DataFrame", existing: Optional["DataFrame"], batch_files: list[str]) -> int:
+    """How many deduplicated ``events`` are new against ``existing`` (bronze: event_id, source_file).
+
+    Bronze rows that came from this batch's own files can only have been written by an earlier,
+    crashed attempt of this same batch (the file source hands each file to one batch), so they
+    still count as this batch's new rows: a replay reports what the first attempt would have.
+    """
+    F = _F()
+    if existing is None:
+        return events.count()
+    prior = existing.select("event_id", "source_file")
+    if batch_files:
+        prior = prior.where(~F.col("source_file").isin(*batch_files))
+    return events.join(prior.select("event_id"), "event_id", "left_anti").count()
+
+
+# --------------------------------------------------------------------------------------
+# I/O: source discovery, the stream, the per-batch writes
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved source: the glob the stream watches and the files matching it now."""
+
+    conf: SourceConf
+    folder: str
+    glob: str
+    files: list[str]
+
+    @property
+    def pattern(self) -> str:
+        return f"{self.folder.rstrip('/')}/{self.glob}"
+
+    @property
+    def stream_id(self) -> str:
+        """Names the checkpoint: the same files read the same way share one."""
+        key = json.dumps([self.pattern, self.conf.format, self.conf.adapter])
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _hadoop_fs(spark: "SparkSession", path: str):
+    jvm = spark.sparkContext._jvm
+    p = jvm.org.apache.hadoop.fs.Path(path)
+    return p, p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+
+
+def _single_file_glob(name: str) -> str:
+    """A glob matching exactly one file name. The file source needs a glob, not a plain file path
+    (it takes a plain path for the folder of a partitioned table)."""
+    return "{" + re.sub(r"([\\*?\[\]{},])", r"\\\1", name) + "}"
+
+
+def discover(spark: "SparkSession", src: SourceConf) -> Source:
+    """Resolve ``src.path`` (a folder, or one file) into the stream's glob and the files now there."""
+    from ebbtide.config import _is_uri
+
+    if not src.path:
+        raise ValueError("no source to ingest: pass --source PATH or set ingest.source.path")
+    path = src.path
+    if not _is_uri(path):
+        import os
+
+        path = os.path.abspath(os.path.expanduser(path))
+    p, fs = _hadoop_fs(spark, path)
+    if not fs.exists(p):
+        raise FileNotFoundError(f"source {path} does not exist; pass --source PATH (a folder or a file)")
+    qualified = fs.makeQualified(p)
+    if fs.getFileStatus(p).isFile():
+        folder, glob = qualified.getParent().toString(), _single_file_glob(p.getName())
+    else:
+        folder, glob = qualified.toString(), src.file_glob or "*"
+    gp, _ = _hadoop_fs(spark, f"{folder.rstrip('/')}/{glob}")
+    statuses = fs.globStatus(gp) or []
+    files = sorted(
+        s.getPath().toString() for s in statuses
+        if s.isFile() and not s.getPath().getName().startswith(("_", "."))
+    )
+    return Source(conf=src, folder=folder, glob=glob, files=files)
+
+
+def _first_line(spark: "SparkSession", file: str) -> Optional[str]:
+    """The first line of a file (its header, for CSV), read through Hadoop's FileSystem so that
+    it works on any store Spark reads and decompresses what Spark would; no Spark job."""
+    jvm = spark.sparkContext._jvm
+    p, fs = _hadoop_fs(spark, file)
+    stream = fs.open(p)
+    codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(
+        spark.sparkContext._jsc.hadoopConfiguration()).getCodec(p)
+    if codec is not None:
+        stream = codec.createInputStream(stream)
+    reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
+    try:
+        return reader.readLine()
+    finally:
+        reader.close()
+
+
+def _ensure_table(spark: "SparkSession", cfg, name: str, schema: str, keys: list[str],
+                  comment: str, partition_by: Optional[list[str]] = None) -> None:
+    from ebbtide import tables
+
+    if not tables.exists(spark, cfg, name):
+        tables.write(spark.createDataFrame([], schema), cfg, name, mode="merge", keys=keys,
+                     partition_by=partition_by, comment=comment)
+
+
+class _BatchWriter:
+    """The foreachBatch body: parse, validate, split, dedupe, then three idempotent MERGEs."""
+
+    def __init__(self, ctx, source: Source, layout: Layout, bounds: tuple[float, float]):
+        self.ctx, self.source, self.layout, self.bounds = ctx, source, layout, bounds
+        self.batches: list[dict] = []
+
+    def __call__(self, batch: "DataFrame", batch_id: int) -> None:
+        from pyspark import StorageLevel
+        from pyspark.sql import functions as F
+
+        from ebbtide import tables
+
+        cfg, run_id, spark = self.ctx.cfg, self.ctx.run_id, batch.sparkSession
+        t0 = time.perf_counter()
+        rows = prepare(batch, self.layout, *self.bounds).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            per_file = (
+                rows.groupBy("source_file")
+                .agg(F.count(F.lit(1)).alias("n"), F.count("reason").alias("bad"))
+                .collect()
+            )
+            files = sorted(r["source_file"] for r in per_file)
+            rows_read = sum(r["n"] for r in per_file)
+            quarantined = sum(r["bad"] for r in per_file)
+            log.info("batch %d: %d file(s), %d rows read, %d break the contract",
+                     batch_id, len(files), rows_read, quarantined)
+
+            if quarantined:
+                bad = to_quarantine(rows.where(F.col("reason").isNotNull()), run_id)
+                tables.write(bad, cfg, QUARANTINE, mode="merge", keys=["quarantine_id"],
+                             comment=QUARANTINE_COMMENT)
+
+            events = dedupe_events(to_bronze(rows.where(F.col("reason").isNull()), run_id))
+            events = events.persist(StorageLevel.MEMORY_AND_DISK)
+            try:
+                existing = tables.read(spark, cfg, BRONZE) if tables.exists(spark, cfg, BRONZE) else None
+                new = count_new(events, existing, files) if rows_read > quarantined else 0
+                if new:
+                    tables.write(events, cfg, BRONZE, mode="merge", keys=["event_id"],
+                                 partition_by=["event_date"], comment=BRONZE_COMMENT)
+            finally:
+                events.unpersist()
+        finally:
+            rows.unpersist()
+
+        stats = {
+            "batch_id": int(batch_id), "files": files, "rows_read": int(rows_read),
+            "rows_bronze_new": int(new), "rows_quarantined": int(quarantined),
+            "rows_duplicate": int(rows_read - quarantined - new),
+        }
+        entry = spark.createDataFrame(
+            [(run_id, self.source.stream_id, self.source.pattern, stats["batch_id"], files,
+              stats["rows_read"], stats["rows_bronze_new"], stats["rows_quarantined"],
+              stats["rows_duplicate"])],
+            "ingest_run_id string, stream_id string, source string, batch_id long, files array<string>, "
+            "rows_read long, rows_bronze_new long, rows_quarantined long, rows_duplicate long",
+        ).withColumn("processed_at", F.current_timestamp())
+        tables.write(entry, cfg, OPS_LOG, mode="merge", keys=["stream_id", "batch_id"],
+                     update_matched=True, comment=OPS_LOG_COMMENT)
+        self.batches.append(stats)
+        log.info("batch %d: %d new bronze rows, %d quarantined, %d duplicates (%.1f s)",
+                 batch_id, new, quarantined, stats["rows_duplicate"], time.perf_counter() - t0)
+
+
+def checkpoint_path(cfg, source: Source) -> str:
+    return f"{cfg.path(cfg.storage.checkpoint_dir).rstrip('/')}/ingest/{source.stream_id}"
+
+
+def _stream(spark: "SparkSession", source: Source, layout: Layout, max_files: int) -> "DataFrame":
+    from pyspark.sql import functions as F
+
+    reader = spark.readStream.option("maxFilesPerTrigger", max_files)
+    if layout.format == "parquet":
+        schema = spark.read.parquet(*source.files).schema
+        df = reader.schema(schema).parquet(source.pattern)
+        return df.select(*[F.col(f"`{c}`") for c in schema.names],
+                         F.col("_metadata.file_path").alias("source_file"))
+    df = reader.format("text").load(source.pattern)
+    return df.select("value", F.col("_metadata.file_path").alias("source_file"))
+
+
+def source_conf(ingest: IngestConf, args: argparse.Namespace) -> SourceConf:
+    """The configured source with the command-line flags laid over it."""
+    src = ingest.source
+    over: dict[str, Any] = {}
+    if getattr(args, "source", None):
+        over["path"] = args.source
+    for key in ("format", "adapter", "ts_unit", "file_glob"):
+        v = getattr(args, key, None)
+        if v:
+            over[key] = v
+    cols = dict(src.columns)
+    for item in getattr(args, "column", None) or []:
+        if "=" not in item:
+            raise ValueError(f"--column expects FIELD=SOURCE_COLUMN (e.g. user_id=visitorid), got {item!r}")
+        k, v = (s.strip() for s in item.split("=", 1))
+        cols[k] = v
+    over["columns"] = cols
+    return dataclasses.replace(src, **over)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Read raw behaviour logs (CSV, JSON lines, Parquet) into bronze_events; rows that break the "
+        "raw event contract go to quarantine_events with a reason; one accounting row per batch goes "
+        "to ops_ingest_log. Incremental: a rerun reads only files it has not seen."
+    )
+    p.add_argument("--source", metavar="PATH", help="folder or file of raw logs (ingest.source.path)")
+    p.add_argument("--format", choices=FORMATS, help="csv | json (JSON lines) | parquet (ingest.source.format)")
+    p.add_argument("--adapter", choices=ADAPTERS,
+                   help="known layout: movielens (ratings.csv), movielens_100k (u.data), recbole_inter "
+                        "(.inter), taobao (user,item,category,behavior,ts) or generic (use --column)")
+    p.add_argument("--column", action="append", default=[], metavar="FIELD=SOURCE",
+                   help="map a contract field (" + ", ".join(CONTRACT_FIELDS) + ") to a source column, "
+                        "e.g. --column user_id=visitorid (repeatable)")
+    p.add_argument("--ts-unit", dest="ts_unit", choices=TS_UNITS,
+                   help="timestamp unit: auto (numbers > 1e11 are ms), s, ms, iso")
+    p.add_argument("--glob", dest="file_glob", metavar="PATTERN",
+                   help="files to read inside the source folder (ingest.source.file_glob, default *)")
+
+
+def run(ctx, args: argparse.Namespace) -> dict:
+    from ebbtide import tables
+
+    cfg, spark = ctx.cfg, ctx.spark
+    src = source_conf(cfg.ingest, args)
+    tables.ensure_database(spark, cfg)
+    source = discover(spark, src)
+    summary: dict[str, Any] = {
+        "source": source.pattern, "stream_id": source.stream_id, "batches": 0, "files": 0,
+        "rows_read": 0, "bronze_new": 0, "quarantined": 0, "duplicates": 0,
+    }
+    if not source.files:
+        log.warning("no files match %s; nothing to ingest", source.pattern)
+    else:
+        first = None if src.format == "parquet" else _first_line(spark, source.files[0])
+        parquet_cols = list(spark.read.parquet(source.files[0]).columns) if src.format == "parquet" else None
+        layout = resolve_layout(src, first, parquet_cols)
+        log.info("ingesting %s (%d file(s) present; format %s, adapter %s, mapping %s)",
+                 source.pattern, len(source.files), layout.format, layout.adapter, layout.mapping)
+        writer = _BatchWriter(ctx, source, layout, ts_bounds(cfg.ingest))
+        ckpt = checkpoint_path(cfg, source)
+        with step(log, f"ingest stream (checkpoint {ckpt})"):
+            query = (
+                _stream(spark, source, layout, cfg.ingest.max_files_per_trigger)
+                .writeStream.queryName(f"ingest_{source.stream_id}")
+                .trigger(availableNow=True)
+                .option("checkpointLocation", ckpt)
+                .foreachBatch(writer)
+                .start()
+            )
+            query.awaitTermination()
+        for b in writer.batches:
+            summary["batches"] += 1
+            summary["files"] += len(b["files"])
+            summary["rows_read"] += b["rows_read"]
+            summary["bronze_new"] += b["rows_bronze_new"]
+            summary["quarantined"] += b["rows_quarantined"]
+            summary["duplicates"] += b["rows_duplicate"]
+        if not writer.batches:
+            log.info("no new files since the last run; nothing to ingest")
+
+    # Downstream stages and SQL users find all three tables even after a run with no rows.
+    _ensure_table(spark, cfg, BRONZE, BRONZE_SCHEMA, ["event_id"], BRONZE_COMMENT, ["event_date"])
+    _ensure_table(spark, cfg, QUARANTINE, QUARANTINE_SCHEMA, ["quarantine_id"], QUARANTINE_COMMENT)
+    _ensure_table(spark, cfg, OPS_LOG, OPS_LOG_SCHEMA, ["stream_id", "batch_id"], OPS_LOG_COMMENT)
+    log.info("ingest done: %d rows read -> %d new bronze rows, %d quarantined, %d duplicates",
+             summary["rows_read"], summary["bronze_new"], summary["quarantined"], summary["duplicates"])
+    return summary

@@ -1,0 +1,334 @@
+"""A trained EbbtideNet with its vocabularies: what scoring, evaluation and the MLflow pyfunc load.
+
+A predictor folder holds everything needed to score, and nothing from the training process:
+``predictor.json`` (model config, catalogue sizes, window length, session gap, lineage),
+``weights.pt`` (the state dict), ``item_vocab.parquet`` (item_id, item_index, category) and
+``event_type_vocab.parquet`` (event_type, event_type_index). The pyfunc logs that folder as an
+artifact, so ``Predictor.load("models:/ebbtide@challenger")`` works in any fresh process that can
+reach the MLflow registry.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+# The pyfunc takes a DataFrame and validates it through its logged signature, not through type hints.
+warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
+
+try:  # the pyfunc class must subclass PythonModel; scoring on a bare torch host works without mlflow
+    from mlflow.pyfunc import PythonModel as _PythonModel
+except ImportError:  # pragma: no cover
+    _PythonModel = object
+
+META_FILE = "predictor.json"
+WEIGHTS_FILE = "weights.pt"
+ITEM_VOCAB_FILE = "item_vocab.parquet"
+EVENT_VOCAB_FILE = "event_type_vocab.parquet"
+FORMAT_VERSION = 1
+DEFAULT_EVENT_TYPE = "interaction"
+def save(
+    folder: str,
+    state_dict: dict,
+    model_conf: dict,
+    n_items: int,
+    n_event_types: int,
+    max_len: int,
+    item_vocab,
+    event_type_vocab,
+    session_gap_s: float,
+    lineage: Optional[dict] = None,
+) -> str:
+    """Write a predictor folder (see the module doc). item_vocab / event_type_vocab: pandas frames."""
+    import torch
+
+    os.makedirs(folder, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, os.path.join(folder, WEIGHTS_FILE))
+    iv = item_vocab[["item_id", "item_index"] + (["category"] if "category" in item_vocab.columns else [])].copy()
+    iv.to_parquet(os.path.join(folder, ITEM_VOCAB_FILE), index=False)
+    event_type_vocab[["event_type", "event_type_index"]].to_parquet(os.path.join(folder, EVENT_VOCAB_FILE), index=False)
+    meta = {
+        "format": FORMAT_VERSION,
+        "model": model_conf,
+        "n_items": int(n_items),
+        "n_event_types": int(n_event_types),
+        "max_len": int(max_len),
+        "session_gap_s": float(session_gap_s),
+        "lineage": lineage or {},
+    }
+    with open(os.path.join(folder, META_FILE), "w") as f:
+        json.dump(meta, f, indent=2, default=str)
+    return folder
+
+
+def _find_predictor_dir(root: str) -> str:
+    if os.path.exists(os.path.join(root, META_FILE)):
+        return root
+    for dirpath, _dirs, files in os.walk(root):
+        if META_FILE in files:
+            return dirpath
+    raise FileNotFoundError(f"no {META_FILE} under {root}: not an ebbtide model (log one with `ebbtide train`)")
+
+
+class Predictor:
+    """Scores users with a trained EbbtideNet. Batches are dicts of numpy arrays with the model's FEATURES."""
+
+    def __init__(self, net, meta: dict, item_vocab, event_type_vocab, device: str = "cpu"):
+        import pandas as pd
+
+        self.net = net.eval()
+        self.meta = meta
+        self.device = device
+        self.n_items = int(meta["n_items"])
+        self.max_len = int(meta["max_len"])
+        self.session_gap_s = float(meta.get("session_gap_s", 1800.0))
+        iv = item_vocab.sort_values("item_index")
+        self._item_id = np.full(self.n_items, "", dtype=object)
+        self._item_id[0], self._item_id[1] = "<pad>", "<oov>"
+        self._item_id[iv["item_index"].to_numpy()] = iv["item_id"].astype(str).to_numpy()
+        self._item_index = dict(zip(iv["item_id"].astype(str), iv["item_index"].astype(int)))
+        cats = iv["category"].fillna("").astype(str) if "category" in iv.columns else pd.Series([""] * len(iv))
+        self.categories = sorted(set(cats))
+        cat_pos = {c: i for i, c in enumerate(self.categories)}
+        self._item_category = np.zeros(self.n_items, dtype=np.int64)
+        self._item_category[iv["item_index"].to_numpy()] = [cat_pos[c] for c in cats]
+        self._event_index = dict(zip(event_type_vocab["event_type"].astype(str), event_type_vocab["event_type_index"].astype(int)))
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, model_uri_or_dir: str, tracking_uri: Optional[str] = None, device: str = "cpu") -> "Predictor":
+        """From a predictor folder, a downloaded pyfunc folder, or a models:/ / runs:/ URI.
+
+        URIs resolve through `tracking_uri`, else MLFLOW_TRACKING_URI (and MLFLOW_REGISTRY_URI).
+        """
+        import pandas as pd
+        import torch
+
+        from ebbtide.model.config import ModelConf
+        from ebbtide.model.network import EbbtideNet
+
+        if os.path.isdir(model_uri_or_dir):
+            root = model_uri_or_dir
+        else:
+            from ebbtide.model import registry
+
+            root = registry.download_model(model_uri_or_dir, tracking=tracking_uri)
+        folder = _find_predictor_dir(root)
+        with open(os.path.join(folder, META_FILE)) as f:
+            meta = json.load(f)
+        if meta.get("format", 0) > FORMAT_VERSION:
+            raise ValueError(f"{folder} was written by a newer ebbtide (format {meta['format']}); upgrade ebbtide")
+        known = {f.name for f in dataclasses.fields(ModelConf)}
+        mcfg = ModelConf(**{k: v for k, v in meta["model"].items() if k in known})
+        net = EbbtideNet(mcfg, meta["n_items"], meta["n_event_types"])
+        state = torch.load(os.path.join(folder, WEIGHTS_FILE), map_location=device, weights_only=True)
+        net.load_state_dict(state)
+        net.to(device)
+        item_vocab = pd.read_parquet(os.path.join(folder, ITEM_VOCAB_FILE))
+        event_vocab = pd.read_parquet(os.path.join(folder, EVENT_VOCAB_FILE))
+        return cls(net, meta, item_vocab, event_vocab, device=device)
+
+    # ------------------------------------------------------------------ vocabularies
+
+    def item_ids(self, idx) -> np.ndarray:
+        """Item indices -> item_id strings ('<pad>' / '<oov>' for 0 / 1)."""
+        return self._item_id[np.asarray(idx, dtype=np.int64)]
+
+    def item_index(self, item_ids: Sequence[str]) -> np.ndarray:
+        return np.array([self._item_index.get(str(i), 1) for i in item_ids], dtype=np.int64)
+
+    def event_type_index(self, event_types: Sequence[str]) -> np.ndarray:
+        return np.array([self._event_index.get(str(e), 1) for e in event_types], dtype=np.int64)
+
+    def item_category(self) -> np.ndarray:
+        """Category position (into `self.categories`) of each item index."""
+        return self._item_category
+
+    # ------------------------------------------------------------------ scoring
+
+    def _torch_batch(self, batch_np: dict, rows: slice):
+        import torch
+
+        from ebbtide.model.network import FEATURES
+
+        return {k: torch.as_tensor(np.asarray(batch_np[k])[rows]).to(self.device) for k in FEATURES}
+
+    def _chunks(self, n: int, size: int = 1024):
+        for i in range(0, n, size):
+            yield slice(i, min(n, i + size))
+
+    def score_all(self, batch_np: dict, elapsed_s: np.ndarray) -> np.ndarray:
+        """Scores (n, n_items) over the catalogue as of elapsed_s seconds after each user's last event."""
+        import torch
+
+        n = len(np.asarray(batch_np["length"]))
+        out = np.empty((n, self.n_items), dtype=np.float32)
+        e = np.broadcast_to(np.asarray(elapsed_s, dtype=np.float32), (n,))
+        with torch.no_grad():
+            for s in self._chunks(n):
+                out[s] = self.net.item_scores(self._torch_batch(batch_np, s), torch.as_tensor(e[s]).to(self.device)).cpu().numpy()
+        return out
+
+    def recommend(self, batch_np: dict, elapsed_s: np.ndarray, k: int, exclude: Optional[list] = None):
+        """Top-k (item_index (n, k), scores (n, k)); `exclude[i]` lists item indices not to rank for row i."""
+        import torch
+
+        n = len(np.asarray(batch_np["length"]))
+        k = int(min(k, self.n_items - 2))
+        idx_out = np.empty((n, k), dtype=np.int64)
+        sc_out = np.empty((n, k), dtype=np.float32)
+        e = np.broadcast_to(np.asarray(elapsed_s, dtype=np.float32), (n,))
+        with torch.no_grad():
+            for s in self._chunks(n):
+                scores = self.net.item_scores(self._torch_batch(batch_np, s), torch.as_tensor(e[s]).to(self.device)).float()
+                if exclude is not None:
+                    for j, row in enumerate(range(s.start, s.stop)):
+                        ex = np.asarray(exclude[row], dtype=np.int64)
+                        if ex.size:
+                            scores[j, torch.as_tensor(ex[(ex >= 0) & (ex < self.n_items)])] = float("-inf")
+                top = torch.topk(scores, k, dim=1)
+                idx_out[s] = top.indices.cpu().numpy()
+                sc_out[s] = top.values.cpu().numpy()
+        return idx_out, sc_out
+
+    def churn(self, batch_np: dict, elapsed_s: np.ndarray) -> dict[str, np.ndarray]:
+        """p_return_7d, p_return_30d, p_return_ever, expected_days_to_return, half_life_days per row, as of elapsed_s."""
+        import torch
+
+        keys = ("p_return_7d", "p_return_30d", "p_return_ever", "expected_days_to_return", "half_life_days")
+        n = len(np.asarray(batch_np["length"]))
+        out = {k: np.empty(n, dtype=np.float64) for k in keys}
+        e = np.broadcast_to(np.asarray(elapsed_s, dtype=np.float32), (n,))
+        with torch.no_grad():
+            for s in self._chunks(n):
+                r = self.net.return_time_at(self._torch_batch(batch_np, s), torch.as_tensor(e[s]).to(self.device))
+                for k in keys:
+                    if k in r:
+                        out[k][s] = r[k].double().cpu().numpy()
+        return out
+
+    def category_interest(self, batch_np: dict, elapsed_s: np.ndarray) -> np.ndarray:
+        """Decayed interest (n, len(self.categories)) per category, as of elapsed_s."""
+        import torch
+
+        n = len(np.asarray(batch_np["length"]))
+        out = np.zeros((n, len(self.categories)), dtype=np.float32)
+        e = np.broadcast_to(np.asarray(elapsed_s, dtype=np.float32), (n,))
+        cat = torch.as_tensor(self._item_category)
+        with torch.no_grad():
+            for s in self._chunks(n):
+                r = self.net.category_interest(self._torch_batch(batch_np, s), cat, torch.as_tensor(e[s]).to(self.device))
+                out[s, : r.shape[1]] = r.cpu().numpy()
+        return out
+
+    # ------------------------------------------------------------------ raw events -> features
+
+    def features_from_events(
+        self,
+        item_ids: Sequence[Sequence[str]],
+        timestamps: Sequence[Sequence[float]],
+        event_types: Optional[Sequence[Optional[Sequence[str]]]] = None,
+    ) -> dict[str, np.ndarray]:
+        """Users' raw recent events (oldest first or not; sorted here by time) -> a left-padded batch.
+
+        Same features as gold_user_sequences: the last max_len events, gap since the previous event
+        (0 for the first), hour of week (UTC), session start where the gap exceeds the session gap.
+        """
+        from ebbtide.sequences import window_arrays
+
+        n = len(item_ids)
+        ts_all, items_all, ets_all, starts_all, ends = [], [], [], [], []
+        offset = 0
+        for i in range(n):
+            ts = np.asarray(timestamps[i], dtype=np.float64)
+            items = [str(x) for x in item_ids[i]]
+            ets = event_types[i] if event_types is not None and event_types[i] is not None else [DEFAULT_EVENT_TYPE] * len(items)
+            if not (len(ts) == len(items) == len(ets)):
+                raise ValueError(f"row {i}: item_ids, timestamps and event_types must have the same length")
+            if len(ts) == 0:
+                raise ValueError(f"row {i}: a user needs at least one event to be scored")
+            order = np.argsort(ts, kind="stable")  # equal times keep their input order
+            ts = ts[order]
+            gaps = np.diff(ts, prepend=ts[0])
+            sess = (gaps > self.session_gap_s).astype(np.int32)
+            sess[0] = 1
+            ts_all.append(np.round(ts * 1e6).astype(np.int64))
+            items_all.append(self.item_index([items[j] for j in order]))
+            ets_all.append(self.event_type_index([str(ets[j]) for j in order]))
+            starts_all.append(sess)
+            offset += len(ts)
+            ends.append(offset)
+        ends_a = np.asarray(ends, dtype=np.int64)
+        firsts = np.concatenate([[0], ends_a[:-1]]) if n else np.zeros(0, np.int64)
+        # The sequences stage's own window kernel: scoring features equal training features.
+        w = window_arrays(
+            ends_a, firsts, self.max_len,
+            np.concatenate(ts_all) if n else np.zeros(0, np.int64),
+            np.concatenate(items_all) if n else np.zeros(0, np.int64),
+            np.concatenate(ets_all) if n else np.zeros(0, np.int64),
+            np.concatenate(starts_all) if n else np.zeros(0, np.int32),
+        )
+        out = {k: w[k] for k in ("item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start", "length")}
+        out["last_ts"] = w["last_ts_us"].astype(np.float64) / 1e6
+        return out
+
+    # ------------------------------------------------------------------ the pyfunc's frame API
+
+    def predict_frame(self, df, k: int = 10):
+        """DataFrame (user_id, item_ids, timestamps, event_types, as_of) -> top-k items with scores and churn figures."""
+        import pandas as pd
+
+        missing = {"item_ids", "timestamps", "as_of"} - set(df.columns)
+        if missing:
+            raise ValueError(f"input lacks columns {sorted(missing)}; expected user_id, item_ids, timestamps, event_types, as_of")
+        ets = list(df["event_types"]) if "event_types" in df.columns else None
+        feats = self.features_from_events(list(df["item_ids"]), list(df["timestamps"]), ets)
+        as_of = np.asarray(df["as_of"], dtype=np.float64)
+        elapsed = np.maximum(as_of - feats["last_ts"], 0.0)
+        idx, scores = self.recommend(feats, elapsed, k)
+        churn = self.churn(feats, elapsed)
+        return pd.DataFrame(
+            {
+                "user_id": df["user_id"].astype(str).to_numpy() if "user_id" in df.columns else np.arange(len(df)).astype(str),
+                "item_ids": [list(self.item_ids(r)) for r in idx],
+                "scores": [list(map(float, r)) for r in scores],
+                "days_since_last_event": elapsed / 86400.0,
+                "p_return_7d": churn["p_return_7d"],
+                "p_return_30d": churn["p_return_30d"],
+                "expected_days_to_return": churn["expected_days_to_return"],
+                "half_life_days": churn["half_life_days"],
+            }
+        )
+
+    def input_example(self):
+        """Two users' recent events and an as-of time, for the pyfunc's signature and docs."""
+        import pandas as pd
+
+        ids = [i for i in self._item_id[2 : min(self.n_items, 8)]]
+        events = sorted(self._event_index, key=self._event_index.get)[:1] or [DEFAULT_EVENT_TYPE]
+        t0 = 1_735_689_600.0  # 2025-01-01T00:00:00Z
+        return pd.DataFrame(
+            {
+                "user_id": ["u1", "u2"],
+                "item_ids": [ids[:3], ids[-2:]],
+                "timestamps": [[t0, t0 + 600.0, t0 + 4000.0], [t0, t0 + 86400.0]],
+                "event_types": [[events[0]] * 3, [events[0]] * 2],
+                "as_of": [t0 + 7200.0, t0 + 30 * 86400.0],
+            }
+        )
+
+
+class EbbtidePyfunc(_PythonModel):
+    """MLflow pyfunc: predict(DataFrame of users' recent events + as_of, params={'k': 10}) -> DataFrame."""
+
+    def load_context(self, context) -> None:
+        self.predictor = Predictor.load(context.artifacts["predictor"])
+
+    def predict(self, context, model_input, params: Optional[dict[str, Any]] = None):
+        k = int((params or {}).get("k", 10))
+        return self.predictor.predict_frame(model_input, k=k)

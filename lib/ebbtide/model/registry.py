@@ -1,0 +1,276 @@
+"""Every MLflow call of ebbtide: tracking URI, experiment, runs, per-epoch metrics, artifacts, the pyfunc, the registry.
+
+One experiment (``mlflow.experiment``) holds every training run. A run gets the full resolved config
+as flattened params, the Delta versions of its input tables as tags, one metric point per epoch
+(step = epoch, 1-based), the vocabulary snapshot, the config YAML and the loss / metric curves as
+artifacts, and the model as a pyfunc registered as a new version with the ``mlflow.alias`` alias.
+
+Runs are driven through ``MlflowClient`` with explicit run ids rather than the fluent active-run
+state, because the process that creates a run (the driver) is not the one that logs its epochs
+(rank 0, possibly in a Spark task or a torchrun child), and a resumed run must reopen the same id.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
+
+from ebbtide.log import get_logger
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from ebbtide.config import Config
+
+log = get_logger("model.registry")
+
+PYFUNC_NAME = "model"
+# Tag keys: ebbtide.delta.<table> holds the Delta version a run read.
+DELTA_TAG = "ebbtide.delta."
+
+
+# --------------------------------------------------------------------------------------------
+# Where things live
+# --------------------------------------------------------------------------------------------
+
+
+def tracking_uri(cfg: "Config") -> str:
+    return _resolve_uri(cfg, cfg.section("mlflow").tracking_uri)
+
+
+def registry_uri(cfg: "Config") -> str:
+    m = cfg.section("mlflow")
+    return _resolve_uri(cfg, m.registry_uri) if m.registry_uri else tracking_uri(cfg)
+
+
+def artifact_root(cfg: "Config") -> str:
+    return cfg.path(cfg.section("mlflow").artifact_root)
+
+
+def _resolve_uri(cfg: "Config", template: str) -> str:
+    uri = template.format(root=cfg.path("{root}")) if "{root}" in template else template
+    if uri.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(uri[len("sqlite:///"):]) or ".", exist_ok=True)
+    return uri
+
+
+def configure(cfg: "Config") -> None:
+    """Point this process's MLflow at the configured tracking server and registry."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    mlflow.set_registry_uri(registry_uri(cfg))
+
+
+def client(uri: str, registry: Optional[str] = None) -> "MlflowClient":
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=registry or uri)
+
+
+def ensure_experiment(cfg: "Config") -> str:
+    c = client(tracking_uri(cfg), registry_uri(cfg))
+    name = cfg.section("mlflow").experiment
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    root = artifact_root(cfg)
+    if "://" not in root:
+        os.makedirs(root, exist_ok=True)
+    # One artifact folder per experiment under the configured root (not ./mlruns of the cwd).
+    return c.create_experiment(name, artifact_location=os.path.join(root, name) if "://" not in root else f"{root.rstrip('/')}/{name}")
+
+
+# --------------------------------------------------------------------------------------------
+# Runs, params, metrics
+# --------------------------------------------------------------------------------------------
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{'a': {'b': 1}} -> {'a.b': '1'}; empty mappings and lists are kept as their JSON text."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (list, tuple, Mapping)):
+            out[key] = json.dumps(v, default=str)
+        else:
+            out[key] = str(v)
+    return out
+
+
+def start_run(cfg: "Config", run_name: str, params: Mapping[str, str], tags: Mapping[str, str]) -> str:
+    """Create a run in the experiment, log params (in the store's batch limits) and tags; return its id."""
+    from mlflow.entities import Param
+
+    exp_id = ensure_experiment(cfg)
+    c = client(tracking_uri(cfg), registry_uri(cfg))
+    run = c.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
+    items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):
+        c.log_batch(run.info.run_id, params=items[i : i + 100])
+    log.info("MLflow run %s in experiment %s (%s)", run.info.run_id, cfg.section("mlflow").experiment, tracking_uri(cfg))
+    return run.info.run_id
+
+
+def reopen_run(cfg: "Config", run_id: str, tags: Mapping[str, str] = {}) -> None:
+    """Mark a run RUNNING again (a resumed training) and update tags."""
+    c = client(tracking_uri(cfg), registry_uri(cfg))
+    c.get_run(run_id)  # fails clearly when the run is gone
+    c.update_run(run_id, status="RUNNING")
+    for k, v in tags.items():
+        c.set_tag(run_id, k, str(v))
+
+
+def end_run(cfg: "Config", run_id: str, status: str = "FINISHED") -> None:
+    client(tracking_uri(cfg), registry_uri(cfg)).set_terminated(run_id, status=status)
+
+
+def set_tags(cfg: "Config", run_id: str, tags: Mapping[str, Any]) -> None:
+    c = client(tracking_uri(cfg), registry_uri(cfg))
+    for k, v in tags.items():
+        c.set_tag(run_id, k, str(v))
+
+
+def log_epoch(uri: str, run_id: str, epoch: int, metrics: Mapping[str, float]) -> None:
+    """One point per metric at step = epoch (called by rank 0 only)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    ms = [Metric(k, float(v), ts, int(epoch)) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+    if ms:
+        client(uri).log_batch(run_id, metrics=ms)
+
+
+def logged_epochs(uri: str, run_id: str, key: str = "train_loss") -> list[int]:
+    """Epochs (steps) that already have a point of `key` in the run."""
+    return sorted(m.step for m in client(uri).get_metric_history(run_id, key))
+
+
+def metric_history(cfg: "Config", run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client(tracking_uri(cfg)).get_metric_history(run_id, key))
+
+
+# --------------------------------------------------------------------------------------------
+# Artifacts
+# --------------------------------------------------------------------------------------------
+
+
+def log_artifact_files(cfg: "Config", run_id: str, files: Iterable[str], artifact_path: Optional[str] = None) -> None:
+    c = client(tracking_uri(cfg), registry_uri(cfg))
+    for f in files:
+        c.log_artifact(run_id, f, artifact_path)
+
+
+def curves_png(history: list[dict], path: str, metric_keys: Iterable[str]) -> str:
+    """Loss and validation-metric curves per epoch, one PNG (matplotlib Agg: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("train_loss", "val_loss", "train_next_item_loss", "train_return_time_loss"):
+        ys = [h.get(key) for h in history]
+        if any(y is not None for y in ys):
+            ax1.plot(epochs, ys, marker="o", label=key)
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+    for key in metric_keys:
+        ys = [h.get(key) for h in history]
+        if any(y is not None for y in ys):
+            ax2.plot(epochs, ys, marker="o", label=key)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("validation metric")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# The pyfunc and the registry
+# --------------------------------------------------------------------------------------------
+
+
+def log_and_register_model(cfg: "Config", run_id: str, predictor_dir: str, tags: Mapping[str, Any]) -> dict:
+    """Log the predictor folder as a pyfunc in the run, register it as a new version, set the alias.
+
+    Returns {model_name, model_version, model_uri, alias}.
+    """
+    import mlflow
+
+    import ebbtide
+    from ebbtide.model.predictor import Predictor
+
+    m = cfg.section("mlflow")
+    configure(cfg)
+    pred = Predictor.load(predictor_dir)
+    example = pred.input_example()
+    params = {"k": int(m.top_k)}
+    output = pred.predict_frame(example, k=int(m.top_k))
+    signature = mlflow.models.infer_signature(example, output, params=params)
+    pkg_dir = os.path.dirname(os.path.abspath(ebbtide.__file__))
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name=PYFUNC_NAME,
+            python_model=os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyfunc_model.py"),
+            artifacts={"predictor": predictor_dir},
+            signature=signature,
+            input_example=example,
+            # The package travels with the model, so a serving host needs only the pip requirements.
+            code_paths=[pkg_dir],
+            pip_requirements=_pip_requirements(),
+        )
+    version = mlflow.register_model(info.model_uri, m.model_name)
+    c = client(tracking_uri(cfg), registry_uri(cfg))
+    c.set_registered_model_alias(m.model_name, m.alias, version.version)
+    for k, v in tags.items():
+        c.set_model_version_tag(m.model_name, version.version, k, str(v))
+    uri = f"models:/{m.model_name}@{m.alias}"
+    log.info("registered %s version %s with alias %s", m.model_name, version.version, m.alias)
+    return {"model_name": m.model_name, "model_version": int(version.version), "model_uri": uri, "alias": m.alias}
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for pkg in ("mlflow", "torch", "numpy", "pandas", "pyarrow", "pyyaml"):
+        try:
+            reqs.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            reqs.append(pkg)
+    return reqs
+
+
+def download_model(uri: str, cfg: "Optional[Config]" = None, tracking: Optional[str] = None) -> str:
+    """A models:/ or runs:/ URI -> a local folder holding the logged pyfunc (MLmodel, artifacts/...)."""
+    import mlflow
+
+    if cfg is not None:
+        configure(cfg)
+    elif tracking:
+        mlflow.set_tracking_uri(tracking)
+        mlflow.set_registry_uri(tracking)
+    dst = tempfile.mkdtemp(prefix="ebbtide-model-")
+    return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
+
+
+def model_version_of(cfg: "Config", name: str, alias: str) -> Optional[int]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return int(client(tracking_uri(cfg), registry_uri(cfg)).get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None

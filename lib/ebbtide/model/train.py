@@ -1,0 +1,737 @@
+"""``ebbtide train``: one training function, three launchers, MLflow tracking and registration.
+
+Driver (``run``): pin one Delta snapshot of gold_training_examples and list its Parquet files per
+split, read the vocabularies, open (or reopen, on resume) the MLflow run, launch ``train_fn`` with
+the chosen launcher, then log the artifacts and the pyfunc and register a new model version with the
+``challenger`` alias.
+
+Workers (``train_fn(spec)``, the same function for every launcher): Gloo on CPU, NCCL on GPU; the
+learning rate scaled by the world size; initial parameters broadcast from rank 0; mixed precision on
+GPU; each rank reads its Petastorm shard; after each epoch rank 0 computes HR@K / NDCG@K on the
+valid split (full ranking at the time of the next visit), writes a checkpoint, then logs the epoch
+to MLflow; every rank takes the same early-stopping decision from the broadcast metric.
+
+Resume: the checkpoint folder is keyed by a fingerprint of the config, the data snapshot and the
+world size. A run killed at any point is started again with the same command: it reopens the same
+MLflow run and continues after the last checkpointed epoch. Because the checkpoint is written
+before the epoch's metrics are logged, and a resumed rank 0 first logs the checkpointed epochs that
+MLflow lacks, every epoch appears exactly once in MLflow.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional
+
+from ebbtide.log import get_logger, step
+
+if TYPE_CHECKING:
+    from ebbtide.cli import Context
+    from ebbtide.config import Config
+
+log = get_logger("model.train")
+
+ITEM_VOCAB_TABLE = "gold_item_vocab"
+EVENT_VOCAB_TABLE = "gold_event_type_vocab"
+LAST_CKPT = "last.pt"
+BEST_WEIGHTS = "best.pt"
+STATE_FILE = "state.json"
+# Test hook: "EPOCH:STEP" makes rank 0 exit hard at that step of that epoch (1-based epoch,
+# 0-based step), the way a lost executor or an OOM kill ends a run.
+FAULT_ENV = "EBBTIDE_TRAIN_FAULT_AT"
+FAULT_EXIT_CODE = 17
+
+
+@dataclass
+class TrainSpec:
+    """Everything a training process needs; picklable, no Spark or MLflow objects."""
+
+    model: dict
+    train: dict
+    n_items: int
+    n_event_types: int
+    train_files: list
+    valid_files: list
+    train_rows: int
+    checkpoint_dir: str
+    tracking_uri: str
+    mlflow_run_id: str
+    backend: str = "local"  # local | horovod | ddp
+    item_counts: Optional[list] = None
+    fault_at: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+# ============================================================================================
+# Process group: one small interface over no distribution, Horovod and torch.distributed
+# ============================================================================================
+
+
+class _Single:
+    rank, size, local_rank, local_size = 0, 1, 0, 1
+
+    def wrap(self, model, optimizer):
+        return model, optimizer
+
+    def broadcast_object(self, obj):
+        return obj
+
+    def allgather_object(self, obj):
+        return [obj]
+
+    def allreduce_sum(self, values: list[float]) -> list[float]:
+        return list(values)
+
+    def barrier(self):
+        pass
+
+    def sync_grads(self, optimizer):
+        pass
+
+    def step(self, optimizer, scaler=None):
+        (scaler.step(optimizer) if scaler else optimizer.step())
+
+    def unwrap(self, model):
+        return model
+
+    def shutdown(self):
+        pass
+
+
+class _Horovod(_Single):
+    def __init__(self):
+        import horovod.torch as hvd
+
+        hvd.init()
+        self.hvd = hvd
+        self.rank, self.size = hvd.rank(), hvd.size()
+        self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()
+
+    def wrap(self, model, optimizer):
+        hvd = self.hvd
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+        return model, optimizer
+
+    def broadcast_object(self, obj):
+        return self.hvd.broadcast_object(obj, root_rank=0)
+
+    def allgather_object(self, obj):
+        return self.hvd.allgather_object(obj)
+
+    def allreduce_sum(self, values):
+        import torch
+
+        t = self.hvd.allreduce(torch.tensor(values, dtype=torch.float64), op=self.hvd.Sum)
+        return t.tolist()
+
+    def barrier(self):
+        self.hvd.barrier()
+
+    def sync_grads(self, optimizer):
+        # Gradients must be averaged before they are unscaled or clipped.
+        optimizer.synchronize()
+
+    def step(self, optimizer, scaler=None):
+        with optimizer.skip_synchronize():
+            (scaler.step(optimizer) if scaler else optimizer.step())
+
+    def shutdown(self):
+        self.hvd.shutdown()
+
+
+class _DDP(_Single):
+    def __init__(self, device_type: str):
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        self.dist = dist
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
+        self.local_size = int(os.environ.get("LOCAL_WORLD_SIZE", self.size))
+
+    def wrap(self, model, optimizer):
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        dev = next(model.parameters()).device
+        # Construction broadcasts rank 0's parameters and buffers.
+        ddp = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        return ddp, optimizer
+
+    def broadcast_object(self, obj):
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def allgather_object(self, obj):
+        out = [None] * self.size
+        self.dist.all_gather_object(out, obj)
+        return out
+
+    def allreduce_sum(self, values):
+        import torch
+
+        t = torch.tensor(values, dtype=torch.float64)
+        if self.dist.get_backend() == "nccl":
+            t = t.cuda()
+        self.dist.all_reduce(t)
+        return t.cpu().tolist()
+
+    def barrier(self):
+        self.dist.barrier()
+
+    def unwrap(self, model):
+        return model.module
+
+    def shutdown(self):
+        self.dist.destroy_process_group()
+
+
+# ============================================================================================
+# The training function
+# ============================================================================================
+
+
+def _conf(cls, d: dict):
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def param_checksum(model) -> str:
+    """sha256 over every parameter's bytes, in name order: equal iff the weights are bit-identical."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _atomic_torch_save(obj, path: str) -> None:
+    import torch
+
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _metric_is_better(name: str, new: float, best: Optional[float]) -> bool:
+    if new is None or not math.isfinite(new):
+        return False
+    if best is None:
+        return True
+    return new < best if "loss" in name else new > best
+
+
+def evaluate(net, files: list, *, k: int, batch_size: int, device, autocast_ctx, max_rows: int = 0, workers: int = 2) -> dict:
+    """Full-ranking HR@K / NDCG@K (targets >= 2, scored at the time of the next visit) and mean loss.
+
+    A target tied with other items counts as ranked below them (no credit for ties).
+    """
+    import torch
+
+    from ebbtide.model import feed
+
+    net.eval()
+    hits = ndcg = n_ranked = 0.0
+    loss_sum = rows = 0.0
+    with torch.no_grad(), feed.open_loader(files, batch_size=batch_size, shuffle=False, loop=False, workers=workers) as it:
+        for raw in it:
+            b = feed.to_model_batch(raw, device)
+            n = int(b["length"].shape[0])
+            with autocast_ctx():
+                total, _ = net.loss(b)
+                scores = net.item_scores(b, b["time_to_next_s"]).float()
+            loss_sum += float(total) * n
+            rows += n
+            target = b["target_item"]
+            ok = target >= 2
+            if ok.any():
+                s, t = scores[ok], target[ok]
+                ts = s.gather(1, t.view(-1, 1))
+                rank = (s >= ts).sum(1) - 1  # 0-based; ties count against the target
+                hit = rank < k
+                hits += float(hit.sum())
+                ndcg += float((hit.float() / torch.log2(rank.float() + 2.0)).sum())
+                n_ranked += float(ok.sum())
+            if max_rows and rows >= max_rows:
+                break
+    net.train()
+    return {
+        f"val_hr_at_{k}": hits / n_ranked if n_ranked else float("nan"),
+        f"val_ndcg_at_{k}": ndcg / n_ranked if n_ranked else float("nan"),
+        "val_loss": loss_sum / rows if rows else float("nan"),
+        "val_rows": rows,
+    }
+
+
+def train_fn(spec: TrainSpec) -> dict:
+    """Train on this process's shard; rank 0 evaluates, checkpoints and logs. Returns this rank's summary.
+
+    Every launcher calls exactly this function (one process: directly; Horovod: in each Spark task
+    or horovodrun slot; TorchDistributor: in each torchrun child).
+    """
+    import contextlib
+    import random
+
+    import numpy as np
+    import torch
+
+    from ebbtide.log import setup_logging
+    from ebbtide.model import feed, registry
+    from ebbtide.model.config import ModelConf, TrainConf
+    from ebbtide.model.network import EbbtideNet
+
+    setup_logging(os.environ.get("EBBTIDE_LOG_LEVEL", "INFO"))
+    tc: TrainConf = _conf(TrainConf, spec.train)
+    mc: ModelConf = _conf(ModelConf, spec.model)
+    use_cuda = tc.device == "cuda" or (tc.device == "auto" and torch.cuda.is_available())
+    if tc.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but this process sees no CUDA device; use train.device=auto or cpu")
+    pg = {"local": _Single, "horovod": _Horovod}.get(spec.backend)
+    pg = pg() if pg else _DDP("cuda" if use_cuda else "cpu")
+    rank, world = pg.rank, pg.size
+    if use_cuda:
+        torch.cuda.set_device(pg.local_rank)
+        device = torch.device("cuda", pg.local_rank)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(tc.threads_per_proc or max(1, (os.cpu_count() or 1) // max(1, pg.local_size)))
+
+    # Mixed precision on GPU: bf16 where the card has it (no loss scaling needed), else fp16 + GradScaler.
+    amp_dtype = None
+    if use_cuda and tc.mixed_precision == "auto":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def autocast_ctx():
+        return torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    torch.manual_seed(tc.seed)
+    random.seed(tc.seed)
+    np.random.seed(tc.seed)
+    net = EbbtideNet(mc, spec.n_items, spec.n_event_types)
+    if spec.item_counts is not None and hasattr(net, "set_item_counts"):
+        net.set_item_counts(torch.as_tensor(spec.item_counts))
+    net.to(device)
+    lr = tc.lr * world
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=tc.weight_decay)
+
+    # ---- resume: every rank loads the same checkpoint (the folder is shared storage on a cluster)
+    ckpt_path = os.path.join(spec.checkpoint_dir, LAST_CKPT)
+    state = None
+    if tc.resume and os.path.exists(ckpt_path):
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state.get("mlflow_run_id") != spec.mlflow_run_id:
+            raise RuntimeError(
+                f"checkpoint {ckpt_path} belongs to MLflow run {state.get('mlflow_run_id')}, not {spec.mlflow_run_id}; "
+                "remove the folder or pass --no-resume"
+            )
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        # Each epoch reseeds from (seed, epoch) anyway; restoring keeps anything drawn before that equal too.
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+    start_epoch = state["epoch"] + 1 if state else 1
+    history: list[dict] = list(state["history"]) if state else []
+    best = state.get("best") if state else None
+    best_epoch = state.get("best_epoch", 0) if state else 0
+    bad_epochs = state.get("bad_epochs", 0) if state else 0
+    stopped = bool(state.get("stopped")) if state else False
+
+    model, opt = pg.wrap(net, opt)
+    metric = tc.early_stopping_metric
+    steps = feed.steps_per_epoch(spec.train_rows, tc.batch_size, world, tc.max_steps_per_epoch)
+    fault_epoch, fault_step = (int(x) for x in spec.fault_at.split(":")) if spec.fault_at else (-1, -1)
+
+    if rank == 0:
+        os.makedirs(spec.checkpoint_dir, exist_ok=True)
+        if state:
+            log.info("resuming MLflow run %s after epoch %d", spec.mlflow_run_id, state["epoch"])
+            # Epochs checkpointed but not logged (killed between the two) are logged now, once.
+            have = set(registry.logged_epochs(spec.tracking_uri, spec.mlflow_run_id))
+            for h in history:
+                if h["epoch"] not in have:
+                    registry.log_epoch(spec.tracking_uri, spec.mlflow_run_id, h["epoch"], _mlflow_metrics(h))
+        log.info(
+            "training on %s: %d process(es), %d steps/epoch of %d, lr %.4g, epochs %d..%d, backend %s",
+            device, world, steps, tc.batch_size, lr, start_epoch, tc.epochs, spec.backend,
+        )
+
+    seq_per_s: list[float] = []
+    model.train()
+    epoch = start_epoch
+    for epoch in range(start_epoch, tc.epochs + 1):
+        if stopped:
+            break
+        t0 = time.perf_counter()
+        sums = [0.0, 0.0, 0.0, 0.0]  # loss, next_item, return_time, batches
+        with feed.open_loader(
+            spec.train_files, batch_size=tc.batch_size, rank=rank, world_size=world, seed=tc.seed, epoch=epoch,
+            workers=tc.reader_workers, shuffle_rows=tc.shuffle_rows, loop=True,
+        ) as it:
+            for s in range(steps):
+                batch = feed.to_model_batch(next(it), device)
+                if rank == 0 and epoch == fault_epoch and s == fault_step:
+                    log.error("fault injected by %s=%s: exiting hard", FAULT_ENV, spec.fault_at)
+                    os._exit(FAULT_EXIT_CODE)
+                opt.zero_grad()
+                with autocast_ctx():
+                    total, parts = model(batch)
+                if scaler is not None:
+                    scaler.scale(total).backward()
+                    pg.sync_grads(opt)
+                    scaler.unscale_(opt)
+                else:
+                    total.backward()
+                    pg.sync_grads(opt)
+                if tc.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+                pg.step(opt, scaler)
+                if scaler is not None:
+                    scaler.update()
+                sums[0] += float(total.detach())
+                sums[1] += float(parts["next_item"])
+                sums[2] += float(parts["return_time"])
+                sums[3] += 1
+        train_s = time.perf_counter() - t0
+        seq_per_s.append(steps * tc.batch_size * world / train_s)
+        tot = pg.allreduce_sum(sums)
+        row = {
+            "epoch": epoch,
+            "train_loss": tot[0] / tot[3],
+            "train_next_item_loss": tot[1] / tot[3],
+            "train_return_time_loss": tot[2] / tot[3],
+            "train_seq_per_s": seq_per_s[-1],
+            "epoch_seconds": train_s,
+        }
+        if rank == 0:
+            val = evaluate(
+                net, spec.valid_files, k=tc.eval_k, batch_size=tc.eval_batch_size, device=device,
+                autocast_ctx=autocast_ctx, max_rows=tc.max_valid_rows, workers=tc.reader_workers,
+            )
+            row.update(val)
+        row = pg.broadcast_object(row)
+        history.append(row)
+        value = row.get(metric)
+        if value is None:
+            raise ValueError(f"train.early_stopping_metric={metric!r} is not computed; use one of {sorted(k for k in row if k.startswith('val_'))}")
+        if _metric_is_better(metric, value, best):
+            best, best_epoch, bad_epochs = value, epoch, 0
+            if rank == 0:
+                _atomic_torch_save(net.state_dict(), os.path.join(spec.checkpoint_dir, BEST_WEIGHTS))
+        else:
+            bad_epochs += 1
+        stopped = bad_epochs >= tc.early_stopping_patience
+        if rank == 0:
+            _atomic_torch_save(
+                {
+                    "epoch": epoch, "model": net.state_dict(), "optimizer": opt.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "stopped": stopped,
+                    "history": history, "mlflow_run_id": spec.mlflow_run_id,
+                    "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+                },
+                ckpt_path,
+            )
+            registry.log_epoch(spec.tracking_uri, spec.mlflow_run_id, epoch, _mlflow_metrics(row))
+            log.info(
+                "epoch %d/%d: loss %.4f, %s %.4f (best %.4f at epoch %d), %.0f seq/s",
+                epoch, tc.epochs, row["train_loss"], metric, value, best if best is not None else float("nan"),
+                best_epoch, row["train_seq_per_s"],
+            )
+        if stopped:
+            if rank == 0:
+                log.info("early stopping: %s did not improve for %d epoch(s)", metric, bad_epochs)
+            break
+    pg.barrier()
+    checksum = param_checksum(net)
+    checksums = pg.allgather_object(checksum)
+    result = {
+        "rank": rank,
+        "world_size": world,
+        "param_checksum": checksum,
+        "param_checksums": checksums,
+        # The rest is rank 0's view, on every rank: launchers differ in which rank's return value they hand back.
+        "history": history,
+        "best_metric": best,
+        "best_epoch": best_epoch,
+        "resumed_after_epoch": state["epoch"] if state else 0,
+        "epochs_this_run": max(0, len(history) - (len(state["history"]) if state else 0)),
+        "seq_per_s": float(np.mean(seq_per_s)) if seq_per_s else None,
+        "device": str(device),
+        "checkpoint_dir": spec.checkpoint_dir,
+    }
+    shared = pg.broadcast_object({k: v for k, v in result.items() if k not in ("rank", "param_checksum")})
+    result.update(shared)
+    pg.shutdown()
+    return result
+
+
+def _mlflow_metrics(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))}
+
+
+# ============================================================================================
+# The stage: `ebbtide train`
+# ============================================================================================
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--launcher", choices=["local", "horovod", "horovodrun", "torch-distributor"], help="override train.launcher")
+    p.add_argument("--num-proc", type=int, help="processes for horovod / horovodrun / torch-distributor (train.num_proc)")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--batch-size", type=int, help="override train.batch_size (per process)")
+    p.add_argument("--max-steps-per-epoch", type=int, help="override train.max_steps_per_epoch (0 = whole split)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override train.device")
+    p.add_argument("--no-resume", action="store_true", help="start a new run even if an unfinished one of this config exists")
+    p.add_argument("--examples-version", type=int, help="Delta version of gold_training_examples to train on (default: latest)")
+    p.add_argument("--no-register", action="store_true", help="skip logging and registering the model (metrics and artifacts only; for quick checks)")
+
+
+def _with_overrides(cfg: "Config", args: argparse.Namespace) -> "Config":
+    tc = cfg.section("train")
+    changes = {
+        k: v
+        for k, v in {
+            "launcher": args.launcher,
+            "num_proc": args.num_proc,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "max_steps_per_epoch": args.max_steps_per_epoch,
+            "device": args.device,
+            "resume": False if args.no_resume else None,
+        }.items()
+        if v is not None
+    }
+    if not changes:
+        return cfg
+    return dataclasses.replace(cfg, extra={**cfg.extra, "train": dataclasses.replace(tc, **changes)})
+
+
+def world_size_of(tc) -> int:
+    return 1 if tc.launcher == "local" else int(tc.num_proc)
+
+
+def fingerprint(cfg: "Config", versions: dict, world: int) -> str:
+    """What makes two invocations the same run: model + training config, data snapshot, world size."""
+    operational = {"launcher", "num_proc", "hosts", "resume", "reader_workers", "threads_per_proc", "start_timeout_s", "device"}
+    tc = {k: v for k, v in dataclasses.asdict(cfg.section("train")).items() if k not in operational}
+    m = cfg.section("mlflow")
+    blob = json.dumps(
+        {
+            "model": dataclasses.asdict(cfg.section("model")),
+            "train": tc,
+            "versions": versions,
+            "world": world,
+            "storage": cfg.path(cfg.storage.warehouse_dir),
+            "mlflow": [m.experiment, m.model_name],
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _read_json(path: str) -> Optional[dict]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(path: str, obj: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def _read_vocabs(spark, cfg: "Config", examples_version: int):
+    """Item and event-type vocabularies as pandas frames, their Delta versions, and the catalogue sizes."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    from ebbtide import tables
+    from ebbtide.model import feed
+
+    versions = {feed.EXAMPLES_TABLE: examples_version}
+    item_vocab = tables.read(spark, cfg, ITEM_VOCAB_TABLE)
+    versions[ITEM_VOCAB_TABLE] = tables.version(spark, cfg, ITEM_VOCAB_TABLE)
+    cols = ["item_id", "item_index"] + (["category"] if "category" in item_vocab.columns else [])
+    items = item_vocab.select(*cols).toPandas()
+    ex = tables.read(spark, cfg, feed.EXAMPLES_TABLE, examples_version)
+    agg = ex.agg(
+        F.max(F.array_max("item_idx")).alias("max_item"),
+        F.max("target_item").alias("max_target"),
+        F.max(F.array_max("event_type_idx")).alias("max_event"),
+    ).collect()[0]
+    if tables.exists(spark, cfg, EVENT_VOCAB_TABLE):
+        events = tables.read(spark, cfg, EVENT_VOCAB_TABLE).select("event_type", "event_type_index").toPandas()
+        versions[EVENT_VOCAB_TABLE] = tables.version(spark, cfg, EVENT_VOCAB_TABLE)
+    else:
+        n = int(agg["max_event"] or 1)
+        events = pd.DataFrame({"event_type": [f"type_{i}" for i in range(2, n + 1)], "event_type_index": list(range(2, n + 1))})
+    n_items = int(max(items["item_index"].max() if len(items) else 1, 1)) + 1
+    biggest = max(int(agg["max_item"] or 0), int(agg["max_target"] or 0))
+    if biggest >= n_items:
+        raise ValueError(
+            f"{feed.EXAMPLES_TABLE} holds item index {biggest} but {ITEM_VOCAB_TABLE} ends at {n_items - 1}: "
+            "the two tables come from different runs; re-run `ebbtide sequences`"
+        )
+    n_event_types = max(int(events["event_type_index"].max()) + 1 if len(events) else 2, int(agg["max_event"] or 1) + 1, 2)
+    return items, events, versions, n_items, n_event_types
+
+
+def _item_counts(spark, cfg: "Config", version: int, n_items: int) -> list:
+    """Training-target frequency per item index (for a popularity proposal in the sampled softmax)."""
+    from pyspark.sql import functions as F
+
+    from ebbtide import tables
+    from ebbtide.model import feed
+
+    rows = (
+        tables.read(spark, cfg, feed.EXAMPLES_TABLE, version)
+        .where((F.col("split") == "train") & (F.col("target_item") >= 2))
+        .groupBy("target_item").count().collect()
+    )
+    counts = [0] * n_items
+    for r in rows:
+        counts[int(r["target_item"])] = int(r["count"])
+    return counts
+
+
+def run(ctx: "Context", args: argparse.Namespace) -> dict:
+    import tempfile
+
+    import yaml
+
+    from ebbtide.model import feed, launchers, predictor, registry
+
+    cfg = _with_overrides(ctx.cfg, args)
+    tc, mc, mlc = cfg.section("train"), cfg.section("model"), cfg.section("mlflow")
+    spark = ctx.spark
+    world = world_size_of(tc)
+
+    with step(log, "pinning the training snapshot"):
+        version, split_files = feed.snapshot_files(spark, cfg, args.examples_version)
+        for s in ("train", "valid"):
+            if not split_files.get(s):
+                raise ValueError(f"{feed.EXAMPLES_TABLE} version {version} has no {s!r} rows; check sequences.split in the config")
+        feed.check_shardable(split_files["train"], world)
+        items, events, versions, n_items, n_event_types = _read_vocabs(spark, cfg, version)
+        train_rows = feed.count_rows(split_files["train"])
+        log.info(
+            "%s v%d: %d train rows in %d files, %d valid files; %d items, %d event types",
+            feed.EXAMPLES_TABLE, version, train_rows, len(split_files["train"]), len(split_files["valid"]), n_items, n_event_types,
+        )
+    counts = _item_counts(spark, cfg, version, n_items) if getattr(mc, "sampled_proposal", "") == "popularity" and n_items > mc.full_softmax_max_items else None
+
+    fp = fingerprint(cfg, versions, world)
+    ckpt_dir = os.path.join(cfg.path(tc.checkpoint_dir), fp)
+    state = _read_json(os.path.join(ckpt_dir, STATE_FILE))
+    tags = {
+        **{f"{registry.DELTA_TAG}{t}": v for t, v in versions.items()},
+        "ebbtide.launcher": tc.launcher,
+        "ebbtide.world_size": world,
+        "ebbtide.fingerprint": fp,
+        "ebbtide.pipeline_run_id": ctx.run_id,
+    }
+    if tc.resume and state and state.get("status") == "running":
+        run_id = state["mlflow_run_id"]
+        registry.reopen_run(cfg, run_id, {"ebbtide.resumed_by": ctx.run_id})
+        log.info("resuming unfinished run %s from %s", run_id, ckpt_dir)
+    else:
+        if os.path.isdir(ckpt_dir):
+            shutil.rmtree(ckpt_dir)
+        os.makedirs(ckpt_dir, exist_ok=True)
+        run_id = registry.start_run(cfg, run_name=f"train-{ctx.run_id}", params=registry.flatten(cfg.as_dict()), tags=tags)
+        _write_json(os.path.join(ckpt_dir, STATE_FILE), {"status": "running", "mlflow_run_id": run_id, "fingerprint": fp})
+
+    spec = TrainSpec(
+        model=dataclasses.asdict(mc),
+        train=dataclasses.asdict(tc),
+        n_items=n_items,
+        n_event_types=n_event_types,
+        train_files=split_files["train"],
+        valid_files=split_files["valid"],
+        train_rows=train_rows,
+        checkpoint_dir=ckpt_dir,
+        tracking_uri=registry.tracking_uri(cfg),
+        mlflow_run_id=run_id,
+        item_counts=counts,
+        fault_at=os.environ.get(FAULT_ENV, ""),
+    )
+    try:
+        with step(log, f"training with launcher {tc.launcher} ({world} process(es))"):
+            results = launchers.launch(spec, tc, spark)
+    except BaseException:
+        registry.end_run(cfg, run_id, "FAILED")
+        raise
+    r0 = results[0]
+
+    with step(log, "logging artifacts and the model"), tempfile.TemporaryDirectory(prefix="ebbtide-train-") as tmp:
+        conf_path = os.path.join(tmp, "config.yaml")
+        with open(conf_path, "w") as f:
+            yaml.safe_dump(cfg.as_dict(), f, sort_keys=False)
+        vocab_dir = os.path.join(tmp, "vocab")
+        os.makedirs(vocab_dir)
+        items.to_parquet(os.path.join(vocab_dir, f"{ITEM_VOCAB_TABLE}.parquet"), index=False)
+        events.to_parquet(os.path.join(vocab_dir, f"{EVENT_VOCAB_TABLE}.parquet"), index=False)
+        png = registry.curves_png(r0["history"], os.path.join(tmp, "curves.png"), [f"val_hr_at_{tc.eval_k}", f"val_ndcg_at_{tc.eval_k}"])
+        registry.log_artifact_files(cfg, run_id, [conf_path, png])
+        registry.log_artifact_files(cfg, run_id, [vocab_dir])
+
+        import torch
+
+        best_weights = torch.load(os.path.join(ckpt_dir, BEST_WEIGHTS), map_location="cpu", weights_only=True)
+        pdir = predictor.save(
+            os.path.join(tmp, "predictor"),
+            best_weights,
+            dataclasses.asdict(mc),
+            n_items,
+            n_event_types,
+            cfg.sequences.max_len,
+            items,
+            events,
+            session_gap_s=cfg.sessionize.gap_minutes * 60.0,
+            lineage={"mlflow_run_id": run_id, "best_epoch": r0["best_epoch"], "tables": versions},
+        )
+        model = {}
+        if not args.no_register:
+            model = registry.log_and_register_model(
+                cfg, run_id, pdir, {"mlflow_run_id": run_id, tc.early_stopping_metric: r0["best_metric"], **tags}
+            )
+    registry.set_tags(cfg, run_id, {"ebbtide.best_epoch": r0["best_epoch"], "ebbtide.model_version": model.get("model_version", "")})
+    registry.end_run(cfg, run_id, "FINISHED")
+    _write_json(os.path.join(ckpt_dir, STATE_FILE), {"status": "finished", "mlflow_run_id": run_id, "fingerprint": fp})
+    return {
+        "mlflow_run_id": run_id,
+        "experiment": mlc.experiment,
+        "model_name": mlc.model_name,
+        "model_version": model.get("model_version"),
+        "model_uri": model.get("model_uri"),
+        "launcher": tc.launcher,
+        "world_size": r0["world_size"],
+        "device": r0["device"],
+        "best_metric_name": tc.early_stopping_metric,
+        "best_metric": r0["best_metric"],
+        "best_epoch": r0["best_epoch"],
+        "epochs_completed": len(r0["history"]),
+        "resumed_after_epoch": r0["resumed_after_epoch"],
+        "seq_per_s": r0["seq_per_s"],
+        "param_checksums": r0["param_checksums"],
+        "tables": versions,
+    }

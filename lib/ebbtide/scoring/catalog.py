@@ -1,0 +1,77 @@
+"""What analysts see in the catalog: table and column comments, and the two `latest_*` views.
+
+deploy/sql/ holds the same definitions as DDL for platforms where the tables are created
+ahead of the job; a test keeps the two in step.
+"""
+from __future__ import annotations
+
+RECOMMENDATIONS = "gold_recommendations"
+CHURN_DECAY = "gold_churn_decay"
+
+TABLE_COMMENTS = {
+    RECOMMENDATIONS: (
+        "Nightly top-K recommendations per active user, as of score_date 00:00 UTC (only events "
+        "before it are used). One partition per score_date, a rerun replaces that date only."
+    ),
+    CHURN_DECAY: (
+        "Nightly churn and interest-decay scores per active user, as of score_date 00:00 UTC. "
+        "One partition per score_date, a rerun replaces that date only."
+    ),
+}
+
+_LINEAGE = {
+    "model_name": "registered model name (or the model URI when scored from a bare URI)",
+    "model_version": "registered model version, null when scored from a bare URI",
+    "run_id": "id of the scoring run that wrote the row",
+    "scored_at": "UTC time the scoring run started",
+}
+
+COLUMN_COMMENTS = {
+    RECOMMENDATIONS: {
+        "score_date": "the day scored: features use events before this date 00:00 UTC (partition)",
+        "user_id": "user scored (active within score.lookback_days before score_date)",
+        "rank": "1 = best, at most score.k per user",
+        "item_id": "recommended item, items the user already consumed are excluded unless configured otherwise",
+        "score": "model score (logit) of the item for this user at the time elapsed since the last event, "
+                 "comparable within a user and a model version only",
+        **_LINEAGE,
+    },
+    CHURN_DECAY: {
+        "score_date": "the day scored: features use events before this date 00:00 UTC (partition)",
+        "user_id": "user scored (active within score.lookback_days before score_date)",
+        "days_since_last_event": "days from the last event of the user to score_date 00:00 UTC",
+        "p_return_7d": "probability of any event within 7 days after score_date, given none since the last event",
+        "p_return_30d": "probability of any event within 30 days after score_date, given none since the last event",
+        "expected_days_to_return": "expected days from score_date to the next event (see docs: Scoring)",
+        "interest_half_life_days": "days for the interest of this user to fall to half (the decay read-out of the model)",
+        "churn_risk": "high / medium / low from p_return_30d and score.churn_high_below / churn_medium_below",
+        "top_fading": "categories (or items) whose predicted interest fell most since the last event: "
+                      "item_or_category, decayed_interest (share of next-item probability now), "
+                      "interest_at_last_event (the same share right after the last event)",
+        **_LINEAGE,
+    },
+}
+
+VIEWS = {
+    "latest_recommendations": RECOMMENDATIONS,
+    "latest_churn_decay": CHURN_DECAY,
+}
+
+
+def view_sql(database: str, view: str) -> str:
+    table = f"{database}.{VIEWS[view]}"
+    return (
+        f"CREATE OR REPLACE VIEW {database}.{view} "
+        f"COMMENT 'The newest score_date of {VIEWS[view]}' AS "
+        f"SELECT * FROM {table} WHERE score_date = (SELECT max(score_date) FROM {table})"
+    )
+
+
+def create_views(spark, database: str) -> list[str]:
+    """(Re)create the latest_* views over whichever score tables exist."""
+    made = []
+    for view, table in VIEWS.items():
+        if spark.catalog.tableExists(f"{database}.{table}"):
+            spark.sql(view_sql(database, view))
+            made.append(f"{database}.{view}")
+    return made

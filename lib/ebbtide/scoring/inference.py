@@ -1,0 +1,435 @@
+"""What runs inside the Python workers: the per-worker model cache and batched inference
+over Arrow record batches (the functions given to ``DataFrame.mapInArrow``).
+
+The model is loaded once per worker process (Spark reuses Python workers across tasks, so
+once per executor core) and kept in a module-level cache keyed by its URI. Each Arrow batch
+is cut into calls of ``batch_users`` rows so that one call's score matrix
+(users x catalogue) stays within ``max_batch_mfloats``.
+
+Scorers are duck-typed: anything with ``n_items``, ``scores(batch) -> (n, n_items)``,
+``item_ids(idx)``, and for churn ``churn(batch)`` and ``item_category`` works. ``PredictorScorer``
+adapts the trained model; ``EmbeddingScorer`` (a dot product against an item matrix) is what
+the benchmark measures, through the same plumbing.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+# The sequence features a scorer reads, as in gold_training_examples / gold_user_sequences.
+FEATURES = ("item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start", "length")
+_FEATURE_DTYPES = {
+    "item_idx": np.int64,
+    "event_type_idx": np.int64,
+    "gap_s": np.float32,
+    "hour_of_week": np.int64,
+    "session_start": np.int64,
+    "length": np.int64,
+}
+
+# uri -> loaded scorer; lives as long as the Python worker.
+_MODELS: dict[str, Any] = {}
+# (uri, allow, deny) -> boolean mask of catalogue indices that may never be recommended.
+_BASE_MASKS: dict[tuple, np.ndarray] = {}
+
+RECS_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("rank", pa.int32()),
+        ("item_index", pa.int32()),
+        ("item_id", pa.string()),
+        ("score", pa.float64()),
+    ]
+)
+RECS_DDL = "user_id string, rank int, item_index int, item_id string, score double"
+
+FADING_TYPE = pa.list_(
+    pa.struct(
+        [
+            ("item_or_category", pa.string()),
+            ("decayed_interest", pa.float64()),
+            ("interest_at_last_event", pa.float64()),
+        ]
+    )
+)
+CHURN_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("days_since_last_event", pa.float64()),
+        ("p_return_7d", pa.float64()),
+        ("p_return_30d", pa.float64()),
+        ("expected_days_to_return", pa.float64()),
+        ("interest_half_life_days", pa.float64()),
+        ("top_fading", FADING_TYPE),
+    ]
+)
+CHURN_DDL = (
+    "user_id string, days_since_last_event double, p_return_7d double, p_return_30d double, expected_days_to_return double, "
+    "interest_half_life_days double, "
+    "top_fading array<struct<item_or_category: string, decayed_interest: double, interest_at_last_event: double>>"
+)
+
+
+# --------------------------------------------------------------------------------------
+# Scorers
+# --------------------------------------------------------------------------------------
+
+
+def fixed_list_to_numpy(col: pa.Array, dtype) -> np.ndarray:
+    """A list<...> column whose rows all hold L values -> an (n, L) array (no Python loop)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    n = len(col)
+    if n == 0:
+        return np.zeros((0, 0), dtype=dtype)
+    offsets = col.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    width = int(lengths[0])
+    if (lengths != width).any():
+        raise ValueError(
+            f"sequence column {col.type} is ragged (lengths {lengths.min()}..{lengths.max()}); "
+            "windows must be left-padded to sequences.max_len"
+        )
+    values = col.flatten().to_numpy(zero_copy_only=False)
+    return values.astype(dtype, copy=False).reshape(n, width)
+
+
+def features_from_arrow(
+    batch: pa.RecordBatch, n_items: Optional[int] = None, n_event_types: Optional[int] = None
+) -> dict[str, np.ndarray]:
+    """The model's input dict from an Arrow batch of windows. Items and event types the model
+    has never seen (indices appended to the vocabularies after training) map to OOV (1)."""
+    out: dict[str, np.ndarray] = {}
+    for name in FEATURES:
+        col = batch.column(batch.schema.get_field_index(name))
+        if name == "length":
+            out[name] = col.to_numpy(zero_copy_only=False).astype(np.int64)
+        else:
+            out[name] = fixed_list_to_numpy(col, _FEATURE_DTYPES[name])
+    if n_items is not None:
+        idx = out["item_idx"]
+        idx[idx >= n_items] = 1
+    if n_event_types is not None:
+        et = out["event_type_idx"]
+        et[et >= n_event_types] = 1
+    return out
+
+
+def elapsed_from_arrow(batch: pa.RecordBatch) -> np.ndarray:
+    return batch.column(batch.schema.get_field_index("elapsed_s")).to_numpy(zero_copy_only=False).astype(np.float32)
+
+
+class PredictorScorer:
+    """Adapts ``ebbtide.model.predictor.Predictor`` to the scorer interface."""
+
+    def __init__(self, predictor: Any):
+        self.predictor = predictor
+        n = getattr(predictor, "n_items", None)
+        self.n_items = int(n) if n is not None else self._probe_n_items()
+        self.item_category = self._item_categories()
+        meta = getattr(predictor, "meta", None)
+        self.n_event_types = int(meta["n_event_types"]) if isinstance(meta, dict) and "n_event_types" in meta else None
+
+    def _probe_n_items(self) -> int:
+        batch = {k: np.zeros((1, 1), dtype=_FEATURE_DTYPES[k]) for k in FEATURES if k != "length"}
+        batch["item_idx"][0, 0] = 1
+        batch["length"] = np.ones(1, dtype=np.int64)
+        return int(self.predictor.score_all(batch, np.zeros(1, dtype=np.float32)).shape[1])
+
+    def _item_categories(self) -> Optional[np.ndarray]:
+        """Category name of each item index (None where unknown), or None without categories."""
+        cats = getattr(self.predictor, "item_category", None)
+        if cats is None:
+            return None
+        if callable(cats):  # Predictor: positions into predictor.categories
+            names = np.asarray([c or None for c in self.predictor.categories], dtype=object)
+            return names[np.asarray(cats(), dtype=np.int64)]
+        return np.asarray(cats, dtype=object)
+
+    def _feats(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+        return features_from_arrow(batch, self.n_items, self.n_event_types)
+
+    def scores(self, batch: pa.RecordBatch) -> np.ndarray:
+        return self.scores_at(batch, elapsed_from_arrow(batch))
+
+    def scores_at(self, batch: pa.RecordBatch, elapsed_s: np.ndarray) -> np.ndarray:
+        out = self.predictor.score_all(self._feats(batch), elapsed_s.astype(np.float32))
+        return np.array(out, dtype=np.float32, copy=False)
+
+    def churn(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+        return self.predictor.churn(self._feats(batch), elapsed_from_arrow(batch))
+
+    def interest(self, batch: pa.RecordBatch, by: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(names (G,), interest right after the last event (n, G), interest now (n, G)).
+
+        By category with a model that reads out per-category decayed interest, that read-out;
+        otherwise the model's next-item probability mass per category (or per item)."""
+        elapsed = elapsed_from_arrow(batch)
+        zero = np.zeros_like(elapsed)
+        ci = getattr(self.predictor, "category_interest", None)
+        if by == "category" and callable(ci) and hasattr(self.predictor, "categories"):
+            feats = self._feats(batch)
+            names = np.asarray([c or "(none)" for c in self.predictor.categories], dtype=object)
+            return names, np.asarray(ci(feats, zero), np.float64), np.asarray(ci(feats, elapsed), np.float64)
+        p_then = _softmax(self.scores_at(batch, zero))
+        p_now = _softmax(self.scores_at(batch, elapsed))
+        if by == "category" and self.item_category is not None:
+            return group_mass(p_then, p_now, self.item_category)
+        return self.item_ids(np.arange(self.n_items)), p_then, p_now
+
+    def item_ids(self, idx: np.ndarray) -> np.ndarray:
+        return np.asarray(self.predictor.item_ids(np.asarray(idx)), dtype=object)
+
+
+class EmbeddingScorer:
+    """Scores = user vector . item vector, over an item matrix saved with ``np.save``.
+    Row 0 and 1 of the matrix are pad and OOV, as in the vocabulary."""
+
+    def __init__(self, path: str):
+        self.items = np.load(path).astype(np.float32)
+        self.n_items = self.items.shape[0]
+        self._items_t = None
+        self._ids = np.array([f"i{i}" for i in range(self.n_items)], dtype=object)
+        self.item_category = None
+
+    def scores(self, batch: pa.RecordBatch) -> np.ndarray:
+        import torch
+
+        # Arrow buffers are read-only; torch wants a writable array (the copy is tiny next to the product).
+        users = np.array(fixed_list_to_numpy(batch.column(batch.schema.get_field_index("user_vec")), np.float32))
+        if self._items_t is None:
+            self._items_t = torch.from_numpy(self.items).t().contiguous()
+        return (torch.from_numpy(users) @ self._items_t).numpy()
+
+    def item_ids(self, idx: np.ndarray) -> np.ndarray:
+        return self._ids[idx]
+
+
+def load_predictor(uri: str, tracking_uri: str = "") -> PredictorScorer:
+    """Workers are fresh processes: the driver tells them where the registry is."""
+    from ebbtide.model.predictor import Predictor
+
+    return PredictorScorer(Predictor.load(uri, tracking_uri=tracking_uri or None))
+
+
+def load_embeddings(uri: str, tracking_uri: str = "") -> EmbeddingScorer:
+    return EmbeddingScorer(uri)
+
+
+def cached_model(uri: str, loader: Callable[..., Any], tracking_uri: str = "") -> Any:
+    model = _MODELS.get(uri)
+    if model is None:
+        model = loader(uri, tracking_uri)
+        _MODELS[uri] = model
+    return model
+
+
+# --------------------------------------------------------------------------------------
+# Top-k with exclusions
+# --------------------------------------------------------------------------------------
+
+
+def base_mask(scorer: Any, allow: Sequence[str] = (), deny: Sequence[str] = ()) -> np.ndarray:
+    """True where an index may never be recommended: pad, OOV, denied, or outside the allow list."""
+    n = scorer.n_items
+    mask = np.zeros(n, dtype=bool)
+    mask[: min(2, n)] = True
+    if allow or deny:
+        ids = scorer.item_ids(np.arange(n))
+        if allow:
+            mask |= ~np.isin(ids, np.asarray(list(allow), dtype=object))
+        if deny:
+            mask |= np.isin(ids, np.asarray(list(deny), dtype=object))
+    return mask
+
+
+def consumed_mask_rows(col: pa.Array, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, item) pairs of a list<int> column of consumed item indices, for fancy indexing."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if len(col) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    col = col.fill_null(pa.scalar([], type=col.type)) if col.null_count else col
+    offsets = col.offsets.to_numpy()
+    values = col.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    rows = np.repeat(np.arange(len(col)), np.diff(offsets))
+    keep = (values >= 0) & (values < n_items)
+    return rows[keep], values[keep]
+
+
+def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k per row, best first. Masked entries carry -inf and are returned as such."""
+    import torch
+
+    k = min(k, scores.shape[1])
+    vals, idx = torch.topk(torch.from_numpy(scores), k, dim=1, largest=True, sorted=True)
+    return idx.numpy(), vals.numpy()
+
+
+def _sub_batches(batch: pa.RecordBatch, n_items: int, batch_users: int, max_mfloats: float):
+    rows = max(1, min(batch_users, int(max_mfloats * 1e6 // max(n_items, 1))))
+    for start in range(0, batch.num_rows, rows):
+        yield batch.slice(start, rows)
+
+
+def _set_threads(torch_threads: int) -> None:
+    if torch_threads > 0:
+        import torch
+
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
+
+
+def recommend_fn(
+    uri: str,
+    *,
+    k: int,
+    loader: Callable[..., Any] = load_predictor,
+    tracking_uri: str = "",
+    exclude_consumed: bool = True,
+    allow: Sequence[str] = (),
+    deny: Sequence[str] = (),
+    batch_users: int = 512,
+    max_batch_mfloats: float = 32.0,
+    torch_threads: int = 0,
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The mapInArrow function: windows (+ consumed) in, one row per (user, rank) out."""
+    allow, deny = tuple(allow), tuple(deny)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        _set_threads(torch_threads)
+        scorer = cached_model(uri, loader, tracking_uri)
+        key = (uri, allow, deny)
+        never = _BASE_MASKS.get(key)
+        if never is None:
+            never = _BASE_MASKS[key] = base_mask(scorer, allow, deny)
+        never_idx = np.flatnonzero(never)
+        for big in batches:
+            for batch in _sub_batches(big, scorer.n_items, batch_users, max_batch_mfloats):
+                if batch.num_rows == 0:
+                    continue
+                scores = scorer.scores(batch)
+                scores[:, never_idx] = -np.inf
+                if exclude_consumed and "consumed" in batch.schema.names:
+                    r, c = consumed_mask_rows(batch.column(batch.schema.get_field_index("consumed")), scorer.n_items)
+                    scores[r, c] = -np.inf
+                idx, vals = topk(scores, k)
+                yield _recs_batch(batch, scorer, idx, vals)
+
+    return run
+
+
+def _recs_batch(batch: pa.RecordBatch, scorer: Any, idx: np.ndarray, vals: np.ndarray) -> pa.RecordBatch:
+    n, k = idx.shape
+    valid = np.isfinite(vals)
+    rows = np.repeat(np.arange(n), k)[valid.ravel()]
+    ranks = np.tile(np.arange(1, k + 1, dtype=np.int32), n)[valid.ravel()]
+    flat_idx = idx.ravel()[valid.ravel()]
+    users = batch.column(batch.schema.get_field_index("user_id")).take(pa.array(rows))
+    return pa.RecordBatch.from_arrays(
+        [
+            users,
+            pa.array(ranks, pa.int32()),
+            pa.array(flat_idx.astype(np.int32), pa.int32()),
+            pa.array(scorer.item_ids(flat_idx), pa.string()),
+            pa.array(vals.ravel()[valid.ravel()].astype(np.float64), pa.float64()),
+        ],
+        schema=RECS_SCHEMA,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Churn and interest decay
+# --------------------------------------------------------------------------------------
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    m = np.max(np.where(np.isfinite(scores), scores, -np.inf), axis=1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    e = np.exp(np.where(np.isfinite(scores), scores - m, -np.inf))
+    s = e.sum(axis=1, keepdims=True)
+    return e / np.where(s > 0, s, 1.0)
+
+
+def group_mass(p_then: np.ndarray, p_now: np.ndarray, group: np.ndarray):
+    """Sum per-item probabilities into groups (pad / OOV / unknown items fall out)."""
+    g = np.array([x if isinstance(x, str) and x else "" for x in group[: p_then.shape[1]]], dtype=object)
+    names, codes = np.unique(g.astype(str), return_inverse=True)
+    onehot = np.zeros((len(codes), len(names)), dtype=np.float64)
+    onehot[np.arange(len(codes)), codes] = 1.0
+    keep = names != ""
+    return names[keep].astype(object), (p_then @ onehot)[:, keep], (p_now @ onehot)[:, keep]
+
+
+def fading_interest(
+    names: np.ndarray, then: np.ndarray, now: np.ndarray, top: int
+) -> list[list[tuple[str, float, float]]]:
+    """Per user, up to ``top`` groups (categories or items) that lost the most interest between
+    the last event and now, largest loss first: [(name, interest_now, interest_then), ...]."""
+    loss = then - now
+    k = min(top, loss.shape[1])
+    if k == 0:
+        return [[] for _ in range(loss.shape[0])]
+    part = np.argpartition(-loss, k - 1, axis=1)[:, :k]
+    out: list[list[tuple[str, float, float]]] = []
+    for r in range(loss.shape[0]):
+        cand = part[r][np.argsort(-loss[r, part[r]], kind="stable")]
+        out.append([(str(names[c]), float(now[r, c]), float(then[r, c])) for c in cand if loss[r, c] > 0])
+    return out
+
+
+def churn_fn(
+    uri: str,
+    *,
+    loader: Callable[..., Any] = load_predictor,
+    tracking_uri: str = "",
+    top_fading: int = 5,
+    fading_by: str = "category",
+    batch_users: int = 512,
+    max_batch_mfloats: float = 32.0,
+    torch_threads: int = 0,
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The mapInArrow function: windows in, one churn / decay row per user out."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        _set_threads(torch_threads)
+        scorer = cached_model(uri, loader, tracking_uri)
+        for big in batches:
+            for batch in _sub_batches(big, scorer.n_items, batch_users, max_batch_mfloats):
+                if batch.num_rows == 0:
+                    continue
+                ch = scorer.churn(batch)
+                fading: list[list] = [[] for _ in range(batch.num_rows)]
+                if top_fading > 0:
+                    names, then, now = scorer.interest(batch, fading_by)
+                    fading = fading_interest(names, then, now, top_fading)
+                yield _churn_batch(batch, ch, fading)
+
+    return run
+
+
+def _churn_batch(batch: pa.RecordBatch, ch: dict[str, np.ndarray], fading: list[list]) -> pa.RecordBatch:
+    def col(name: str) -> pa.Array:
+        return pa.array(np.asarray(ch[name], dtype=np.float64).reshape(-1), pa.float64())
+
+    fading_arr = pa.array(
+        [
+            [{"item_or_category": n, "decayed_interest": now, "interest_at_last_event": then} for n, now, then in row]
+            for row in fading
+        ],
+        type=FADING_TYPE,
+    )
+    return pa.RecordBatch.from_arrays(
+        [
+            batch.column(batch.schema.get_field_index("user_id")),
+            pa.array(batch.column(batch.schema.get_field_index("elapsed_s")).to_numpy(zero_copy_only=False).astype(np.float64) / 86400.0, pa.float64()),
+            col("p_return_7d"),
+            col("p_return_30d"),
+            col("expected_days_to_return"),
+            col("half_life_days"),
+            fading_arr,
+        ],
+        schema=CHURN_SCHEMA,
+    )

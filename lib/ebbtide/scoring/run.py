@@ -1,0 +1,213 @@
+"""`ebbtide score`: nightly scoring -> gold_recommendations + gold_churn_decay.
+
+Reads silver_events, gold_item_vocab and gold_event_type_vocab, builds each active user's
+window as of the score date with the sequences stage's own function, scores it with the
+champion model (one load per Python worker, batched torch inference over Arrow batches),
+runs the quality gate on the persisted results, and only then replaces the score date's
+partition of each table, one atomic Delta commit per table.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from ebbtide import tables
+from ebbtide.log import get_logger, step
+
+log = get_logger("score")
+
+EVENTS = "silver_events"
+ITEM_VOCAB = "gold_item_vocab"
+EVENT_TYPE_VOCAB = "gold_event_type_vocab"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = (
+        "Scores users active within score.lookback_days before --score-date, using only events "
+        "before that date (00:00 UTC). Writes the score date's partition of gold_recommendations "
+        "and gold_churn_decay after the quality gate passes; a rerun replaces exactly that "
+        "partition. Keys: score.k, score.exclude_consumed, score.allow_items, score.deny_items, "
+        "score.churn_*_below, score.quality.*."
+    )
+    p.add_argument("--score-date", type=_date, default=None, metavar="YYYY-MM-DD",
+                   help="the day to score as of (00:00 UTC); default: today in UTC. Past dates backfill.")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model-version", type=int, default=None, metavar="N",
+                   help="score with version N of the registered model instead of the score.model_alias alias")
+    g.add_argument("--model-uri", default=None, metavar="URI",
+                   help="score with this model (models:/name/N, models:/name@alias, runs:/..., or a folder)")
+
+
+def _date(s: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a date; write YYYY-MM-DD") from None
+
+
+# --------------------------------------------------------------------------------------
+# Model resolution (registry look-ups through ebbtide.model.registry)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    uri: str  # what the workers load: pinned to a version, so an alias moving mid-job is harmless
+    name: str
+    version: Optional[int]
+    tracking_uri: str
+
+
+def resolve_model(cfg, model_uri: Optional[str] = None, model_version: Optional[int] = None) -> ModelRef:
+    from ebbtide.model import registry
+
+    score = cfg.section("score")
+    mlconf = cfg.section("mlflow")
+    tracking_uri = registry.tracking_uri(cfg)
+    client = registry.client(tracking_uri, registry.registry_uri(cfg))
+    name = score.model_name or mlconf.model_name
+    alias = score.model_alias
+    if model_uri:
+        m = re.match(r"^models:/([^/@]+)(?:/(\d+)|@([\w-]+))$", model_uri)
+        if not m:
+            return ModelRef(model_uri, model_uri, None, tracking_uri)
+        name, ver, alias = m.group(1), m.group(2), m.group(3)
+        if ver:
+            model_version = int(ver)
+    try:
+        if model_version is not None:
+            mv = client.get_model_version(name, str(model_version))
+        else:
+            mv = client.get_model_version_by_alias(name, alias)
+    except Exception as e:  # MLflow raises its own RestException / MlflowException types
+        what = f"version {model_version}" if model_version is not None else f"alias @{alias}"
+        raise ValueError(
+            f"model {name!r} {what} not found in the registry at {tracking_uri}: {e}. Train and register "
+            "a model first (`ebbtide train`, then `ebbtide evaluate` to promote a champion), or pass "
+            "--model-version / --model-uri"
+        ) from None
+    return ModelRef(f"models:/{name}/{mv.version}", name, int(mv.version), tracking_uri)
+
+
+# --------------------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------------------
+
+
+def build(ctx, score_date: dt.date, model: ModelRef, *, loader=None):
+    """The scoring inputs and both output DataFrames (lazy), plus the lineage used."""
+    from ebbtide.scoring import inference
+    from ebbtide.scoring import transform as T
+
+    cfg, spark = ctx.cfg, ctx.spark
+    sc = cfg.section("score")
+    score_ts = T.score_timestamp(score_date)
+    events = tables.read(spark, cfg, EVENTS)
+    item_vocab = tables.read(spark, cfg, ITEM_VOCAB)
+    et_vocab = tables.read(spark, cfg, EVENT_TYPE_VOCAB)
+    inputs = T.scoring_inputs(
+        events, item_vocab, et_vocab,
+        max_len=cfg.sequences.max_len, score_ts=score_ts, lookback_days=sc.lookback_days,
+    )
+    parts = sc.partitions or cfg.spark.shuffle_partitions
+    inputs = T.deterministic_layout(inputs, parts)
+    allow = T.item_list(spark, sc.allow_items, sc.allow_source, lambda n: tables.read(spark, cfg, n))
+    deny = T.item_list(spark, sc.deny_items, sc.deny_source, lambda n: tables.read(spark, cfg, n))
+    if sc.allow_items or sc.allow_source:
+        if not allow:
+            raise ValueError("score.allow_items / allow_source gave an empty allow list: nothing could be recommended")
+    common = dict(
+        tracking_uri=model.tracking_uri, batch_users=sc.batch_users,
+        max_batch_mfloats=sc.max_batch_mfloats, torch_threads=sc.torch_threads,
+    )
+    if loader is not None:
+        common["loader"] = loader
+    rec_fn = inference.recommend_fn(
+        model.uri, k=sc.k, exclude_consumed=sc.exclude_consumed, allow=allow, deny=deny, **common
+    )
+    churn_fn = inference.churn_fn(model.uri, top_fading=sc.top_fading, fading_by=sc.fading_by, **common)
+    lineage = dict(
+        score_date=score_date, model_name=model.name, model_version=model.version, run_id=ctx.run_id,
+        scored_at=dt.datetime.now(dt.timezone.utc).replace(microsecond=0),
+    )
+    recs = T.recommendations(inputs, rec_fn, lineage)
+    churn = T.churn_decay(
+        inputs, churn_fn, lineage, high_below=sc.churn_high_below, medium_below=sc.churn_medium_below
+    )
+    return inputs, recs, churn, lineage
+
+
+def with_column_comments(df, comments: dict[str, str]):
+    """Column comments travel in the schema, so the table's first commit already carries them
+    (one ALTER per column would cost a Delta commit each)."""
+    from pyspark.sql import functions as F
+
+    return df.select(*[F.col(c).alias(c, metadata={"comment": comments[c]}) if c in comments else F.col(c)
+                       for c in df.columns])
+
+
+def publish(spark, cfg, df, name: str, score_date: dt.date) -> None:
+    """Replace the score date's partition in one atomic Delta commit; other dates stay as they are."""
+    from ebbtide.scoring.catalog import COLUMN_COMMENTS, TABLE_COMMENTS
+
+    tables.write(
+        with_column_comments(df, COLUMN_COMMENTS[name]), cfg, name, mode="replace_where",
+        replace_where=f"score_date = '{score_date.isoformat()}'", partition_by=["score_date"],
+        comment=TABLE_COMMENTS[name],
+    )
+
+
+def run(ctx, args) -> dict:
+    cfg = ctx.cfg
+    sc = cfg.section("score")
+    score_date = args.score_date or dt.datetime.now(dt.timezone.utc).date()
+    if sc.churn_high_below > sc.churn_medium_below:
+        raise ValueError("score.churn_high_below must not exceed score.churn_medium_below")
+    with step(log, "resolving the model"):
+        model = resolve_model(cfg, args.model_uri, args.model_version)
+    return score_and_publish(ctx, score_date, model)
+
+
+def score_and_publish(ctx, score_date: dt.date, model: ModelRef, *, loader=None) -> dict:
+    """Score, gate, publish. Nothing is written unless every quality check passes."""
+    from ebbtide.scoring import catalog, quality
+
+    cfg, spark = ctx.cfg, ctx.spark
+    sc = cfg.section("score")
+    log.info("scoring %s as of %s 00:00 UTC with %s", cfg.storage.database, score_date, model.uri)
+    inputs, recs, churn, _ = build(ctx, score_date, model, loader=loader)
+    try:
+        with step(log, "building windows of active users"):
+            inputs.persist()
+            n_active = inputs.count()
+        log.info("%d users active within %d days before %s", n_active, sc.lookback_days, score_date)
+        with step(log, f"scoring {n_active} users and running the quality gate"):
+            # Persisted so that the gate and the write see the very rows inferred once.
+            recs.persist()
+            churn.persist()
+            checks = quality.check_recommendations(recs, n_active, sc.k, sc.quality) + quality.check_churn(
+                churn, n_active, sc.quality
+            )
+            for c in checks:
+                log.debug("%s", c)
+            quality.enforce(checks)
+        with step(log, f"publishing score date {score_date}"):
+            publish(spark, cfg, recs, catalog.RECOMMENDATIONS, score_date)
+            publish(spark, cfg, churn, catalog.CHURN_DECAY, score_date)
+            views = catalog.create_views(spark, cfg.storage.database)
+    finally:
+        for df in (recs, churn, inputs):
+            df.unpersist()
+    return {
+        "score_date": score_date.isoformat(),
+        "model": model.uri,
+        "model_version": model.version,
+        "active_users": n_active,
+        "recommendation_rows": quality.rows(checks, catalog.RECOMMENDATIONS),
+        "churn_rows": quality.rows(checks, catalog.CHURN_DECAY),
+        "checks": len(checks),
+        "views": views,
+    }

@@ -1,0 +1,312 @@
+"""bronze_events -> silver_events + silver_sessions: gap-based sessions per user.
+
+A user's events, ordered by ``(ts, event_id)``, form one session until the gap to the
+previous event is *strictly greater* than ``gap_minutes``; a gap exactly equal to the
+threshold stays in the same session (a 30-minute timeout means "30 minutes of silence is
+still the same visit"). Timestamps are UTC instants, so local offsets and DST changes of
+the source cannot move a boundary.
+
+Late and out-of-order events: a user's sessions depend on all of their events, so every
+user touched by new bronze data is re-sessionized from their whole history and their rows
+are replaced in both silver tables (one Delta commit per table). Which bronze rows are new
+is found from the bronze Delta snapshots: the data files present now but not at the last
+processed version (and those gone since, for deletions) name the affected users. The
+processed bronze version is recorded in ``ops_sessionize_log`` after both silver tables are
+written, so a crash before that point simply redoes the same users on the next run.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from typing import TYPE_CHECKING, Any, Optional
+
+from ebbtide import tables
+from ebbtide.log import get_logger, step
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from ebbtide.config import Config
+
+log = get_logger("sessionize")
+
+BRONZE = "bronze_events"
+SILVER_EVENTS = "silver_events"
+SILVER_SESSIONS = "silver_sessions"
+OPS_LOG = "ops_sessionize_log"
+
+# Bronze columns that silver_events drops (raw lineage that sequences never read).
+_DROPPED = ("extra", "source_file")
+SESSION_COLUMNS = (
+    "user_id", "session_id", "session_index", "start_ts", "end_ts", "duration_s",
+    "n_events", "n_items", "event_types",
+)
+# Past this many affected users one incremental replace predicate gets unwieldy (it lists
+# them); recomputing every user is then about as cheap and much simpler for Delta.
+MAX_INCREMENTAL_USERS = 20_000
+
+EVENTS_COMMENT = (
+    "Bronze events with their session: session_id = user_id#session_index, event_seq = "
+    "position in the user's history, gap_s = seconds since the user's previous event. "
+    "Ordered by (ts, event_id); a new session starts when the gap exceeds sessionize.gap_minutes."
+)
+SESSIONS_COMMENT = "One row per user session (gap-based, see silver_events)."
+
+
+# --------------------------------------------------------------------------------------
+# Pure transforms
+# --------------------------------------------------------------------------------------
+
+
+def sessionize_events(events_df: "DataFrame", gap_minutes: float) -> "DataFrame":
+    """Assign sessions to bronze-shaped events; returns silver_events without ``processed_at``.
+
+    All window expressions share one spec (user, then ts, event_id), so Spark shuffles and
+    sorts the events once; the running sum that numbers sessions reuses that order.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if gap_minutes <= 0:
+        raise ValueError(f"sessionize.gap_minutes must be > 0, got {gap_minutes}")
+    gap_us = int(round(float(gap_minutes) * 60 * 1_000_000))
+    w = Window.partitionBy("user_id").orderBy("ts", "event_id")
+    cols = [c for c in events_df.columns if c not in _DROPPED]
+    us = F.unix_micros("ts")
+    prev_us = F.lag(us).over(w)
+    df = events_df.select(
+        *cols,
+        (us - prev_us).alias("_gap_us"),
+        (F.row_number().over(w) - 1).cast("int").alias("event_seq"),
+    )
+    start = F.col("_gap_us").isNull() | (F.col("_gap_us") > F.lit(gap_us))
+    df = df.withColumn("is_session_start", start)
+    df = df.withColumn(
+        "session_index",
+        (F.sum(F.col("is_session_start").cast("int")).over(w.rowsBetween(Window.unboundedPreceding, 0)) - 1).cast("int"),
+    )
+    return df.select(
+        *cols,
+        F.concat(F.col("user_id"), F.lit("#"), F.col("session_index").cast("string")).alias("session_id"),
+        "session_index",
+        "event_seq",
+        (F.col("_gap_us") / F.lit(1_000_000.0)).alias("gap_s"),
+        "is_session_start",
+    )
+
+
+def summarize_sessions(silver_events_df: "DataFrame") -> "DataFrame":
+    """One row per session from silver_events; returns silver_sessions without ``processed_at``."""
+    from pyspark.sql import functions as F
+
+    g = silver_events_df.groupBy("user_id", "session_id", "session_index").agg(
+        F.min("ts").alias("start_ts"),
+        F.max("ts").alias("end_ts"),
+        F.count(F.lit(1)).cast("int").alias("n_events"),
+        # A distinct count plans as hash aggregates; a set of items per session would not.
+        F.countDistinct("item_id").cast("int").alias("n_items"),
+        F.array_sort(F.collect_set("event_type")).alias("event_types"),
+    )
+    return g.select(
+        "user_id", "session_id", "session_index", "start_ts", "end_ts",
+        ((F.unix_micros("end_ts") - F.unix_micros("start_ts")) / F.lit(1_000_000.0)).alias("duration_s"),
+        "n_events", "n_items", "event_types",
+    )
+
+
+def with_processed_at(df: "DataFrame", processed_at: dt.datetime) -> "DataFrame":
+    from pyspark.sql import functions as F
+
+    return df.withColumn("processed_at", F.lit(processed_at).cast("timestamp"))
+
+
+# --------------------------------------------------------------------------------------
+# Which users need re-sessionizing
+# --------------------------------------------------------------------------------------
+
+
+def _file_names(df: "DataFrame") -> set[str]:
+    return {f.rstrip("/").rsplit("/", 1)[-1] for f in df.inputFiles()}
+
+
+def affected_users(
+    spark: "SparkSession", cfg: "Config", since_version: int, now_version: int
+) -> Optional["DataFrame"]:
+    """Users with bronze rows added or removed between two bronze versions (one column, distinct).
+
+    Data files are immutable and uniquely named, so the files of one snapshot but not the
+    other hold every changed row (plus, after a compaction, unchanged neighbours: a superset
+    is safe, it only costs work). None when the old snapshot is no longer readable.
+    """
+    from pyspark.sql import functions as F
+
+    now = tables.read(spark, cfg, BRONZE, version=now_version)
+    try:
+        old = tables.read(spark, cfg, BRONZE, version=since_version)
+        old_files = _file_names(old)
+    except Exception as e:  # log retention passed, table replaced...
+        log.warning("bronze version %d is no longer readable (%s); recomputing every user", since_version, e)
+        return None
+    now_files = _file_names(now)
+    added, removed = sorted(now_files - old_files), sorted(old_files - now_files)
+    log.info("bronze v%d -> v%d: %d data files added, %d removed", since_version, now_version, len(added), len(removed))
+    parts = []
+    if added:
+        parts.append(now.where(F.col("_metadata.file_name").isin(added)).select("user_id"))
+    if removed:
+        parts.append(old.where(F.col("_metadata.file_name").isin(removed)).select("user_id"))
+    if not parts:
+        return spark.createDataFrame([], "user_id string")
+    users = parts[0]
+    for p in parts[1:]:
+        users = users.unionByName(p)
+    return users.distinct()
+
+
+def _sql_literal(s: str) -> str:
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def users_predicate(user_ids: list[str]) -> str:
+    return "user_id IN (" + ", ".join(_sql_literal(u) for u in user_ids) + ")"
+
+
+# --------------------------------------------------------------------------------------
+# Stage
+# --------------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--gap-minutes", type=float, default=None,
+        help="inactivity gap that ends a session (default: sessionize.gap_minutes, 30); "
+        "a gap exactly equal to it does not start a new session",
+    )
+    p.add_argument(
+        "--full", action="store_true",
+        help="recompute every user from all of bronze_events instead of only users with new events",
+    )
+
+
+def _last_state(spark: "SparkSession", cfg: "Config") -> Optional[dict[str, Any]]:
+    if not tables.exists(spark, cfg, OPS_LOG):
+        return None
+    rows = (
+        tables.read(spark, cfg, OPS_LOG)
+        .orderBy("processed_at", ascending=False)
+        .limit(1)
+        .collect()
+    )
+    return rows[0].asDict() if rows else None
+
+
+def _log_row(spark: "SparkSession", run_id: str, summary: dict[str, Any], processed_at: dt.datetime) -> "DataFrame":
+    schema = (
+        "run_id string, mode string, bronze_version long, gap_minutes double, affected_users long, "
+        "events_written long, sessions_written long, processed_at timestamp"
+    )
+    row = (
+        run_id, summary["mode"], summary["bronze_version"], summary["gap_minutes"],
+        summary["affected_users"], summary["events_written"], summary["sessions_written"], processed_at,
+    )
+    return spark.createDataFrame([row], schema)
+
+
+def run(ctx, args) -> dict[str, Any]:
+    from pyspark.sql import functions as F
+
+    cfg, spark = ctx.cfg, ctx.spark
+    gap = float(args.gap_minutes if getattr(args, "gap_minutes", None) is not None else cfg.sessionize.gap_minutes)
+    full = bool(getattr(args, "full", False)) or not cfg.sessionize.incremental
+    processed_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+    if not tables.exists(spark, cfg, BRONZE):
+        raise FileNotFoundError(
+            f"table {tables.full_name(cfg, BRONZE)} does not exist; run `ebbtide ingest` first"
+        )
+    bronze_version = tables.version(spark, cfg, BRONZE)
+    bronze = tables.read(spark, cfg, BRONZE, version=bronze_version)
+    summary: dict[str, Any] = {
+        "bronze_version": bronze_version, "gap_minutes": gap, "affected_users": 0,
+        "events_written": 0, "sessions_written": 0,
+    }
+
+    last = None if full else _last_state(spark, cfg)
+    silver_exists = tables.exists(spark, cfg, SILVER_EVENTS) and tables.exists(spark, cfg, SILVER_SESSIONS)
+    users_df = None
+    reason = "--full" if full else ""
+    if not full:
+        if last is None or not silver_exists:
+            reason = "first run"
+        elif float(last["gap_minutes"]) != gap:
+            reason = f"gap changed from {last['gap_minutes']} to {gap} minutes"
+        elif int(last["bronze_version"]) > bronze_version:
+            reason = f"bronze_events went back from v{last['bronze_version']} to v{bronze_version}"
+        elif int(last["bronze_version"]) == bronze_version:
+            log.info("bronze_events v%d already sessionized; nothing to do", bronze_version)
+            return {"mode": "noop", **summary}
+        else:
+            with step(log, f"finding users with new bronze rows since v{last['bronze_version']}"):
+                users_df = affected_users(spark, cfg, int(last["bronze_version"]), bronze_version)
+                if users_df is None:
+                    reason = "old bronze snapshot unreadable"
+                else:
+                    user_ids = sorted(r["user_id"] for r in users_df.collect())
+                    if not user_ids:
+                        log.info("no bronze rows changed since v%d; nothing to do", last["bronze_version"])
+                        return {"mode": "noop", **summary}
+                    if len(user_ids) > MAX_INCREMENTAL_USERS:
+                        reason = f"{len(user_ids)} affected users (> {MAX_INCREMENTAL_USERS})"
+                        users_df = None
+
+    if users_df is None:
+        log.info("sessionizing every user (%s), gap %.4g min, bronze v%d", reason, gap, bronze_version)
+        events = with_processed_at(sessionize_events(bronze, gap), processed_at)
+        with step(log, "writing silver_events (all users)"):
+            tables.write(events, cfg, SILVER_EVENTS, "overwrite", partition_by=["event_date"], comment=EVENTS_COMMENT)
+        # Sessions are summarized from the table just written: cheaper than windowing twice.
+        silver = tables.read(spark, cfg, SILVER_EVENTS)
+        sessions = with_processed_at(summarize_sessions(silver), processed_at)
+        with step(log, "writing silver_sessions (all users)"):
+            tables.write(sessions, cfg, SILVER_SESSIONS, "overwrite", comment=SESSIONS_COMMENT)
+        summary["mode"] = "full"
+        summary["affected_users"] = tables.read(spark, cfg, SILVER_SESSIONS).select("user_id").distinct().count()
+    else:
+        log.info("re-sessionizing %d affected users, gap %.4g min, bronze v%d", len(user_ids), gap, bronze_version)
+        pred = users_predicate(user_ids)
+        ids = spark.createDataFrame([(u,) for u in user_ids], "user_id string")
+        mine = bronze.join(F.broadcast(ids), "user_id", "left_semi")
+        events = with_processed_at(sessionize_events(mine, gap), processed_at)
+        with step(log, f"replacing silver_events rows of {len(user_ids)} users"):
+            tables.write(events, cfg, SILVER_EVENTS, "replace_where", replace_where=pred, partition_by=["event_date"])
+        silver = tables.read(spark, cfg, SILVER_EVENTS).where(pred)
+        sessions = with_processed_at(summarize_sessions(silver), processed_at)
+        with step(log, f"replacing silver_sessions rows of {len(user_ids)} users"):
+            tables.write(sessions, cfg, SILVER_SESSIONS, "replace_where", replace_where=pred)
+        summary["mode"] = "incremental"
+        summary["affected_users"] = len(user_ids)
+
+    summary["events_written"] = _rows_written(spark, cfg, SILVER_EVENTS)
+    summary["sessions_written"] = _rows_written(spark, cfg, SILVER_SESSIONS)
+    # Recorded last: a crash before this line makes the next run redo the same users.
+    tables.write(_log_row(spark, ctx.run_id, summary, processed_at), cfg, OPS_LOG, "append")
+    log.info(
+        "sessionized %s: %d users, %d events, %d sessions written (bronze v%d)",
+        summary["mode"], summary["affected_users"], summary["events_written"], summary["sessions_written"], bronze_version,
+    )
+    return summary
+
+
+def _rows_written(spark: "SparkSession", cfg: "Config", name: str) -> int:
+    """Rows the latest data commit wrote, from Delta's operation metrics (no rescan).
+
+    Table comments are set in a commit of their own after a table's first write, so the
+    newest commit that wrote rows is looked up among the last few.
+    """
+    from delta.tables import DeltaTable
+
+    for h in DeltaTable.forPath(spark, tables.table_path(cfg, name)).history(5).collect():
+        m = h["operationMetrics"] or {}
+        if "numOutputRows" in m:
+            return int(m["numOutputRows"])
+    return 0

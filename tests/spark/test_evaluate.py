@@ -1,0 +1,335 @@
+"""Protocols and the evaluate stage on real Spark + Delta, with tiny gold tables built here in the
+gold_training_examples schema of docs/architecture.md (censored rows as the sequences stage
+writes them: one per user and split, at T1, T2 and the end of data)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.spark
+_ROWS: list = []  # the raw example rows the module's tables hold
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory, spark):
+    """One tiny gold table set for the module (conftest's cfg sets spark.sql.warehouse.dir, static
+    in Spark 4: tables are addressed by path, so a fresh storage root and database isolate it)."""
+    from conftest import make_config
+
+    root = tmp_path_factory.mktemp("evaluate")
+    c = make_config(root, f"storage.database=t_{abs(hash(root)) % 10**8}", "evaluate.sampled_negatives=5")
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {c.storage.database}")
+    _ROWS[:] = write_tables(spark, c)
+    return c
+
+
+@pytest.fixture
+def ctx(cfg, spark):
+    from ebbtide.cli import Context
+
+    return Context(cfg, _spark=spark)
+
+
+L = 5
+DAY = 86400.0
+START = datetime(2025, 1, 1, tzinfo=timezone.utc)
+T1_DAY, T2_DAY, END_DAY = 60.0, 80.0, 100.0
+N_ITEMS = 22          # items 2..20 in training; 21 appears only in the test period
+TEST_ONLY_ITEM = 21
+
+
+def _user_events(u: int, rng) -> list[tuple[int, float]]:
+    """A chain walk item -> item + 1 (mostly) with user-specific gaps; quitters stop early."""
+    t = rng.uniform(0, 5)
+    item = 2 + u % 19
+    mean_gap = 1.0 if u % 3 else 6.0
+    stop = END_DAY if u % 4 else rng.uniform(40, 90)
+    ev = []
+    while t < stop:
+        ev.append((item, t))
+        item = 2 + (item - 2 + (1 if rng.random() < 0.8 else 3)) % 19
+        t += rng.exponential(mean_gap)
+    if u % 5 == 0:  # a new item only after T2
+        ev.append((TEST_ONLY_ITEM, max(t, T2_DAY + 1.0) if t < END_DAY else END_DAY - 0.5))
+        ev.sort(key=lambda x: x[1])
+    return [e for e in ev if e[1] <= END_DAY]
+
+
+def _window(ev, end):
+    """Left-padded arrays of events ev[max(0, end-L):end]."""
+    w = ev[max(0, end - L):end]
+    pad = L - len(w)
+    items = [0] * pad + [i for i, _ in w]
+    # seconds since the previous input event; 0 for the window's first event and for pad
+    gaps = [0.0] * pad + [0.0] + [(w[j][1] - w[j - 1][1]) * DAY for j in range(1, len(w))]
+    hows = [0] * pad + [int((START + timedelta(days=t)).weekday() * 24 + (t * 24) % 24) for _, t in w]
+    sess = [0] * pad + [1 if j == 0 or (w[j][1] - w[j - 1][1]) > 1 / 48 else 0 for j in range(len(w))]
+    return items, gaps, hows, sess, len(w), w[-1][1]
+
+
+def _ts(day):
+    return (START + timedelta(days=day)).replace(tzinfo=None)
+
+
+def build_examples(n_users=40, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        ev = _user_events(u, rng)
+        uid = f"u{u:03d}"
+        for k in range(1, len(ev)):
+            items, gaps, hows, sess, n, last = _window(ev, k)
+            tday = ev[k][1]
+            split = "train" if tday < T1_DAY else "valid" if tday < T2_DAY else "test"
+            rows.append((f"{uid}#{k}", uid, split, items, [2 if i else 0 for i in items], gaps, hows, sess, n,
+                         _ts(last), int(ev[k][0]), 2, _ts(tday), float((tday - last) * DAY), 0))
+        for split, cut in (("train", T1_DAY), ("valid", T2_DAY), ("test", END_DAY)):
+            before = [e for e in ev if e[1] < cut or (split == "test" and e[1] <= cut)]
+            if not before:
+                continue
+            items, gaps, hows, sess, n, last = _window(ev, len(before))
+            rows.append((f"{uid}#censored-{split}", uid, split, items, [2 if i else 0 for i in items], gaps, hows,
+                         sess, n, _ts(last), 0, 0, None, float((cut - last) * DAY), 1))
+    return rows
+
+
+def write_tables(spark, cfg, n_users=40):
+    from pyspark.sql import types as T
+
+    from ebbtide import tables
+
+    schema = T.StructType([
+        T.StructField("example_id", T.StringType()), T.StructField("user_id", T.StringType()),
+        T.StructField("split", T.StringType()),
+        T.StructField("item_idx", T.ArrayType(T.IntegerType())), T.StructField("event_type_idx", T.ArrayType(T.IntegerType())),
+        T.StructField("gap_s", T.ArrayType(T.FloatType())), T.StructField("hour_of_week", T.ArrayType(T.IntegerType())),
+        T.StructField("session_start", T.ArrayType(T.IntegerType())), T.StructField("length", T.IntegerType()),
+        T.StructField("last_ts", T.TimestampType()), T.StructField("target_item", T.IntegerType()),
+        T.StructField("target_event_type", T.IntegerType()), T.StructField("target_ts", T.TimestampType()),
+        T.StructField("time_to_next_s", T.FloatType()), T.StructField("censored", T.IntegerType()),
+    ])
+    rows = build_examples(n_users)
+    tables.write(spark.createDataFrame(rows, schema), cfg, "gold_training_examples", "overwrite", partition_by=["split"])
+    vocab = spark.createDataFrame([(f"m{i}", i) for i in range(2, N_ITEMS)], "item_id string, item_index int")
+    tables.write(vocab, cfg, "gold_item_vocab", "overwrite")
+    return rows
+
+
+def _epoch(day):
+    return (START + timedelta(days=day)).timestamp()
+
+
+def test_temporal_training_rows_never_hold_a_test_period_event(spark, cfg):
+    from pyspark.sql import functions as F
+
+    from ebbtide import tables
+    from ebbtide.evaluation import baselines as B, protocols as P
+
+    ex = tables.read(spark, cfg, "gold_training_examples")
+    tr = P.training_rows(ex).toPandas()
+    assert tr["target_ts_s"].max() < _epoch(T1_DAY)
+    # inputs of every train example end before its target, hence before T1
+    train_inputs = ex.filter("split = 'train' AND censored = 0").agg(F.max(F.col("last_ts").cast("double"))).collect()[0][0]
+    assert train_inputs < _epoch(T1_DAY)
+    # the item seen only after T2 gets nothing from any baseline fitted on train
+    ev = B.TrainEvents.from_pandas(tr)
+    assert TEST_ONLY_ITEM not in set(ev.item.tolist()) | set(ev.last_item.tolist())
+    pop = B.MostPopular(N_ITEMS).fit(ev)
+    assert pop.pop[TEST_ONLY_ITEM] == 0
+    # evaluation rows are the split's uncensored rows, all after T2
+    te = P.evaluation_rows(ex, "test").select(F.min(F.col("target_ts").cast("double")), F.max("censored")).collect()[0]
+    assert te[0] >= _epoch(T2_DAY) and te[1] == 0
+    assert P.split_start(ex, "test") >= _epoch(T2_DAY)
+
+
+def test_leave_last_out_holds_out_each_users_last_target(spark, cfg):
+    from ebbtide import tables
+    from ebbtide.evaluation import protocols as P
+
+    df = P.apply_protocol(tables.read(spark, cfg, "gold_training_examples"), "leave-last-out")
+    pdf = df.filter("censored = 0").select("user_id", "split", "target_ts").toPandas()
+    for _, g in pdf.groupby("user_id"):
+        g = g.sort_values("target_ts")
+        assert g["split"].iloc[-1] == "test"
+        if len(g) > 1:
+            assert g["split"].iloc[-2] == "valid"
+        assert (g["split"].iloc[:-2] == "train").all()
+        # within a user, no training target is later than the held-out one
+        assert g[g.split == "train"]["target_ts"].max() <= g[g.split == "test"]["target_ts"].min() if (g.split == "train").any() else True
+
+
+def test_churn_snapshot_straddles_the_cut_and_hides_the_future(spark, cfg):
+    from ebbtide import tables
+    from ebbtide.evaluation import protocols as P
+
+    rows = _ROWS
+    ex = tables.read(spark, cfg, "gold_training_examples")
+    cut = _epoch(T2_DAY)
+    snap = P.churn_snapshot(ex, cut).toPandas()
+    assert snap["user_id"].is_unique
+    assert (snap["elapsed_s"] > 0).all()
+    assert set(snap["returned"]) <= {0, 1}
+    # a user's returned flag matches the raw rows: any uncensored target at or after T2
+    for uid, g in snap.set_index("user_id").iterrows():
+        later = [r for r in rows if r[1] == uid and r[14] == 0 and r[12] is not None and r[12] >= _ts(T2_DAY)]
+        assert g["returned"] == (1 if later else 0), uid
+        if later:
+            assert g["return_after_s"] == pytest.approx(min(r[12] for r in later).replace(tzinfo=timezone.utc).timestamp() - cut, abs=1)
+        else:  # censored at the end of data, not at the artificial valid cut-off T2
+            assert g["return_after_s"] == pytest.approx((END_DAY - T2_DAY) * DAY, abs=1)
+    # observed only until T1: nothing at or after T1 counts as a return
+    fit = P.churn_snapshot(ex, _epoch(T1_DAY - 30), observe_until_s=_epoch(T1_DAY)).toPandas()
+    assert (fit["return_after_s"] <= 30 * DAY + 1).all()
+    assert fit["returned"].sum() > 0
+
+
+def _args(**kw):
+    a = dict(model_uri=None, split=None, protocol=None, baselines_only=False, no_champion=False, no_promote=False)
+    a.update(kw)
+    return argparse.Namespace(**a)
+
+
+@pytest.mark.slow
+def test_evaluate_baselines_only_writes_table_report_and_mlflow_idempotently(ctx, spark, cfg):
+    from mlflow import MlflowClient
+
+    from ebbtide import tables
+    from ebbtide.evaluation import run as R
+
+    out = R.run(ctx, _args(baselines_only=True))
+    json.dumps(out, default=str)
+    assert out["examples"] > 20
+    nd = out["ndcg@10"]
+    assert set(nd) == {"most_popular", "recent_popular", "cooccurrence", "markov"}
+    # the chain walk is first-order: Markov must beat popularity by a wide margin
+    assert nd["markov"] > nd["most_popular"] + 0.2
+    assert set(out["churn_roc_auc_7d"]) == {"days_since_last", "rfm_logistic", "kaplan_meier", "exponential_decay"}
+    ops = tables.read(spark, cfg, "ops_evaluations")
+    n1 = ops.count()
+    assert n1 == out["rows"]
+    r = ops.filter("model_name = 'markov' AND metric = 'ndcg' AND k = 10").collect()
+    assert len(r) == 1 and r[0]["value"] == pytest.approx(nd["markov"]) and r[0]["split"] == "test"
+    assert ops.filter("metric = 'churn_roc_auc' AND k = 7").count() == 4
+    assert ops.filter("metric = 'sampled_ndcg' AND k = 10").count() == 4
+    import os
+
+    rep = out["report"]
+    assert os.path.exists(rep) and "| markov |" in open(rep).read()
+    assert os.path.exists(os.path.join(os.path.dirname(rep), "calibration.png"))
+    assert os.path.exists(os.path.join(os.path.dirname(rep), "decay_curves.png"))
+    uri = cfg.path(cfg.section("mlflow").tracking_uri)
+    run = MlflowClient(tracking_uri=uri).get_run(out["mlflow_run_id"])
+    assert run.data.metrics["markov.ndcg_at_10"] == pytest.approx(nd["markov"])
+
+    # a rerun on the same table version updates rows instead of adding them; the negatives are reused
+    out2 = R.run(ctx, _args(baselines_only=True))
+    assert tables.read(spark, cfg, "ops_evaluations").count() == n1
+    assert out2["ndcg@10"] == pytest.approx(nd)
+
+    # leave-last-out on the valid split is another set of rows
+    out3 = R.run(ctx, _args(baselines_only=True, protocol="leave-last-out", split="valid"))
+    assert tables.read(spark, cfg, "ops_evaluations").count() == n1 + out3["rows"]
+
+
+def test_evaluate_with_unloadable_model_names_the_fix(ctx, spark, cfg):
+    from ebbtide.evaluation import run as R
+
+    with pytest.raises(ValueError, match="baselines-only"):
+        R.run(ctx, _args(model_uri="models:/ebbtide@challenger"))
+
+
+class RandomStandIn:
+    """A model that knows nothing: seeded random scores. Must lose to the baselines."""
+
+    def __init__(self, seed=0):
+        self.rng = np.random.default_rng(seed)
+
+    def score_all(self, batch, elapsed_s):
+        return self.rng.random((len(elapsed_s), N_ITEMS)).astype(np.float32)
+
+    def churn(self, batch, elapsed_s):
+        n = len(elapsed_s)
+        return {"p_return_7d": np.full(n, 0.5), "p_return_30d": np.full(n, 0.7)}
+
+
+class OracleStandIn(RandomStandIn):
+    """Knows each example's target from its window: must beat every baseline. It only stands in
+    for the trained model so that the promote path of the stage can be exercised end to end."""
+
+    def __init__(self, rows):
+        super().__init__(1)
+        self.answer = {(tuple(r[3]), tuple(np.float32(g) for g in r[5])): r[10] for r in rows if r[14] == 0}
+
+    def score_all(self, batch, elapsed_s):
+        s = super().score_all(batch, elapsed_s) * 0.1
+        for i, (items, gaps) in enumerate(zip(batch["item_idx"], batch["gap_s"])):
+            t = self.answer.get((tuple(int(x) for x in items), tuple(np.float32(g) for g in gaps)))
+            if t is not None:
+                s[i, t] = 1.0
+        return s
+
+
+@pytest.mark.slow
+def test_evaluate_gate_promotes_a_strong_model_then_refuses_a_weak_one(ctx, spark, cfg, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from ebbtide import tables
+    from ebbtide.evaluation import run as R
+    from ebbtide.evaluation.gate import alias_version
+
+    uri = cfg.path(cfg.section("mlflow").tracking_uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    exp = client.create_experiment("registry-fixture", artifact_location=Path(cfg.path("{root}/art")).as_uri())
+
+    class Constant(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return [0.0] * len(model_input)
+
+    versions = []
+    for _ in range(2):
+        with mlflow.start_run(experiment_id=exp):
+            info = mlflow.pyfunc.log_model(name="model", python_model=Constant(), registered_model_name="ebbtide",
+                                           pip_requirements=[])
+            versions.append(str(info.registered_model_version))
+    mlflow.set_tracking_uri(None)
+    weak, strong = versions
+    stand_ins = {weak: RandomStandIn(), strong: OracleStandIn(_ROWS)}
+
+    def load(model_uri, tracking_uri=None):
+        ref = model_uri[len("models:/ebbtide"):]
+        v = alias_version(client, "ebbtide", ref[1:]) if ref.startswith("@") else ref.lstrip("/")
+        return stand_ins[v]
+
+    monkeypatch.setattr(R, "_load_predictor", load)
+
+    # no champion yet: the strong model beats every baseline and becomes champion
+    client.set_registered_model_alias("ebbtide", "challenger", strong)
+    out = R.run(ctx, _args())
+    assert out["gate"]["promoted"] is True, out["gate"]
+    assert alias_version(client, "ebbtide", "champion") == strong
+    assert out["ndcg@10"]["ebbtide"] > max(v for k, v in out["ndcg@10"].items() if k != "ebbtide")
+    assert client.get_model_version("ebbtide", strong).tags["gate.decision"] == "promoted"
+    strong_ndcg = out["ndcg@10"]["ebbtide"]
+
+    # the weak one, against that champion scored in the same run: refused on both counts
+    client.set_registered_model_alias("ebbtide", "challenger", weak)
+    out = R.run(ctx, _args())
+    assert "champion" in out["ndcg@10"] and out["gate"]["promoted"] is False
+    assert "< champion" in out["gate"]["summary"] and "does not beat baseline" in out["gate"]["summary"]
+    assert out["ndcg@10"]["champion"] == pytest.approx(strong_ndcg)
+    assert alias_version(client, "ebbtide", "champion") == strong
+    assert client.get_model_version("ebbtide", weak).tags["gate.decision"] == "refused"
+    ops = tables.read(spark, cfg, "ops_evaluations")
+    assert ops.filter(f"model_role = 'challenger' AND model_version = '{weak}' AND metric = 'ndcg' AND k = 10").count() == 1
+    assert ops.filter(f"model_role = 'champion' AND model_version = '{strong}'").count() > 0
+    # the challenger's own training run got its test metrics
+    run_id = client.get_model_version("ebbtide", weak).run_id
+    assert "test_ndcg_at_10" in client.get_run(run_id).data.metrics

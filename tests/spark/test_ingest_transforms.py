@@ -1,0 +1,191 @@
+"""Ingest's pure transforms on a handful of rows: parsing, the contract, timestamps, ids."""
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+
+import pytest
+
+from ebbtide import ingest
+from ebbtide.config import IngestConf, SourceConf
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+BOUNDS = ingest.ts_bounds(IngestConf(min_ts="1990-01-01T00:00:00Z", max_future_days=1), NOW)
+CSV = ingest.resolve_layout(SourceConf(path="x"), "user_id,item_id,ts,value")
+JSON = ingest.resolve_layout(SourceConf(path="x", format="json"), None)
+
+
+def utc(*a) -> datetime:
+    return datetime(*a, tzinfo=timezone.utc)
+
+
+def prepare(spark, lines, layout=CSV, unit=None):
+    df = spark.createDataFrame([(line, "file:/src/a.csv") for line in lines], "value string, source_file string")
+    if unit:
+        layout = dataclasses.replace(layout, ts_unit=unit)
+    return ingest.prepare(df, layout, *BOUNDS)
+
+
+def one(spark, line, layout=CSV, unit=None):
+    (row,) = prepare(spark, [line], layout, unit).collect()
+    return row
+
+
+BAD_ROWS = [
+    (CSV, ",i1,1700000000,1", ingest.R_MISSING_USER),
+    (CSV, "  ,i1,1700000000,1", ingest.R_MISSING_USER),
+    (CSV, "u1,,1700000000,1", ingest.R_MISSING_ITEM),
+    (CSV, "u1,i1,,1", ingest.R_MISSING_TS),
+    (CSV, "u1,i1,yesterday,1", ingest.R_UNPARSABLE_TS),
+    (CSV, "u1,i1,2024-13-45T99:00:00Z,1", ingest.R_UNPARSABLE_TS),
+    (CSV, "u1,i1,100,1", ingest.R_TS_RANGE),            # 1970: before ingest.min_ts
+    (CSV, "u1,i1,4102444800,1", ingest.R_TS_RANGE),     # 2100: past now + max_future_days
+    (CSV, "u1,i1,1700000000,five", ingest.R_BAD_VALUE),
+    (CSV, "u1,i1,1700000000,NaN", ingest.R_BAD_VALUE),
+    (CSV, "u1,i1,1700000000", ingest.R_FIELD_COUNT),
+    (CSV, "u1,i1,1700000000,1,surplus", ingest.R_FIELD_COUNT),
+    (JSON, '{"user_id": "u1", "item_id": "i1", "ts": 17', ingest.R_MALFORMED_JSON),
+    (JSON, "[1, 2, 3]", ingest.R_MALFORMED_JSON),
+    (JSON, '{"user_id": "u1", "user_id": "u2", "item_id": "i1", "ts": 1700000000}', ingest.R_MALFORMED_JSON),
+    (JSON, '{"item_id": "i1", "ts": 1700000000}', ingest.R_MISSING_USER),
+    (JSON, '{"user_id": null, "item_id": "i1", "ts": 1700000000}', ingest.R_MISSING_USER),
+    (JSON, '{"user_id": "u1", "item_id": "i1", "ts": 1700000000, "value": {"a": 1}}', ingest.R_BAD_VALUE),
+    (JSON, '{"user_id": "u1", "item_id": "i1", "ts": true}', ingest.R_UNPARSABLE_TS),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_rows(spark):
+    """All bad lines prepared in one Spark job per layout: raw line -> prepared row."""
+    out = {}
+    for layout in (CSV, JSON):
+        out.update({r["raw"]: r for r in prepare(spark, [l for lay, l, _ in BAD_ROWS if lay is layout], layout).collect()})
+    return out
+
+
+@pytest.mark.parametrize("layout,line,reason", BAD_ROWS, ids=[f"{r}:{l[:30]}" for _, l, r in BAD_ROWS])
+def test_each_kind_of_bad_row_gets_its_reason(bad_rows, layout, line, reason):
+    row = bad_rows[line]
+    assert row["reason"] == reason
+    assert row["raw"] == line
+
+
+def test_good_rows_have_no_reason_and_typed_fields(spark):
+    row = one(spark, 'u1,"i,1",1700000000,2.5')
+    assert row["reason"] is None
+    assert (row["user_id"], row["item_id"], row["value"]) == ("u1", "i,1", 2.5)
+    assert row["ts"] == datetime(2023, 11, 14, 22, 13, 20)
+    assert one(spark, " u1 , i1 ,1700000000,")["value"] is None  # empty value: absent, not bad
+
+
+def test_header_and_blank_lines_are_not_rows(spark):
+    rows = prepare(spark, ["user_id,item_id,ts,value", "", "   ", "u1,i1,1700000000,1"]).collect()
+    assert [r["user_id"] for r in rows] == ["u1"]
+
+
+# Each pair: the text as the source has it, the UTC instant it must land on.
+TIMESTAMPS = [
+    ("1710052200", "auto", utc(2024, 3, 10, 6, 30)),
+    ("1710052200.25", "auto", utc(2024, 3, 10, 6, 30, 0, 250000)),
+    ("1710052200123", "auto", utc(2024, 3, 10, 6, 30, 0, 123000)),
+    ("2024-03-10T01:30:00-05:00", "auto", utc(2024, 3, 10, 6, 30)),
+    ("2024-03-10T12:00:00+05:30", "auto", utc(2024, 3, 10, 6, 30)),
+    ("2024-03-10T06:30:00Z", "auto", utc(2024, 3, 10, 6, 30)),
+    ("2024-03-10 06:30:00.5", "auto", utc(2024, 3, 10, 6, 30, 0, 500000)),  # no offset: UTC
+    ("1710052200", "s", utc(2024, 3, 10, 6, 30)),
+    ("1710052200123", "ms", utc(2024, 3, 10, 6, 30, 0, 123000)),
+    ("2024-03-10T08:30:00+02:00", "iso", utc(2024, 3, 10, 6, 30)),
+]
+
+
+MISFITS = [
+    ("1710052200123", "s", ingest.R_TS_RANGE),      # ms read as seconds: year 56000
+    ("1710052200", "ms", ingest.R_TS_RANGE),        # seconds read as ms: 1970
+    ("1710052200", "iso", ingest.R_UNPARSABLE_TS),  # a number is not ISO-8601
+]
+
+
+@pytest.fixture(scope="module")
+def parsed_ts(spark):
+    """(text, unit) -> prepared row, one Spark job per unit."""
+    out = {}
+    for unit in ingest.TS_UNITS:
+        texts = sorted({t for t, u, _ in TIMESTAMPS + MISFITS if u == unit})
+        rows = prepare(spark, [f"u1,i1,{t},1" for t in texts], unit=unit).collect()
+        out.update({(r["ts_text"], unit): r for r in rows})
+    return out
+
+
+@pytest.mark.parametrize("text,unit,expected", TIMESTAMPS)
+def test_timestamps_land_on_the_right_utc_instant(parsed_ts, text, unit, expected):
+    row = parsed_ts[(text, unit)]
+    assert row["reason"] is None
+    # The session runs in UTC, so the naive datetime Spark returns is the UTC wall clock.
+    assert row["ts"].replace(tzinfo=timezone.utc) == expected
+
+
+@pytest.mark.parametrize("text,unit,reason", MISFITS)
+def test_a_forced_unit_that_does_not_fit_is_quarantined(parsed_ts, text, unit, reason):
+    assert parsed_ts[(text, unit)]["reason"] == reason
+
+
+def test_unmapped_columns_go_to_extra_and_event_types_normalise(spark):
+    row = one(spark, '{"user_id": "u1", "item_id": "i1", "ts": 1700000000, "event_type": " View ", '
+                     '"props": {"color": "red"}, "n": 3}', JSON)
+    assert row["event_type"] == "view"
+    assert row["extra"] == {"props": '{"color":"red"}', "n": "3"}
+    taobao = ingest.resolve_layout(SourceConf(path="x", adapter="taobao"), None)
+    rows = prepare(spark, ["1,10,7,pv,1511544070", "1,11,7,buy,1511544071", "1,12,7,Scroll,1511544072",
+                           "1,13,7,,1511544073"], taobao).collect()
+    assert [r["event_type"] for r in rows] == ["view", "purchase", "scroll", "interaction"]
+    assert {r["category"] for r in rows} == {"7"} and rows[0]["extra"] == {}
+
+
+def test_event_id_is_the_source_id_else_a_hash_of_the_normalized_row(spark):
+    lines = [
+        "u1,i1,1710052200,1",
+        "u1,i1,1710052200000,1",                 # same instant in ms
+        "u1,i1,2024-03-10T08:30:00+02:00,1.0",   # same instant and value, other spelling
+        "u1,i1,1710052200,2",                    # other value
+    ]
+    ids = [r["event_id"] for r in ingest.to_bronze(prepare(spark, lines), "run").collect()]
+    assert ids[0] == ids[1] == ids[2] != ids[3]
+    assert len(ids[0]) == 64
+    src_ids = ingest.to_bronze(prepare(spark, ['{"event_id": "e-7", "user_id": "u", "item_id": "i", "ts": 1700000000}'],
+                                       JSON), "run").collect()
+    assert src_ids[0]["event_id"] == "e-7"
+
+
+def test_dedupe_keeps_one_deterministic_copy(spark):
+    lines = ["u1,i1,1710052200,1", "u1,i1,1710052200,1", "u2,i1,1710052200,1"]
+    df = spark.createDataFrame(
+        [(line, f"file:/src/{name}") for line, name in zip(lines, ["b.csv", "a.csv", "a.csv"])],
+        "value string, source_file string",
+    )
+    events = ingest.dedupe_events(ingest.to_bronze(ingest.prepare(df, CSV, *BOUNDS), "run")).collect()
+    assert sorted((e["user_id"], e["source_file"]) for e in events) == [("u1", "file:/src/a.csv"),
+                                                                        ("u2", "file:/src/a.csv")]
+
+
+def test_identical_bad_lines_stay_distinct_in_quarantine(spark):
+    bad = prepare(spark, ["u1,,1,1", "u1,,1,1", "u2,,1,1"]).where("reason is not null")
+    q1 = ingest.to_quarantine(bad, "run").collect()
+    q2 = ingest.to_quarantine(bad, "other").collect()
+    assert len({r["quarantine_id"] for r in q1}) == 3
+    assert {r["quarantine_id"] for r in q1} == {r["quarantine_id"] for r in q2}
+
+
+def test_parquet_rows_keep_their_instants_and_raw_json(spark):
+    from pyspark.sql import functions as F
+
+    df = spark.createDataFrame(
+        [(7, "i1", datetime(2024, 3, 10, 6, 30), 4.0, "x")],
+        "user_id long, item_id string, ts timestamp, rating double, note string",
+    ).withColumn("source_file", F.lit("file:/p.parquet"))
+    layout = ingest.resolve_layout(SourceConf(path="x", format="parquet", columns={"value": "rating"}), None,
+                                   ["user_id", "item_id", "ts", "rating", "note"])
+    (row,) = ingest.prepare(df, layout, *BOUNDS).collect()
+    assert row["reason"] is None
+    assert (row["user_id"], row["value"], row["extra"]) == ("7", 4.0, {"note": "x"})
+    assert row["ts"] == datetime(2024, 3, 10, 6, 30)
+    assert '"user_id":7' in row["raw"]

@@ -1,0 +1,94 @@
+"""The worker-side scoring functions on plain Arrow batches (no Spark session needed): the same
+functions mapInArrow runs, called directly."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ebbtide.scoring import inference
+
+
+def _users(vecs: np.ndarray, consumed=None) -> pa.RecordBatch:
+    cols = {
+        "user_id": pa.array([f"u{i}" for i in range(len(vecs))]),
+        "user_vec": pa.array(list(vecs.astype(np.float32)), pa.list_(pa.float32())),
+    }
+    if consumed is not None:
+        cols["consumed"] = pa.array(consumed, pa.list_(pa.int32()))
+    return pa.RecordBatch.from_pydict(cols)
+
+
+@pytest.fixture
+def items(tmp_path):
+    rng = np.random.default_rng(1)
+    m = rng.standard_normal((50, 4)).astype(np.float32)
+    path = tmp_path / "items.npy"
+    np.save(path, m)
+    inference._MODELS.clear()
+    return str(path), m
+
+
+def test_recommend_fn_matches_numpy_and_honours_every_exclusion(items):
+    path, m = items
+    rng = np.random.default_rng(2)
+    users = rng.standard_normal((700, 4))
+    consumed = [[int(j) for j in rng.choice(np.arange(2, 50), 5, replace=False)] for _ in range(700)]
+    fn = inference.recommend_fn(path, k=7, loader=inference.load_embeddings, deny=["i10", "i11"],
+                                batch_users=64, max_batch_mfloats=1.0)
+    out = pa.Table.from_batches(list(fn(iter([_users(users, consumed)]))), schema=inference.RECS_SCHEMA).to_pandas()
+    assert len(out) == 700 * 7
+    scores = users.astype(np.float32) @ m.T
+    scores[:, [0, 1, 10, 11]] = -np.inf
+    for i in (0, 123, 699):
+        s = scores[i].copy()
+        s[consumed[i]] = -np.inf
+        want = np.argsort(-s, kind="stable")[:7]
+        got = out[out.user_id == f"u{i}"].sort_values("rank")
+        assert list(got.item_index) == list(want)
+        assert np.allclose(got.score, s[want], rtol=1e-5)
+        assert list(got.item_id) == [f"i{j}" for j in want]
+    excluded = {0, 1, 10, 11}
+    assert not excluded & set(out.item_index)
+    assert all(j not in consumed[int(u[1:])] for u, j in zip(out.user_id, out.item_index))
+
+
+def test_allow_list_smaller_than_k_gives_fewer_rows(items):
+    path, _ = items
+    fn = inference.recommend_fn(path, k=5, loader=inference.load_embeddings, allow=["i3", "i4"], exclude_consumed=True)
+    out = pa.Table.from_batches(list(fn(iter([_users(np.ones((3, 4)), [[3], [], [3, 4]])])))).to_pandas()
+    assert sorted(out[out.user_id == "u0"].item_id) == ["i4"]
+    assert sorted(out[out.user_id == "u1"].item_id) == ["i3", "i4"]
+    assert (out.user_id != "u2").all()  # everything allowed was consumed: no rows, the gate counts coverage
+
+
+def test_model_is_loaded_once_per_worker(items):
+    path, _ = items
+    loads = []
+
+    def loader(uri, tracking_uri=""):
+        loads.append(uri)
+        return inference.EmbeddingScorer(uri)
+
+    for _ in range(3):
+        list(inference.recommend_fn(path, k=2, loader=loader)(iter([_users(np.ones((2, 4)))])))
+    assert loads == [path]
+
+
+def test_ragged_windows_are_refused():
+    col = pa.array([[1, 2, 3], [1, 2]], pa.list_(pa.int32()))
+    with pytest.raises(ValueError, match="left-padded"):
+        inference.fixed_list_to_numpy(col, np.int64)
+    sliced = pa.array([[9, 9], [1, 2], [3, 4]], pa.list_(pa.int32())).slice(1)
+    assert inference.fixed_list_to_numpy(sliced, np.int64).tolist() == [[1, 2], [3, 4]]
+
+
+def test_fading_lists_largest_losses_first_and_only_losses():
+    names = np.array(["a", "b", "c"], dtype=object)
+    then = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+    now = np.array([[0.1, 0.25, 0.3], [0.1, 0.1, 0.8]])
+    rows = inference.fading_interest(names, then, now, top=3)
+    assert rows[0] == [("a", 0.1, 0.5), ("b", 0.25, 0.3)]
+    assert rows[1] == []
+    g_names, g_then, g_now = inference.group_mass(then, now, np.array(["x", "x", None], dtype=object))
+    assert list(g_names) == ["x"] and np.allclose(g_then[:, 0], [0.8, 0.2]) and np.allclose(g_now[:, 0], [0.35, 0.2])

@@ -1,0 +1,224 @@
+"""`ebbtide train` end to end on a small real Delta table: Petastorm feed, the three launchers, MLflow, resume.
+
+Real Spark, Delta, Petastorm readers, Horovod / torchrun processes and a SQLite MLflow store.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from train_tables import FAST, ROOT, write_training_tables
+
+pytestmark = pytest.mark.spark
+
+PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory, spark):
+    """One warehouse with the training tables for the whole module (writing them costs ~15 s)."""
+    from conftest import make_config
+
+    root = tmp_path_factory.mktemp("train-data")
+    db = f"t_train_{os.getpid()}"
+    cfg = make_config(root, f"storage.database={db}", *FAST)
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {db}")
+    write_training_tables(spark, cfg, root)
+    return root, db
+
+
+def _overrides(data_root, tmp_path, *extra):
+    root, db = data_root
+    return [
+        f"storage.database={db}",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"mlflow.artifact_root={tmp_path}/mlartifacts",
+        f"train.checkpoint_dir={tmp_path}/checkpoints",
+        *FAST,
+        *extra,
+    ]
+
+
+def _train(spark, data_root, tmp_path, *extra, argv=()):
+    from conftest import make_config
+
+    from ebbtide.cli import Context
+    from ebbtide.model import train
+
+    cfg = make_config(data_root[0], *_overrides(data_root, tmp_path, *extra))
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    return train.run(Context(cfg, _spark=spark), p.parse_args(list(argv))), cfg
+
+
+def _client(cfg):
+    from ebbtide.model import registry
+
+    return registry.client(registry.tracking_uri(cfg))
+
+
+def _steps(client, run_id, key):
+    return [m.step for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))]
+
+
+def test_local_run_tracks_registers_and_loads_in_a_fresh_process(spark, data_root, tmp_path):
+    import numpy as np
+    import torch
+
+    out, cfg = _train(spark, data_root, tmp_path, "train.epochs=2")
+    assert out["model_version"] == 1 and out["world_size"] == 1 and out["epochs_completed"] == 2
+    assert 0.0 <= out["best_metric"] <= 1.0 and out["seq_per_s"] > 0
+
+    c = _client(cfg)
+    run = c.get_run(out["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.lr"] == "0.002" and run.data.params["model.hidden_dim"] == "32"
+    assert run.data.params["sequences.max_len"] == "20"
+    assert run.data.tags["ebbtide.delta.gold_training_examples"] == "0"
+    assert run.data.tags["ebbtide.delta.gold_item_vocab"] == "0"
+    for key in ("train_loss", "val_loss", "val_hr_at_10", "val_ndcg_at_10"):
+        assert _steps(c, run.info.run_id, key) == [1, 2], key
+    top = {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "curves.png", "vocab"} <= top
+    assert {a.path for a in c.list_artifacts(run.info.run_id, "vocab")} == {
+        "vocab/gold_item_vocab.parquet", "vocab/gold_event_type_vocab.parquet"}
+    mv = c.get_model_version_by_alias("ebbtide", "challenger")
+    assert str(mv.version) == "1" and mv.run_id == run.info.run_id
+
+    # The best epoch's weights, scored here with the training code's own network...
+    from ebbtide.model.network import EbbtideNet
+    from ebbtide.model.train import BEST_WEIGHTS
+
+    ckpt = next(Path(tmp_path, "checkpoints").glob(f"*/{BEST_WEIGHTS}"))
+    net = EbbtideNet(cfg.section("model"), 40, 4)
+    net.load_state_dict(torch.load(ckpt, weights_only=True))
+    net.eval()
+    rng = np.random.default_rng(3)
+    L = 20
+    batch = {
+        "item_idx": np.concatenate([np.zeros((4, 10), np.int64), rng.integers(2, 40, (4, 10))], 1),
+        "event_type_idx": np.concatenate([np.zeros((4, 10), np.int64), rng.integers(2, 4, (4, 10))], 1),
+        "gap_s": np.concatenate([np.zeros((4, 11), np.float32), rng.uniform(10, 9000, (4, 9)).astype(np.float32)], 1),
+        "hour_of_week": np.concatenate([np.zeros((4, 10), np.int64), rng.integers(0, 168, (4, 10))], 1),
+        "session_start": np.zeros((4, L), np.int64),
+        "length": np.full(4, 10, np.int64),
+    }
+    elapsed = np.array([60.0, 3600.0, 86400.0, 30 * 86400.0], np.float32)
+    with torch.no_grad():
+        expected = net.item_scores({k: torch.as_tensor(v) for k, v in batch.items()}, torch.as_tensor(elapsed)).numpy()
+    np.savez(tmp_path / "batch.npz", elapsed=elapsed, **batch)
+
+    # ... and in a fresh interpreter that has only the registry: Predictor and the generic pyfunc.
+    script = textwrap.dedent(
+        f"""
+        import json, numpy as np, mlflow
+        from ebbtide.model.predictor import Predictor
+        d = dict(np.load({str(tmp_path / 'batch.npz')!r}))
+        elapsed = d.pop("elapsed")
+        p = Predictor.load("models:/ebbtide@challenger")
+        idx, sc = p.recommend(d, elapsed, k=5, exclude=[np.array([2, 3])] * 4)
+        churn = p.churn(d, elapsed)
+        model = mlflow.pyfunc.load_model("models:/ebbtide@challenger")
+        ex = p.input_example()
+        out = model.predict(ex, params={{"k": 3}})
+        print(json.dumps({{
+            "scores": p.score_all(d, elapsed).tolist(), "idx": idx.tolist(),
+            "ids": p.item_ids(idx[0]).tolist(), "p7": churn["p_return_7d"].tolist(),
+            "hl": churn["half_life_days"].tolist(), "pyfunc_cols": list(out.columns),
+            "pyfunc_items": out["item_ids"].tolist(), "n": len(out),
+        }}))
+        """
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    proc = subprocess.run([PY, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(np.array(got["scores"]), expected, rtol=1e-5, atol=1e-5)
+    idx = np.array(got["idx"])
+    assert idx.shape == (4, 5) and not np.isin(idx, [0, 1, 2, 3]).any()
+    assert got["ids"] == [f"i{i}" for i in idx[0]]
+    assert all(0.0 <= p <= 1.0 for p in got["p7"]) and all(h > 0 for h in got["hl"])
+    assert got["n"] == 2 and len(got["pyfunc_items"][0]) == 3
+    assert {"user_id", "item_ids", "scores", "p_return_7d", "p_return_30d", "expected_days_to_return", "half_life_days"} <= set(got["pyfunc_cols"])
+
+
+def test_same_seed_same_data_one_process_same_weights(spark, data_root, tmp_path):
+    common = ("train.epochs=1", "train.max_steps_per_epoch=6", "train.reader_workers=1")
+    a, _ = _train(spark, data_root, tmp_path / "a", *common, argv=["--no-register"])
+    b, _ = _train(spark, data_root, tmp_path / "b", *common, argv=["--no-register"])
+    c, _ = _train(spark, data_root, tmp_path / "c", *common, "train.seed=43", argv=["--no-register"])
+    assert a["param_checksums"] == b["param_checksums"]
+    assert a["param_checksums"] != c["param_checksums"]
+
+
+@pytest.mark.slow
+def test_horovod_two_gloo_processes_end_with_identical_weights(spark, data_root, tmp_path):
+    out, cfg = _train(
+        spark, data_root, tmp_path, "train.epochs=1", "train.max_steps_per_epoch=4",
+        argv=["--launcher", "horovod", "--num-proc", "2", "--no-register"],
+    )
+    assert out["world_size"] == 2 and len(out["param_checksums"]) == 2
+    assert out["param_checksums"][0] == out["param_checksums"][1]
+    # Rank 0 alone logs: one point per epoch.
+    assert _steps(_client(cfg), out["mlflow_run_id"], "train_loss") == [1]
+
+
+@pytest.mark.slow
+def test_horovodrun_two_processes_on_a_plain_host(spark, data_root, tmp_path):
+    out, cfg = _train(
+        spark, data_root, tmp_path, "train.epochs=1", "train.max_steps_per_epoch=3",
+        argv=["--launcher", "horovodrun", "--num-proc", "2", "--no-register"],
+    )
+    assert out["world_size"] == 2 and out["param_checksums"][0] == out["param_checksums"][1]
+    assert _steps(_client(cfg), out["mlflow_run_id"], "train_loss") == [1]
+
+
+@pytest.mark.slow
+def test_torch_distributor_two_processes_end_with_identical_weights(spark, data_root, tmp_path):
+    out, cfg = _train(
+        spark, data_root, tmp_path, "train.epochs=1", "train.max_steps_per_epoch=4",
+        argv=["--launcher", "torch-distributor", "--num-proc", "2", "--no-register"],
+    )
+    assert out["world_size"] == 2 and len(out["param_checksums"]) == 2
+    assert out["param_checksums"][0] == out["param_checksums"][1]
+    assert _steps(_client(cfg), out["mlflow_run_id"], "train_loss") == [1]
+
+
+@pytest.mark.slow
+def test_run_killed_mid_epoch_resumes_in_the_same_mlflow_run(data_root, tmp_path):
+    from conftest import make_config
+
+    from ebbtide.model.train import FAULT_ENV, FAULT_EXIT_CODE
+
+    sets = _overrides(data_root, tmp_path, "train.epochs=3", "train.max_steps_per_epoch=4", "spark.master=local[2]",
+                      f"storage.root={data_root[0]}")
+    cmd = [PY, "-m", "ebbtide.cli", "train", "--launcher", "local", "--no-register"]
+    for s in sets:
+        cmd += ["--set", s]
+    env = {**os.environ, FAULT_ENV: "2:1"}  # rank 0 dies at step 1 of epoch 2, after epoch 1's checkpoint
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert first.returncode == FAULT_EXIT_CODE, first.stderr[-3000:]
+
+    cfg = make_config(data_root[0], *sets)
+    c = _client(cfg)
+    runs = c.search_runs([c.get_experiment_by_name("ebbtide").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "RUNNING"
+    run_id = runs[0].info.run_id
+    assert _steps(c, run_id, "train_loss") == [1]
+
+    env.pop(FAULT_ENV)
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    out = json.loads(second.stdout.strip().splitlines()[-1])
+    assert out["mlflow_run_id"] == run_id and out["resumed_after_epoch"] == 1 and out["epochs_completed"] == 3
+    for key in ("train_loss", "val_ndcg_at_10"):
+        assert _steps(c, run_id, key) == [1, 2, 3], key
+    assert c.get_run(run_id).info.status == "FINISHED"
+    assert len(c.search_runs([runs[0].info.experiment_id])) == 1

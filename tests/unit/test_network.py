@@ -1,0 +1,365 @@
+"""EbbtideNet and its heads on tiny CPU tensors: shapes, masking, time dependence, learning, the hazard math."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate
+
+from ebbtide.model import heads
+from ebbtide.model.config import ModelConf
+from ebbtide.model.network import FEATURES, EbbtideNet
+
+N_ITEMS = 20  # 0 pad, 1 OOV, 2..19 real
+N_EVENT_TYPES = 4
+DAY = 86400.0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and far faster on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_conf(**kw) -> ModelConf:
+    base = dict(item_dim=16, hidden_dim=32, event_type_dim=4, time_dim=8, dropout=0.0, sampled_negatives=8)
+    base.update(kw)
+    return ModelConf(**base)
+
+
+def successor(items: torch.Tensor) -> torch.Tensor:
+    return 2 + (items - 2 + 1) % (N_ITEMS - 2)
+
+
+def make_batch(b: int = 64, l: int = 8, seed: int = 0, n_items: int = N_ITEMS) -> dict[str, torch.Tensor]:
+    """Left-padded windows of random real items; the target is the successor of the last item."""
+    g = torch.Generator().manual_seed(seed)
+    length = torch.randint(1, l + 1, (b,), generator=g)
+    real = torch.arange(l).unsqueeze(0) >= (l - length).unsqueeze(1)
+    items = torch.randint(2, n_items, (b, l), generator=g) * real
+    last = items[:, -1]
+    return {
+        "item_idx": items,
+        "event_type_idx": torch.randint(2, N_EVENT_TYPES, (b, l), generator=g) * real,
+        "gap_s": torch.rand(b, l, generator=g) * 5 * DAY * real,
+        "hour_of_week": torch.randint(0, 168, (b, l), generator=g) * real,
+        "session_start": torch.randint(0, 2, (b, l), generator=g) * real,
+        "length": length,
+        "target_item": 2 + (last - 2 + 1) % (n_items - 2),
+        "time_to_next_s": torch.rand(b, generator=g) * 10 * DAY,
+        "censored": torch.zeros(b, dtype=torch.long),
+    }
+
+
+def train(net: EbbtideNet, batch, steps: int, lr: float = 0.01) -> list[float]:
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        total, parts = net.loss(batch)
+        total.backward()
+        opt.step()
+        losses.append(parts["next_item"].item())
+    return losses
+
+
+# ------------------------------------------------------------------ shapes, masking, variants
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "gru", "time_lstm"])
+def test_shapes_and_pad_oov_never_scored(encoder):
+    torch.manual_seed(0)
+    net = EbbtideNet(tiny_conf(encoder=encoder), N_ITEMS, N_EVENT_TYPES).eval()
+    batch = make_batch(b=6)
+    batch["item_idx"][0, -1] = 1  # an OOV input event is allowed
+    elapsed = torch.full((6,), 3600.0)
+    with torch.no_grad():
+        scores = net.item_scores(batch, elapsed)
+        state = net.encode(batch)
+        rt = net.return_time(batch)
+    assert scores.shape == (6, N_ITEMS)
+    assert torch.isneginf(scores[:, :2]).all()
+    assert torch.isfinite(scores[:, 2:]).all()
+    assert state.shape == (6, 32)
+    for key in ("p_return_7d", "p_return_30d", "expected_days_to_return", "half_life_days"):
+        assert rt[key].shape == (6,) and torch.isfinite(rt[key]).all(), key
+    assert ((rt["p_return_7d"] >= 0) & (rt["p_return_7d"] <= rt["p_return_30d"]) & (rt["p_return_30d"] <= 1)).all()
+    assert (rt["half_life_days"] > 0).all()
+    assert ((rt["expected_days_to_return"] >= 0) & (rt["expected_days_to_return"] <= 365)).all()
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "time_lstm"])
+def test_padding_content_is_ignored(encoder):
+    """Whatever sits in the feature columns at padded positions must not change any output."""
+    torch.manual_seed(0)
+    net = EbbtideNet(tiny_conf(encoder=encoder), N_ITEMS, N_EVENT_TYPES).eval()
+    batch = make_batch(b=8, seed=3)
+    pad = batch["item_idx"] == 0
+    assert pad.any()
+    noisy = dict(batch)
+    noisy["event_type_idx"] = torch.where(pad, 3, batch["event_type_idx"])
+    noisy["gap_s"] = torch.where(pad, 1e6, batch["gap_s"])
+    noisy["hour_of_week"] = torch.where(pad, 100, batch["hour_of_week"])
+    noisy["session_start"] = torch.where(pad, 1, batch["session_start"])
+    elapsed = torch.full((8,), 7200.0)
+    with torch.no_grad():
+        assert torch.equal(net.item_scores(batch, elapsed), net.item_scores(noisy, elapsed))
+        assert torch.equal(net.return_time(batch)["half_life_days"], net.return_time(noisy)["half_life_days"])
+
+
+def test_item_scores_depend_on_elapsed_time_only_for_time_aware_encoder():
+    batch = make_batch(b=8)
+    hour, month = torch.full((8,), 3600.0), torch.full((8,), 30 * DAY)
+    torch.manual_seed(0)
+    timed = EbbtideNet(tiny_conf(encoder="time_lstm"), N_ITEMS, N_EVENT_TYPES).eval()
+    with torch.no_grad():
+        diff = (timed.item_scores(batch, hour) - timed.item_scores(batch, month))[:, 2:].abs()
+    assert (diff.amax(dim=1) > 1e-3).all()
+    # The plain baselines ignore the elapsed time by construction: that is what the ablation measures.
+    plain = EbbtideNet(tiny_conf(encoder="lstm"), N_ITEMS, N_EVENT_TYPES).eval()
+    with torch.no_grad():
+        assert torch.equal(plain.item_scores(batch, hour), plain.item_scores(batch, month))
+
+
+def test_decay_readout_forgets_with_elapsed_time():
+    """With zero content scores, the read-out's weight on the user's events is governed by the decay
+    alone: it shrinks as the elapsed time grows and tends to zero (all weight in the sink)."""
+    torch.manual_seed(0)
+    net = EbbtideNet(tiny_conf(encoder="time_lstm"), N_ITEMS, N_EVENT_TYPES).eval()
+    with torch.no_grad():
+        net.readout.q.weight.zero_()
+        net.readout.q.bias.zero_()
+    batch = make_batch(b=4)
+    cats = torch.zeros(N_ITEMS, dtype=torch.long)
+    cats[2:] = 1 + torch.arange(N_ITEMS - 2) % 3
+    with torch.no_grad():
+        masses = [net.category_interest(batch, cats, torch.full((4,), s)).sum(1) for s in (0.0, DAY, 30 * DAY, 3650 * DAY)]
+    for earlier, later in zip(masses, masses[1:]):
+        assert (later < earlier).all()
+    assert (masses[-1] < 1e-3).all()
+    interest = net.category_interest(batch, cats, torch.zeros(4))
+    assert interest.shape == (4, 4)
+    assert (interest[:, 0] == 0).all()  # category of pad / OOV only
+    assert (interest >= 0).all() and (interest.sum(1) <= 1 + 1e-6).all()
+    hl = net.decay_half_lives_days()
+    assert hl.shape == (4,) and torch.allclose(hl[[0, -1]], torch.tensor([0.05, 60.0]), rtol=1e-4)
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "gru", "time_lstm"])
+def test_every_encoder_runs_forward_and_backward(encoder):
+    torch.manual_seed(0)
+    net = EbbtideNet(tiny_conf(encoder=encoder, dropout=0.1), N_ITEMS, N_EVENT_TYPES).train()
+    total, parts = net(make_batch(b=16))  # forward is loss, for the DDP / Horovod wrappers
+    total.backward()
+    assert set(parts) == {"next_item", "return_time"}
+    for name, p in net.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), name
+
+
+def test_bad_encoder_name_is_refused():
+    with pytest.raises(ValueError, match="model.encoder"):
+        EbbtideNet(tiny_conf(encoder="transformer"), N_ITEMS, N_EVENT_TYPES)
+
+
+# ------------------------------------------------------------------ learning
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "gru", "time_lstm"])
+def test_learns_the_successor_of_the_last_item(encoder):
+    torch.manual_seed(0)
+    net = EbbtideNet(tiny_conf(encoder=encoder), N_ITEMS, N_EVENT_TYPES)
+    batch = make_batch(b=64)
+    losses = train(net, batch, steps=50)
+    assert losses[-1] < 0.5 * losses[0]
+    net.eval()
+    with torch.no_grad():
+        top1 = net.item_scores(batch, batch["time_to_next_s"]).argmax(1)
+    assert (top1 == batch["target_item"]).float().mean() >= 0.8
+
+
+def test_rows_without_a_next_item_only_train_the_return_time():
+    torch.manual_seed(0)
+    net = EbbtideNet(tiny_conf(), N_ITEMS, N_EVENT_TYPES)
+    batch = make_batch(b=8)
+    batch["target_item"] = torch.zeros(8, dtype=torch.long)  # censored windows carry target 0
+    batch["censored"] = torch.ones(8, dtype=torch.long)
+    total, parts = net.loss(batch)
+    assert parts["next_item"].item() == 0.0
+    assert torch.isclose(total, net.mcfg.hazard_weight * parts["return_time"])
+    total.backward()
+    # The item head gets nothing (the item embeddings still learn as inputs of the hazard).
+    assert net.item_bias.grad.abs().sum() == 0
+    assert net.to_item_space.weight.grad.abs().sum() == 0
+
+
+def test_same_seed_same_weights():
+    def run():
+        torch.manual_seed(123)
+        net = EbbtideNet(tiny_conf(encoder="time_lstm", dropout=0.2), N_ITEMS, N_EVENT_TYPES)
+        train(net, make_batch(b=32), steps=3)
+        return net.state_dict()
+
+    a, b = run(), run()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ------------------------------------------------------------------ sampled softmax
+
+
+def test_sampled_softmax_matches_hand_computation():
+    torch.manual_seed(0)
+    z = torch.randn(3, 4)
+    w = torch.randn(10, 4)
+    bias = torch.randn(10)
+    target = torch.tensor([2, 5, 7])
+    negatives = torch.tensor([3, 5, 9, 9])
+    log_q = torch.log(torch.softmax(torch.randn(10), 0))
+    got = heads.sampled_softmax_loss(z, w, bias, target, negatives, log_q, reduction="none")
+    k = len(negatives)
+    for r in range(3):
+        logits = [float(z[r] @ w[target[r]] + bias[target[r]] - log_q[target[r]] - math.log(k))]
+        for j in negatives.tolist():
+            if j != target[r]:  # the accidental hit of row 1 (item 5) is left out
+                logits.append(float(z[r] @ w[j] + bias[j] - log_q[j] - math.log(k)))
+        want = -logits[0] + math.log(sum(math.exp(x) for x in logits))
+        assert got[r].item() == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("proposal", ["uniform", "popularity"])
+def test_sampled_softmax_path_learns(proposal):
+    torch.manual_seed(0)
+    conf = tiny_conf(encoder="time_lstm", full_softmax_max_items=10, sampled_negatives=8, sampled_proposal=proposal)
+    net = EbbtideNet(conf, N_ITEMS, N_EVENT_TYPES)
+    assert net.sampled
+    if proposal == "popularity":
+        net.set_item_counts(torch.arange(N_ITEMS, dtype=torch.float32) * 10)
+        q = net.item_log_q.exp()
+        assert q[:2].sum() == 0 or net.item_log_q[:2].eq(0).all()
+        assert q[2:].sum().item() == pytest.approx(1.0, rel=1e-5)
+        assert q[N_ITEMS - 1] > q[2]
+    for _ in range(50):  # proposals never hand out pad or OOV
+        assert (net._sample_negatives(torch.device("cpu")) >= 2).all()
+    batch = make_batch(b=64)
+    losses = train(net, batch, steps=60)
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    net.eval()
+    with torch.no_grad():
+        top1 = net.item_scores(batch, batch["time_to_next_s"]).argmax(1)
+    assert (top1 == batch["target_item"]).float().mean() >= 0.8
+
+
+def test_popularity_counts_must_match_catalogue():
+    net = EbbtideNet(tiny_conf(sampled_proposal="popularity"), N_ITEMS, N_EVENT_TYPES)
+    with pytest.raises(ValueError, match="n_items=20"):
+        net.set_item_counts(torch.ones(5))
+
+
+# ------------------------------------------------------------------ return-time (hazard) head
+
+
+def sample_return_times(a: float, b: float, n: int, horizon: float, seed: int):
+    """Draws from lambda(t) = a exp(-b t) by inverting S(t) = exp(-a/b (1 - exp(-b t))), then censors
+    at a uniform cut-off in [0, horizon] days; the cured (never returning) are always censored."""
+    rng = np.random.default_rng(seed)
+    u = rng.uniform(size=n)
+    cured = u <= math.exp(-a / b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.where(cured, np.inf, -np.log1p(b * np.log(u) / a) / b)
+    cut = rng.uniform(0, horizon, size=n)
+    censored = t > cut
+    return torch.tensor(np.minimum(t, cut), dtype=torch.float32), torch.tensor(censored, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("a,b", [(0.3, 0.2), (0.1, 0.02)])
+def test_hazard_nll_recovers_known_parameters(a, b):
+    t, censored = sample_return_times(a, b, n=20000, horizon=120.0, seed=1)
+    assert 0.05 < censored.mean() < 0.95
+    log_a = torch.zeros((), requires_grad=True)
+    log_b = torch.tensor(math.log(0.5), requires_grad=True)
+    opt = torch.optim.Adam([log_a, log_b], lr=0.05)
+    for _ in range(600):
+        opt.zero_grad()
+        nll = heads.hazard_nll(log_a, log_b, t, censored).mean()
+        nll.backward()
+        opt.step()
+    assert log_a.exp().item() == pytest.approx(a, rel=0.2)
+    assert log_b.exp().item() == pytest.approx(b, rel=0.2)
+    assert heads.half_life_days(log_b.exp()).item() == pytest.approx(math.log(2) / b, rel=0.2)
+
+
+def test_hazard_likelihood_limits():
+    a, b = torch.tensor(0.7), torch.tensor(0.1)
+    la, lb = a.log(), b.log()
+    zero, one = torch.tensor(0.0), torch.tensor(1.0)
+    # Censored at 0: no information, zero loss.
+    assert heads.hazard_nll(la, lb, zero, one).item() == pytest.approx(0.0, abs=1e-7)
+    # Censored forever: only the cure fraction explains it, -log P(never) = a/b.
+    assert heads.hazard_nll(la, lb, torch.tensor(1e4), one).item() == pytest.approx(7.0, rel=1e-5)
+    # Observed at t: -log a + b t + a/b (1 - exp(-b t)).
+    t = 3.0
+    want = -math.log(0.7) + 0.1 * t + 7.0 * (1 - math.exp(-0.1 * t))
+    assert heads.hazard_nll(la, lb, torch.tensor(t), zero).item() == pytest.approx(want, rel=1e-5)
+    # b -> 0: the exponential (constant hazard) law, Lambda(t) = a t, without 0/0.
+    tiny_b = torch.tensor(math.log(1e-4))
+    assert heads.cumulative_hazard(a, torch.tensor(1e-9), torch.tensor(5.0)).item() == pytest.approx(3.5, rel=1e-6)
+    assert torch.isfinite(heads.hazard_nll(la, tiny_b, torch.tensor(5.0), zero))
+
+
+def test_return_probabilities_and_conditioning():
+    a, b = torch.tensor([0.7, 0.05]), torch.tensor([0.1, 0.02])
+    s = lambda t: torch.exp(-heads.cumulative_hazard(a, b, torch.tensor(t)))  # noqa: E731
+    assert torch.allclose(heads.p_return_within(a, b, 0.0), torch.zeros(2))
+    assert torch.allclose(heads.p_return_within(a, b, 1e5), 1 - torch.exp(-a / b))
+    assert torch.allclose(heads.p_return_ever(a, b), 1 - torch.exp(-a / b))
+    # As of e days without a return: 1 - S(e + d) / S(e).
+    e, d = 12.0, 7.0
+    assert torch.allclose(heads.p_return_within(a, b, d, e), 1 - s(e + d) / s(e), atol=1e-6)
+    assert torch.allclose(heads.p_return_within(a, b, d, 0.0), 1 - s(d), atol=1e-7)
+    # The longer the absence, the less likely a return in the next week (the hazard decays).
+    p = [heads.p_return_within(a, b, 7.0, e) for e in (0.0, 10.0, 100.0)]
+    assert (p[0] > p[1]).all() and (p[1] > p[2]).all()
+
+
+@pytest.mark.parametrize("a,b,e", [(0.7, 0.1, 0.0), (20.0, 2.0, 0.0), (0.01, 0.3, 5.0), (0.3, 0.001, 40.0)])
+def test_expected_days_is_the_conditional_mean_within_the_horizon(a, b, e):
+    horizon = 365.0
+    ae = a * math.exp(-b * e)
+    surv = lambda u: math.exp(-ae / b * (1 - math.exp(-b * u)))  # noqa: E731
+    s_h = surv(horizon)
+    dens = lambda u: ae * math.exp(-b * u) * surv(u)  # noqa: E731
+    num, _ = integrate.quad(lambda u: u * dens(u), 0, horizon, points=[1 / b], limit=200)
+    want = num / (1 - s_h)
+    got = heads.expected_days_to_return(torch.tensor([a]), torch.tensor([b]), torch.tensor([e]), horizon).item()
+    assert got == pytest.approx(want, rel=0.01, abs=1e-3)
+
+
+def test_expected_days_stays_finite_for_users_who_never_return():
+    got = heads.expected_days_to_return(torch.tensor([1e-9, 1.0]), torch.tensor([0.5, 0.5]), torch.tensor([0.0, 5000.0]))
+    assert torch.isfinite(got).all() and (got > 0).all() and (got < 365).all()
+    # Both are "almost surely never": the shape-only limit, the same for both.
+    assert got[0].item() == pytest.approx(got[1].item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("encoder", ["time_lstm", "gru"])
+def test_return_time_at_conditions_on_the_elapsed_time(encoder):
+    torch.manual_seed(0)
+    net = EbbtideNet(tiny_conf(encoder=encoder), N_ITEMS, N_EVENT_TYPES).eval()
+    batch = make_batch(b=5)
+    with torch.no_grad():
+        now, later = net.return_time(batch), net.return_time_at(batch, torch.full((5,), 20 * DAY))
+        zero = net.return_time_at(batch, torch.zeros(5))
+    assert torch.allclose(now["p_return_7d"], zero["p_return_7d"])
+    assert (later["p_return_7d"] < now["p_return_7d"]).all()
+    assert torch.allclose(later["half_life_days"], now["half_life_days"])
+
+
+def test_features_constant_lists_the_batch_columns():
+    assert FEATURES == ("item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start", "length")

@@ -1,0 +1,118 @@
+"""Predictor folder round trip, raw events -> features, top-k with exclusions; train/registry helpers. No Spark."""
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ebbtide.model import predictor as P
+from ebbtide.model.config import ModelConf
+from ebbtide.model.network import EbbtideNet
+
+N_ITEMS, N_EVENTS, L = 30, 4, 6
+MONDAY = datetime(2025, 1, 6, tzinfo=timezone.utc).timestamp()  # a Monday, 00:00 UTC
+
+
+@pytest.fixture(scope="module")
+def pred(tmp_path_factory):
+    torch.manual_seed(0)
+    mc = dataclasses.replace(ModelConf(), item_dim=8, hidden_dim=16, time_dim=4, event_type_dim=2, decay_heads=2)
+    net = EbbtideNet(mc, N_ITEMS, N_EVENTS)
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(2, N_ITEMS)], "item_index": range(2, N_ITEMS),
+                          "category": [f"c{i % 3}" for i in range(2, N_ITEMS)]})
+    events = pd.DataFrame({"event_type": ["view", "buy"], "event_type_index": [2, 3]})
+    folder = P.save(str(tmp_path_factory.mktemp("pred")), net.state_dict(), dataclasses.asdict(mc), N_ITEMS, N_EVENTS, L,
+                    items, events, session_gap_s=1800.0)
+    return P.Predictor.load(folder), net
+
+
+def test_round_trip_gives_the_same_scores(pred):
+    p, net = pred
+    f = p.features_from_events([["i3", "i4", "i5"]], [[MONDAY, MONDAY + 60, MONDAY + 7200]])
+    e = np.array([3600.0], np.float32)
+    net.eval()
+    with torch.no_grad():
+        want = net.item_scores({k: torch.as_tensor(v) for k, v in f.items() if k != "last_ts"}, torch.as_tensor(e)).numpy()
+    got = p.score_all(f, e)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert np.isneginf(got[0, :2]).all()
+
+
+def test_features_from_events_match_the_sequences_conventions(pred):
+    p, _ = pred
+    ts = [MONDAY + 7200, MONDAY + 1800, MONDAY + 1860]  # given out of order
+    f = p.features_from_events([["i9", "i7", "zzz"]], [ts], [["buy", "view", "nope"]])
+    assert f["length"].tolist() == [3]
+    assert f["item_idx"][0].tolist() == [0, 0, 0, 7, 1, 9]  # sorted by time, unknown item -> OOV 1
+    assert f["event_type_idx"][0].tolist() == [0, 0, 0, 2, 1, 3]
+    assert f["gap_s"][0].tolist() == [0, 0, 0, 0, 60, 5340]
+    assert f["hour_of_week"][0, 3:].tolist() == [0, 0, 2]  # Monday 00:30, 00:31, 02:00
+    assert f["session_start"][0, 3:].tolist() == [1, 0, 1]  # 5340 s > the 30-minute gap
+    assert f["last_ts"][0] == MONDAY + 7200
+    long = p.features_from_events([[f"i{i}" for i in range(2, 12)]], [[MONDAY + 60 * i for i in range(10)]])
+    assert long["length"].tolist() == [L] and long["item_idx"][0].tolist() == [6, 7, 8, 9, 10, 11]
+    assert long["gap_s"][0, 0] == 0.0  # the window's first event has no previous input event
+
+
+def test_recommend_excludes_and_sorts(pred):
+    p, _ = pred
+    f = p.features_from_events([["i3"], ["i4", "i5"]], [[MONDAY], [MONDAY, MONDAY + 5]])
+    e = np.array([60.0, 86400.0], np.float32)
+    full = p.score_all(f, e)
+    best = int(np.argmax(full[0]))
+    idx, sc = p.recommend(f, e, k=5, exclude=[np.array([best]), np.array([], np.int64)])
+    assert idx.shape == (2, 5) and best not in idx[0]
+    assert (np.diff(sc, axis=1) <= 0).all() and (idx >= 2).all()
+    np.testing.assert_allclose(sc[1], np.sort(full[1])[::-1][:5], rtol=1e-6)
+    assert p.item_ids(idx[1]).tolist() == [f"i{i}" for i in idx[1]]
+    assert p.recommend(f, e, k=1000)[0].shape == (2, N_ITEMS - 2)
+
+
+def test_elapsed_time_changes_scores_and_churn(pred):
+    p, _ = pred
+    f = p.features_from_events([["i3", "i4"]] * 2, [[MONDAY, MONDAY + 600]] * 2)
+    e = np.array([60.0, 30 * 86400.0], np.float32)
+    s = p.score_all(f, e)
+    assert not np.allclose(s[0, 2:], s[1, 2:])
+    c = p.churn(f, e)
+    assert set(c) >= {"p_return_7d", "p_return_30d", "expected_days_to_return", "half_life_days"}
+    assert (0 <= c["p_return_7d"]).all() and (c["p_return_7d"] <= c["p_return_30d"] + 1e-12).all()
+    assert c["p_return_7d"][1] <= c["p_return_7d"][0]  # a long absence lowers the chance to return
+    assert p.category_interest(f, e).shape == (2, 3)
+
+
+def test_predict_frame_is_the_pyfunc_contract(pred):
+    p, _ = pred
+    ex = p.input_example()
+    out = p.predict_frame(ex, k=4)
+    assert list(out["user_id"]) == ["u1", "u2"]
+    assert all(len(r) == 4 for r in out["item_ids"]) and all(len(r) == 4 for r in out["scores"])
+    assert out["days_since_last_event"].tolist() == pytest.approx([(7200 - 4000) / 86400, 29.0])
+    with pytest.raises(ValueError, match="as_of"):
+        p.predict_frame(ex.drop(columns=["as_of"]))
+
+
+def test_flatten_and_metric_direction():
+    from ebbtide.model.registry import flatten
+    from ebbtide.model.train import _metric_is_better
+
+    assert flatten({"a": {"b": 1, "c": {}}, "d": [1, 2]}) == {"a.b": "1", "a.c": "{}", "d": "[1, 2]"}
+    assert _metric_is_better("val_ndcg_at_10", 0.2, 0.1) and not _metric_is_better("val_ndcg_at_10", 0.1, 0.2)
+    assert _metric_is_better("val_loss", 0.1, 0.2) and not _metric_is_better("val_loss", float("nan"), None)
+
+
+def test_fingerprint_follows_config_data_and_world_size():
+    from ebbtide.config import load_config
+    from ebbtide.model.train import fingerprint
+
+    cfg = load_config(env="local")
+    v = {"gold_training_examples": 3}
+    base = fingerprint(cfg, v, 2)
+    assert base == fingerprint(load_config(env="local", overrides=["train.launcher=horovod"]), v, 2)
+    assert base != fingerprint(cfg, {"gold_training_examples": 4}, 2)
+    assert base != fingerprint(cfg, v, 1)
+    assert base != fingerprint(load_config(env="local", overrides=["train.lr=0.01"]), v, 2)

@@ -1,0 +1,21 @@
+"""Sessionize pieces that need no Spark: CLI flags and the replace predicate."""
+from __future__ import annotations
+
+import argparse
+
+from ebbtide import sessionize
+
+
+def test_cli_flags_and_defaults():
+    p = argparse.ArgumentParser()
+    sessionize.add_arguments(p)
+    a = p.parse_args([])
+    assert a.gap_minutes is None and a.full is False
+    a = p.parse_args(["--gap-minutes", "45", "--full"])
+    assert a.gap_minutes == 45.0 and a.full is True
+    assert "exactly equal" in p.format_help()
+
+
+def test_users_predicate_quotes_every_id():
+    pred = sessionize.users_predicate(["u1", "o'brien", "back\\slash"])
+    assert pred == "user_id IN ('u1', 'o\\'brien', 'back\\\\slash')"
