@@ -168,6 +168,21 @@ class Config:
         return d
 
 
+def parse_utc(value: Any, key: str = "value"):
+    """An ISO-8601 time from config or a table property as an aware UTC datetime; a naive one is
+    taken as UTC. The error names the key and an example of the expected form."""
+    from datetime import datetime, timezone
+
+    if isinstance(value, datetime):
+        d = value
+    else:
+        try:
+            d = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(f"{key} must be an ISO-8601 time such as 2025-01-01T00:00:00Z, got {value!r}") from None
+    return d.replace(tzinfo=timezone.utc) if d.tzinfo is None else d.astimezone(timezone.utc)
+
+
 def _is_uri(s: str) -> bool:
     return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", s))
 

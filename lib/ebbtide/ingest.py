@@ -30,10 +30,9 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Optional
 
-from ebbtide.config import IngestConf, SourceConf
+from ebbtide.config import IngestConf, SourceConf, parse_utc
 from ebbtide.log import get_logger, step
 
 if TYPE_CHECKING:
@@ -368,12 +367,7 @@ def ts_micros(ts_text: "Column", unit: str) -> "Column":
 
 def ts_bounds(ingest: IngestConf, now: Optional[float] = None) -> tuple[float, float]:
     """[min_ts, now + max_future_days] as epoch seconds."""
-    try:
-        lo = datetime.fromisoformat(ingest.min_ts.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"ingest.min_ts must be ISO-8601 such as 1990-01-01T00:00:00Z, got {ingest.min_ts!r}") from None
-    if lo.tzinfo is None:
-        lo = lo.replace(tzinfo=timezone.utc)
+    lo = parse_utc(ingest.min_ts, "ingest.min_ts")
     now = time.time() if now is None else now
     return lo.timestamp(), now + ingest.max_future_days * 86400.0
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 
+from ebbtide.config import parse_utc
 from ebbtide.log import get_logger, step
 
 if TYPE_CHECKING:
@@ -562,14 +563,7 @@ def _utc(v) -> datetime:
 
 
 def _to_datetime(v) -> datetime:
-    if isinstance(v, datetime):
-        return _utc(v)
-    s = str(v).strip()
-    try:
-        d = datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{v!r} is not an ISO-8601 time; write e.g. 2025-05-01T00:00:00Z") from None
-    return _utc(d)
+    return parse_utc(v)
 
 
 def _to_micros(v) -> int:
@@ -635,7 +629,8 @@ def run(ctx, args) -> dict:
             row = events.agg(F.min("ts").alias("start"), F.max("ts").alias("end")).first()
             if row["end"] is None:
                 raise ValueError("silver_events is empty: run `ebbtide ingest` and `ebbtide sessionize` first")
-            cut = {"valid_start": _to_datetime(sc.split.valid_start), "test_start": _to_datetime(sc.split.test_start),
+            cut = {"valid_start": parse_utc(sc.split.valid_start, "sequences.split.valid_start"),
+                   "test_start": parse_utc(sc.split.test_start, "sequences.split.test_start"),
                    "start": _utc(row["start"]), "end": _utc(row["end"])}
             source = "config"
         else:

@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ebbtide.config import ConfigError, SynthConf
+from ebbtide.config import ConfigError, SynthConf, parse_utc
 from ebbtide.log import get_logger, step
 
 log = get_logger("synth")
@@ -143,13 +143,7 @@ def _validate(conf: SynthConf) -> None:
 
 
 def _start_ms(conf: SynthConf) -> int:
-    try:
-        dt = datetime.fromisoformat(conf.start.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"synth.start must be ISO-8601, e.g. 2025-01-01T00:00:00Z; got {conf.start!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp() * 1000)
+    return int(parse_utc(conf.start, "synth.start").timestamp() * 1000)
 
 
 def _catalogue(conf: SynthConf, rng: np.random.Generator) -> dict[str, np.ndarray]:
