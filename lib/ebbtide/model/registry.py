@@ -176,22 +176,16 @@ def curves_png(history: list[dict], path: str, metric_keys: Iterable[str]) -> st
 
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ("train_loss", "val_loss", "train_next_item_loss", "train_return_time_loss"):
-        ys = [h.get(key) for h in history]
-        if any(y is not None for y in ys):
-            ax1.plot(epochs, ys, marker="o", label=key)
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("loss")
-    ax1.legend(fontsize=8)
-    ax1.grid(alpha=0.3)
-    for key in metric_keys:
-        ys = [h.get(key) for h in history]
-        if any(y is not None for y in ys):
-            ax2.plot(epochs, ys, marker="o", label=key)
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("validation metric")
-    ax2.legend(fontsize=8)
-    ax2.grid(alpha=0.3)
+    loss_keys = ("train_loss", "val_loss", "train_next_item_loss", "train_return_time_loss")
+    for ax, keys, ylabel in ((ax1, loss_keys, "loss"), (ax2, metric_keys, "validation metric")):
+        for key in keys:
+            ys = [h.get(key) for h in history]
+            if any(y is not None for y in ys):
+                ax.plot(epochs, ys, marker="o", label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
