@@ -159,35 +159,15 @@ def test_same_seed_same_data_one_process_same_weights(spark, data_root, tmp_path
 
 
 @pytest.mark.slow
-def test_horovod_two_gloo_processes_end_with_identical_weights(spark, data_root, tmp_path):
+@pytest.mark.parametrize("launcher", ["horovod", "horovodrun", "torch-distributor"])
+def test_two_processes_end_with_identical_weights(spark, data_root, tmp_path, launcher):
     out, cfg = _train(
         spark, data_root, tmp_path, "train.epochs=1", "train.max_steps_per_epoch=4",
-        argv=["--launcher", "horovod", "--num-proc", "2", "--no-register"],
+        argv=["--launcher", launcher, "--num-proc", "2", "--no-register"],
     )
     assert out["world_size"] == 2 and len(out["param_checksums"]) == 2
     assert out["param_checksums"][0] == out["param_checksums"][1]
     # Rank 0 alone logs: one point per epoch.
-    assert _steps(_client(cfg), out["mlflow_run_id"], "train_loss") == [1]
-
-
-@pytest.mark.slow
-def test_horovodrun_two_processes_on_a_plain_host(spark, data_root, tmp_path):
-    out, cfg = _train(
-        spark, data_root, tmp_path, "train.epochs=1", "train.max_steps_per_epoch=3",
-        argv=["--launcher", "horovodrun", "--num-proc", "2", "--no-register"],
-    )
-    assert out["world_size"] == 2 and out["param_checksums"][0] == out["param_checksums"][1]
-    assert _steps(_client(cfg), out["mlflow_run_id"], "train_loss") == [1]
-
-
-@pytest.mark.slow
-def test_torch_distributor_two_processes_end_with_identical_weights(spark, data_root, tmp_path):
-    out, cfg = _train(
-        spark, data_root, tmp_path, "train.epochs=1", "train.max_steps_per_epoch=4",
-        argv=["--launcher", "torch-distributor", "--num-proc", "2", "--no-register"],
-    )
-    assert out["world_size"] == 2 and len(out["param_checksums"]) == 2
-    assert out["param_checksums"][0] == out["param_checksums"][1]
     assert _steps(_client(cfg), out["mlflow_run_id"], "train_loss") == [1]
 
 
