@@ -313,6 +313,20 @@ def test_hazard_likelihood_limits():
     assert torch.isfinite(heads.hazard_nll(la, tiny_b, torch.tensor(5.0), zero))
 
 
+def test_left_truncated_likelihood_conditions_on_no_return_before_entry():
+    a, b = torch.tensor(0.7), torch.tensor(0.1)
+    la, lb = a.log(), b.log()
+    zero, one = torch.tensor(0.0), torch.tensor(1.0)
+    g, t = 0.5, 3.0
+    # -log[f(t) / S(g)] = -log lambda(t) + Lambda(t) - Lambda(g)
+    want = heads.hazard_nll(la, lb, torch.tensor(t), zero) - heads.cumulative_hazard(a, b, torch.tensor(g))
+    assert heads.hazard_nll(la, lb, torch.tensor(t), zero, g).item() == pytest.approx(want.item(), rel=1e-6)
+    # Gaps shorter than the entry time (the same session) carry nothing, observed or censored.
+    short = torch.tensor([0.01, 0.2])
+    assert heads.hazard_nll(la, lb, short, torch.tensor([0.0, 1.0]), g).abs().sum().item() == 0.0
+    assert heads.at_risk_after(torch.tensor([0.1, 0.5, 2.0]), g).tolist() == [False, True, True]
+
+
 def test_return_probabilities_and_conditioning():
     a, b = torch.tensor([0.7, 0.05]), torch.tensor([0.1, 0.02])
     s = lambda t: torch.exp(-heads.cumulative_hazard(a, b, torch.tensor(t)))  # noqa: E731

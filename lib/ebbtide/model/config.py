@@ -19,7 +19,9 @@ class ModelConf:
     hidden_dim: int = 128
     event_type_dim: int = 8
     time_dim: int = 16
-    dropout: float = 0.1
+    dropout: float = 0.3
+    # Add the last item's embedding (linearly mapped) to the user vector: a direct "what follows X" path.
+    last_item_skip: bool = True
     # Full softmax up to this many items; sampled softmax with log-Q correction above it.
     full_softmax_max_items: int = 50000
     sampled_negatives: int = 1024
@@ -51,7 +53,7 @@ class TrainConf:
     epochs: int = 10
     batch_size: int = 256
     # Base learning rate for one process; scaled by the world size.
-    lr: float = 0.002
+    lr: float = 0.004
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     seed: int = 42

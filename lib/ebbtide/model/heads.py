@@ -40,19 +40,28 @@ def cumulative_hazard(a: Tensor, b: Tensor, t_days: Tensor) -> Tensor:
     return a * t * _phi(b * t)
 
 
-def hazard_nll(log_a: Tensor, log_b: Tensor, t_days: Tensor, censored: Tensor) -> Tensor:
+def hazard_nll(log_a: Tensor, log_b: Tensor, t_days: Tensor, censored: Tensor, entry_days: float | Tensor = 0.0) -> Tensor:
     """Per-example negative log-likelihood of a return time under the decaying hazard.
 
     Observed return at t: -(log lambda(t) - Lambda(t)); censored at t (no return seen by t): Lambda(t).
-    All inputs broadcast; returns the per-example NLL in float32.
+    ``entry_days`` > 0 left-truncates at that time: the likelihood is conditional on no return before
+    it, i.e. Lambda(entry) is subtracted. Rows with t < entry carry no information on the return and
+    get 0 (leave them out of the mean with `at_risk_after`). All inputs broadcast; returns float32.
     """
     log_a = log_a.float().clamp(LOG_A_MIN, LOG_A_MAX)
     log_b = log_b.float().clamp(LOG_B_MIN, LOG_B_MAX)
     a, b = log_a.exp(), log_b.exp()
     t = t_days.float().clamp_min(0.0)
+    g = torch.as_tensor(entry_days, dtype=t.dtype, device=t.device).clamp_min(0.0)
     observed = 1.0 - censored.float()
     log_hazard = log_a - b * t
-    return cumulative_hazard(a, b, t) - observed * log_hazard
+    nll = cumulative_hazard(a, b, t) - cumulative_hazard(a, b, g) - observed * log_hazard
+    return torch.where(at_risk_after(t_days, g), nll, torch.zeros_like(nll))
+
+
+def at_risk_after(t_days: Tensor, entry_days: float | Tensor) -> Tensor:
+    """Rows whose return time (or censoring time) is at or after the truncation time."""
+    return t_days.float() >= torch.as_tensor(entry_days, dtype=torch.float32, device=t_days.device)
 
 
 def p_return_within(a: Tensor, b: Tensor, days: float | Tensor, elapsed_days: Tensor | float = 0.0) -> Tensor:

@@ -126,8 +126,14 @@ class EbbtideNet(nn.Module):
             self.elapsed_to_state = nn.Linear(t, h)
             self.state_norm = nn.LayerNorm(h)
         self.to_item_space = nn.Linear(h, d)
+        # The last item's own embedding, mapped straight into the item space: "what follows X" is
+        # the strongest single signal in these logs (a last-item Markov chain is a hard baseline),
+        # and a direct path learns it in a few epochs instead of through the recurrence.
+        self.last_item_skip = nn.Linear(d, d, bias=False) if mcfg.last_item_skip else None
         self.item_bias = nn.Parameter(torch.zeros(self.n_items))
         self.hazard = heads.HazardHead(h)
+        # Set by the trainer to sessionize.gap_minutes x 60 (see `loss`); 0 fits every gap.
+        self.return_min_gap_s = 0.0
         nn.init.normal_(self.item_emb.weight, std=d ** -0.5)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
@@ -213,8 +219,11 @@ class EbbtideNet(nn.Module):
         state = self.state_norm(last + self.drop(read) + self.elapsed_to_state(e_emb.to(last.dtype)))
         return (state, weights) if return_weights else state
 
-    def _item_vectors(self, state: Tensor) -> Tensor:
-        return self.to_item_space(self.drop(state))
+    def _item_vectors(self, state: Tensor, enc: dict[str, Tensor]) -> Tensor:
+        z = self.to_item_space(self.drop(state))
+        if self.last_item_skip is not None:
+            z = z + self.last_item_skip(self.item_emb(enc["items"][:, -1]))
+        return z
 
     def _full_logits(self, z: Tensor) -> Tensor:
         logits = F.linear(z, self.item_emb.weight, self.item_bias)  # tied: items score by their input embedding
@@ -240,7 +249,7 @@ class EbbtideNet(nn.Module):
         valid = target >= FIRST_REAL_INDEX
         n_valid = valid.sum().clamp_min(1)
 
-        z = self._item_vectors(self._state_at(enc, t_next_s))
+        z = self._item_vectors(self._state_at(enc, t_next_s), enc)
         if self.sampled:
             safe_target = torch.where(valid, target, torch.full_like(target, FIRST_REAL_INDEX))
             per_row = heads.sampled_softmax_loss(
@@ -255,7 +264,14 @@ class EbbtideNet(nn.Module):
             ) / n_valid
 
         log_a, log_b = self._hazard_params(enc)
-        return_loss = heads.hazard_nll(log_a, log_b, t_next_s / SECONDS_PER_DAY, censored).mean()
+        # A return is the start of a new session: an event minutes after the last one continues the
+        # same visit and says nothing of how fast interest fades. So the hazard is fitted only to
+        # gaps of at least the session gap, conditional on none shorter (left truncation); at
+        # scoring time the elapsed time is past the session gap, where this conditioning cancels.
+        t_days = t_next_s / SECONDS_PER_DAY
+        entry = self.return_min_gap_s / SECONDS_PER_DAY
+        at_risk = heads.at_risk_after(t_days, entry)
+        return_loss = heads.hazard_nll(log_a, log_b, t_days, censored, entry).sum() / at_risk.sum().clamp_min(1)
         total = item_loss + self.mcfg.hazard_weight * return_loss
         return total, {"next_item": item_loss.detach(), "return_time": return_loss.detach()}
 
@@ -266,7 +282,7 @@ class EbbtideNet(nn.Module):
         last event; pad and OOV are -inf. Only the time_lstm encoder makes them depend on elapsed_s."""
         enc = self._run_encoder(batch)
         state = self._state_at(enc, self._elapsed(elapsed_s, enc["last"].shape[0]))
-        return self._full_logits(self._item_vectors(state)).float()
+        return self._full_logits(self._item_vectors(state, enc)).float()
 
     def return_time(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Return-time figures as of the last event (elapsed 0); see `return_time_at`."""

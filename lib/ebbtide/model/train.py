@@ -65,6 +65,8 @@ class TrainSpec:
     mlflow_run_id: str
     backend: str = "local"  # local | horovod | ddp
     item_counts: Optional[list] = None
+    # sessionize.gap_minutes in seconds: the return-time head is fitted to gaps at least this long.
+    session_gap_s: float = 0.0
     fault_at: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -319,6 +321,7 @@ def train_fn(spec: TrainSpec) -> dict:
     random.seed(tc.seed)
     np.random.seed(tc.seed)
     net = EbbtideNet(mc, spec.n_items, spec.n_event_types)
+    net.return_min_gap_s = float(spec.session_gap_s)
     if spec.item_counts is not None and hasattr(net, "set_item_counts"):
         net.set_item_counts(torch.as_tensor(spec.item_counts))
     net.to(device)
@@ -672,6 +675,7 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
         tracking_uri=registry.tracking_uri(cfg),
         mlflow_run_id=run_id,
         item_counts=counts,
+        session_gap_s=cfg.sessionize.gap_minutes * 60.0,
         fault_at=os.environ.get(FAULT_ENV, ""),
     )
     try:
