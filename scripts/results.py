@@ -78,7 +78,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", default="ml-latest-small,ml-100k", help="comma-separated (default both)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per model (default 3)")
-    p.add_argument("--epochs", type=int, default=10, help="ebbtide training epochs (early stopping applies)")
+    p.add_argument("--epochs", type=int, default=8, help="ebbtide training epochs (early stopping applies)")
     p.add_argument("--recbole-epochs", type=int, default=20, help="RecBole epochs (early stopping applies)")
     p.add_argument("--skip-recbole", action="store_true", help="ebbtide and baselines only")
     p.add_argument("--root", default=str(ROOT / ".ebbtide" / "results"), help="storage root per dataset under it")
@@ -164,8 +164,8 @@ def main() -> int:
                     add(model, "recall@10", m["recall@10"])
                     add(model, "train_s", m["fit_s"])
         res[ds] = out
-
-    write_markdown(Path(args.out), res, info, args, seeds, time.perf_counter() - t_start)
+        # After every dataset, so a long run that dies later still leaves what it measured.
+        write_markdown(Path(args.out), res, info, args, seeds, time.perf_counter() - t_start)
     summary = {"bench": "results"}
     for metric, key in (("ndcg@10", "ndcg@10"), ("recall@10", "recall@10"), ("churn_auc", "churn_auc")):
         summary[key] = {ds: {m: round(_agg(v[metric])[0], 4) for m, v in models.items() if metric in v}

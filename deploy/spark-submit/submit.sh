@@ -45,6 +45,10 @@ case "$MODE" in
     SUBMIT=${SPARK_SUBMIT:-$(dirname "$PY")/spark-submit}
     [ -x "$PY" ] || { echo "submit.sh: $PY not found; run \`make setup\` or set EBBTIDE_PYTHON" >&2; exit 2; }
     MASTER=${EBBTIDE_MASTER:-local[2]}
+    # pip's spark-submit finds Spark through the first python3 on PATH unless SPARK_HOME is set,
+    # so from a shell without the venv activated it would fail with "/bin/spark-class: No such file".
+    SPARK_HOME=${SPARK_HOME:-$("$PY" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')}
+    export SPARK_HOME PYSPARK_PYTHON="$PY"
     # Spark is already running when the job's Python starts, so jars set by the session builder
     # would miss the driver's class path: Delta must come in through --jars here.
     JARS=$("$PY" -c 'from ebbtide.spark import delta_jars; print(",".join(delta_jars()))')
