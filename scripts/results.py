@@ -86,6 +86,8 @@ def main() -> int:
     p.add_argument("--keep-history", action="store_true",
                    help="rank the items already in the window too (MovieLens has no repeat ratings, so by "
                         "default every model's ranking excludes them, as RecBole's own full ranking does)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every ebbtide stage, e.g. train.threads_per_proc=1 (repeatable)")
     args = p.parse_args()
 
     sys.path.insert(0, str(ROOT / "lib"))
@@ -104,7 +106,7 @@ def main() -> int:
     spark = None
     for ds in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         root = Path(args.root) / ds
-        base = [f"storage.root={root}", f"evaluate.exclude_history={'false' if args.keep_history else 'true'}"]
+        base = [f"storage.root={root}", f"evaluate.exclude_history={'false' if args.keep_history else 'true'}", *args.sets]
         cfg = load_config(env="local", overrides=base)
         ctx = Context(cfg, _spark=spark)
         if ds == "ml-latest-small":
