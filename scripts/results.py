@@ -142,6 +142,8 @@ def main() -> int:
                 add(model, "churn_auc", v)
             add("ebbtide", "train_s", train_s)
             info[ds]["examples_evaluated"] = ev["examples"]
+        res[ds] = out
+        write_markdown(Path(args.out), res, info, args, seeds, time.perf_counter() - t_start)
 
         if recbole_py:
             from ebbtide.sequences import read_cutoffs
