@@ -116,3 +116,15 @@ def test_fingerprint_follows_config_data_and_world_size():
     assert base != fingerprint(cfg, {"gold_training_examples": 4}, 2)
     assert base != fingerprint(cfg, v, 1)
     assert base != fingerprint(load_config(env="local", overrides=["train.lr=0.01"]), v, 2)
+
+
+def test_a_folder_saved_before_the_last_item_skip_still_loads(tmp_path):
+    mc = dataclasses.replace(ModelConf(), item_dim=8, hidden_dim=16, time_dim=4, event_type_dim=2, decay_heads=2,
+                             last_item_skip=False)
+    net = EbbtideNet(mc, N_ITEMS, N_EVENTS)
+    old_conf = {k: v for k, v in dataclasses.asdict(mc).items() if k != "last_item_skip"}
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(2, N_ITEMS)], "item_index": range(2, N_ITEMS)})
+    events = pd.DataFrame({"event_type": ["view"], "event_type_index": [2]})
+    folder = P.save(str(tmp_path), net.state_dict(), old_conf, N_ITEMS, N_EVENTS, L, items, events, session_gap_s=1800.0)
+    loaded = P.Predictor.load(folder)
+    assert loaded.net.last_item_skip is None

@@ -74,6 +74,10 @@ def _find_predictor_dir(root: str) -> str:
     raise FileNotFoundError(f"no {META_FILE} under {root}: not an ebbtide model (log one with `ebbtide train`)")
 
 
+# Model switches added after models were first registered, with the value that reproduces the
+# older networks, so that a champion registered before them still loads.
+ADDED_LATER = {"last_item_skip": False}
+
 class Predictor:
     """Scores users with a trained EbbtideNet. Batches are dicts of numpy arrays with the model's FEATURES."""
 
@@ -124,7 +128,9 @@ class Predictor:
         if meta.get("format", 0) > FORMAT_VERSION:
             raise ValueError(f"{folder} was written by a newer ebbtide (format {meta['format']}); upgrade ebbtide")
         known = {f.name for f in dataclasses.fields(ModelConf)}
-        mcfg = ModelConf(**{k: v for k, v in meta["model"].items() if k in known})
+        # A key missing from an older folder means the network it was trained with lacked that part.
+        saved = {**ADDED_LATER, **meta["model"]}
+        mcfg = ModelConf(**{k: v for k, v in saved.items() if k in known})
         net = EbbtideNet(mcfg, meta["n_items"], meta["n_event_types"])
         state = torch.load(os.path.join(folder, WEIGHTS_FILE), map_location=device, weights_only=True)
         net.load_state_dict(state)
