@@ -24,7 +24,8 @@ def main() -> int:
     p.add_argument("--data", required=True, help="folder DIR with DIR.inter and examples.npz")
     p.add_argument("--model", required=True, choices=["GRU4Rec", "SASRec"])
     p.add_argument("--seed", type=int, default=2020)
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=20, help="cap on epochs (early stopping on RecBole's hold-out applies)")
+    p.add_argument("--stopping-step", type=int, default=3, help="epochs without improvement before stopping")
     p.add_argument("--max-len", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--exclude-history", action="store_true", help="do not rank the window's items (evaluate.exclude_history)")
@@ -52,7 +53,7 @@ def main() -> int:
         "loss_type": "CE", "train_neg_sample_args": None,
         # RecBole's own hold-out inside the train split serves only its early stopping.
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
-        "epochs": args.epochs, "stopping_step": 3, "train_batch_size": 256, "eval_batch_size": 1024,
+        "epochs": args.epochs, "stopping_step": args.stopping_step, "train_batch_size": 256, "eval_batch_size": 1024,
         "valid_metric": "NDCG@10", "metrics": ["NDCG", "Recall"], "topk": [10],
         "seed": args.seed, "reproducibility": True, "device": "cpu", "use_gpu": False,
         "checkpoint_dir": str(data / f"saved-{args.model}-{args.seed}"), "show_progress": False,
@@ -100,7 +101,10 @@ def main() -> int:
             excl = exclusion_mask(len(w), n_items, history=w) if args.exclude_history else None
             acc.update(scores, targets[a : a + 512], excl)
     out = acc.result()
-    out.update({"model": args.model, "seed": args.seed, "fit_s": round(fit_s, 1)})
+    # Epochs run and the best one, so a report can say whether the cap, not early stopping, ended it.
+    epochs_run = len(trainer.train_loss_dict)
+    out.update({"model": args.model, "seed": args.seed, "fit_s": round(fit_s, 1), "epochs_run": epochs_run,
+                "best_epoch": epochs_run - trainer.cur_step, "stopped_early": trainer.cur_step >= args.stopping_step})
     print(json.dumps(out))
     return 0
 

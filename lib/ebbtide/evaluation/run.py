@@ -385,6 +385,7 @@ def run(ctx, args) -> dict:
     return {
         "split": split, "protocol": protocol, "examples": len(targets), "items": n_items - 2,
         metric: primary, "recall@10": {k: v.get("recall@10") for k, v in ranking.items()},
+        "mrr@10": {k: v.get("mrr@10") for k, v in ranking.items()},
         "churn_roc_auc_7d": {k: v.get(f"churn_{min(horizons)}d_roc_auc") for k, v in churn.items()} if churn else {},
         "report": report_path, "mlflow_run_id": mlflow_run, "rows": len(rows),
         "gate": gate_result and {k: gate_result[k] for k in ("promoted", "summary", "champion_after")},
