@@ -183,7 +183,8 @@ def _lanes(args, datasets: list[str], log, report) -> None:
                 *(["--skip-recbole"] if args.skip_recbole else []), *(["--keep-history"] if args.keep_history else []),
                 *[a for kv in args.sets for a in ("--set", kv)]]
         log.info("lane %s started; its log: %s", ds, logf)
-        procs.append((ds, logf, subprocess.Popen(argv, stdout=open(logf, "w"), stderr=subprocess.STDOUT)))
+        with open(logf, "w") as out:  # the child keeps its own copy of the descriptor
+            procs.append((ds, logf, subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)))
     while any(p.poll() is None for _, _, p in procs):
         time.sleep(60)
         for ds, logf, p in procs:
@@ -205,7 +206,8 @@ def main() -> int:
                    "minutes per epoch on a CPU)")
     p.add_argument("--recbole-epochs", type=int, default=6, help="cap on RecBole epochs (early stopping applies)")
     p.add_argument("--skip-recbole", action="store_true", help="ebbtide and baselines only")
-    p.add_argument("--jobs", type=int, default=2, help="datasets run side by side, one torch thread each (default 2)")
+    p.add_argument("--jobs", type=int, default=2, help="2 or more: every dataset in its own lane, side by side, one torch thread each; "
+                   "1: one after another in this process (default 2)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for ebbtide and RecBole (0 = all cores)")
     p.add_argument("--root", default=str(ROOT / ".ebbtide" / "results"), help="storage root per dataset under it")
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))

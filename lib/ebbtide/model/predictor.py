@@ -78,6 +78,7 @@ def _find_predictor_dir(root: str) -> str:
 # older networks, so that a champion registered before them still loads.
 ADDED_LATER = {"last_item_skip": False}
 
+
 class Predictor:
     """Scores users with a trained EbbtideNet. Batches are dicts of numpy arrays with the model's FEATURES."""
 
