@@ -51,6 +51,10 @@ class StorageConf:
     database: str = "ebbtide"
 
 
+# What real logs write for "no value" (R, pandas, MySQL dumps, SQL NULL spelled out).
+DEFAULT_NULL_VALUES = ("NA", "N/A", "null", "NULL", "\\N", "None", "nan")
+
+
 @dataclass(frozen=True)
 class SourceConf:
     path: str = ""
@@ -62,8 +66,12 @@ class SourceConf:
     columns: dict[str, str] = field(default_factory=dict)
     # s | ms | iso | auto (numbers above 1e11 are milliseconds)
     ts_unit: Literal["auto", "s", "ms", "iso"] = "auto"
+    # false: the files have no header line and columns are named _c0, _c1, ... by position.
     csv_header: bool = True
+    # One or more characters, e.g. ",", ";", "::", "|", " "; the escape \t is a tab (see ingest).
     csv_delimiter: str = ","
+    # Field texts read as missing (after trimming; empty and whitespace-only always are).
+    null_values: tuple[str, ...] = DEFAULT_NULL_VALUES
     event_type_default: str = "interaction"
     # Glob of files under path to read; new files matching it are picked up incrementally.
     file_glob: str = "*"
@@ -344,7 +352,8 @@ def _read_yaml(path: Path) -> dict:
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """'a.b=3' -> (['a', 'b'], 3); the value is parsed as YAML so types come out right."""
+    """'a.b=3' -> (['a', 'b'], 3); the value is parsed as YAML so types come out right (for keys
+    that hold text, :func:`load_config` keeps the raw text instead, see :func:`_override_value`)."""
     if "=" not in item:
         raise ConfigError(f"--set expects key=value, got {item!r}")
     key, raw = item.split("=", 1)
@@ -356,6 +365,35 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
+
+
+def _key_type(path: list[str]) -> Any:
+    """The declared type of a dotted key (a map's value type for keys inside a map), or None."""
+    tp: Any = Config
+    for part in path:
+        if tp is Config and part in _SECTIONS:
+            tp = _SECTIONS[part]
+        elif dataclasses.is_dataclass(tp):
+            tp = typing.get_type_hints(tp).get(part)
+        elif typing.get_origin(tp) is dict:
+            tp = typing.get_args(tp)[1]
+        else:
+            return None
+        if tp is None:
+            return None
+    return tp
+
+
+def _override_value(path: list[str], raw: str, parsed: Any) -> Any:
+    """For a key typed ``str`` the text after '=' is the value as typed: YAML would read
+    ``::`` or ``a: b`` as a mapping, ``|`` as a block, ``' '`` as nothing and ``yes`` as a bool.
+    A value in matching quotes is still unquoted by YAML, for a leading or trailing space."""
+    if _key_type(path) is not str:
+        return parsed
+    t = raw.strip()
+    if len(t) >= 2 and t[0] == t[-1] and t[0] in "'\"" and isinstance(parsed, str):
+        return parsed
+    return raw
 
 
 def _fold_map_keys(path: list[str]) -> list[str]:
@@ -395,6 +433,7 @@ def load_config(
     for item in overrides or []:
         path, value = parse_override(item)
         path = _fold_map_keys(path)
+        value = _override_value(path, item.split("=", 1)[1], value)
         patch: dict = {}
         cur = patch
         for p in path[:-1]:

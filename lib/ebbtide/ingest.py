@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-from ebbtide.config import IngestConf, SourceConf, parse_utc
+from ebbtide.config import ConfigError, IngestConf, SourceConf, parse_utc
 from ebbtide.log import get_logger, step
 
 if TYPE_CHECKING:
@@ -87,6 +87,10 @@ R_BAD_VALUE = "bad value type"
 # Separates fields inside hashed strings; cannot occur in a text line's fields by accident.
 _SEP = "\u001f"
 
+# A column mapping whose source is a Spark SQL expression over the source columns, e.g.
+# --column "ts=expr:concat_ws(' ', day, time)".
+EXPR_PREFIX = "expr:"
+
 
 # --------------------------------------------------------------------------------------
 # Layout: how one source's rows map onto the contract (config + adapter + what the files say)
@@ -98,8 +102,10 @@ class Layout:
     format: str
     adapter: str
     ts_unit: str = "auto"
+    # The field delimiter as it appears in the files (escapes already decoded; may be several characters).
     delimiter: str = ","
-    # CSV column names in file order (from the header or the adapter); empty for JSON.
+    # Source column names in file order (CSV: the header, the adapter or _c0, _c1...; Parquet: the
+    # schema); empty for JSON, whose keys are only known row by row.
     columns: tuple[str, ...] = ()
     # The header line as it appears in the files; every line equal to it is skipped.
     header_line: Optional[str] = None
@@ -110,16 +116,93 @@ class Layout:
     # Lower-cased source value -> contract event type (Taobao's pv/cart/fav/buy).
     event_type_map: dict[str, str] = field(default_factory=dict)
     event_type_default: str = "interaction"
+    # Field texts that mean "no value" (compared after trimming).
+    null_values: tuple[str, ...] = ()
+
+    @property
+    def expressions(self) -> dict[str, str]:
+        """contract field -> Spark SQL expression, for the fields mapped with ``expr:``."""
+        return {f: c[len(EXPR_PREFIX):] for f, c in self.mapping.items() if c.startswith(EXPR_PREFIX)}
 
 
 _TAOBAO_BEHAVIOR = {"pv": "view", "cart": "cart", "fav": "favorite", "buy": "purchase"}
 
 
-def split_csv_line(line: str, delimiter: str) -> list[str]:
-    """Fields of one CSV line (quotes respected), for the header; rows are parsed by Spark."""
-    import csv
+_ESCAPES = {"t": "\t", "\\": "\\"}
 
-    return next(csv.reader([line], delimiter=delimiter)) if line else []
+
+def parse_delimiter(text: str) -> str:
+    """The field delimiter that ``--delimiter`` / ``ingest.source.csv_delimiter`` names.
+
+    One or more characters (Spark splits on the whole string, e.g. MovieLens-1M's ``::``);
+    ``\\t`` is a tab, ``\\\\`` a backslash, ``\\xHH`` and ``\\uHHHH`` a code point, so a shell
+    or YAML that cannot hold a tab can still name one. Raises ConfigError naming the fix.
+    """
+    fix = ("set --delimiter (ingest.source.csv_delimiter) to one or more characters, e.g. "
+           "',' ';' '|' '::' ' ' or '\\t' for a tab")
+    out, i = [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch != "\\":
+            out.append(ch)
+            i += 1
+            continue
+        m = re.match(r"\\(?:(t|\\)|x([0-9A-Fa-f]{2})|u([0-9A-Fa-f]{4}))", text[i:])
+        if not m:
+            raise ConfigError(f"delimiter {text!r} holds an unknown escape {text[i:i + 2]!r}; {fix}")
+        out.append(_ESCAPES[m.group(1)] if m.group(1) else chr(int(m.group(2) or m.group(3), 16)))
+        i += m.end()
+    delimiter = "".join(out)
+    if not delimiter:
+        raise ConfigError(f"the delimiter is empty; {fix}")
+    if any(c in delimiter for c in '"\r\n'):
+        raise ConfigError(f"delimiter {text!r} holds a quote or a line break, which CSV reserves; {fix}")
+    return delimiter
+
+
+def _spark_sep(delimiter: str) -> str:
+    """The delimiter as Spark's CSV ``sep`` option reads it (Spark decodes backslash escapes)."""
+    return delimiter.replace("\\", "\\\\")
+
+
+def _java_literal(text: str) -> str:
+    """A Java regex matching ``text`` literally (every non-alphanumeric character escaped)."""
+    return "".join(c if c.isalnum() else "\\" + c for c in text)
+
+
+def split_csv_line(line: str, delimiter: str) -> list[str]:
+    """Fields of one CSV line, for the header (rows are parsed by Spark). A field that starts with
+    a quote runs to its closing quote ("" inside is one quote), so it may hold the delimiter;
+    the delimiter may be several characters, which Python's csv module does not allow."""
+    if not line:
+        return []
+    fields, cur, i, n = [], [], 0, len(line)
+    at_start, quoted = True, False
+    while i < n:
+        ch = line[i]
+        if quoted:
+            if ch == '"' and line.startswith('"', i + 1):
+                cur.append('"')
+                i += 2
+                continue
+            if ch == '"':
+                quoted = False
+            else:
+                cur.append(ch)
+            i += 1
+        elif at_start and ch == '"':
+            quoted, at_start = True, False
+            i += 1
+        elif line.startswith(delimiter, i):
+            fields.append("".join(cur))
+            cur, at_start = [], True
+            i += len(delimiter)
+        else:
+            cur.append(ch)
+            at_start = False
+            i += 1
+    fields.append("".join(cur))
+    return fields
 
 
 def resolve_layout(
@@ -130,21 +213,22 @@ def resolve_layout(
     """The layout of a source: adapter defaults, then the files' header, then the user's column mapping.
 
     ``first_line`` is the first line of the first file (CSV sources); ``parquet_columns`` the
-    Parquet schema's column names. Raises ValueError, naming the fix, when a required contract
-    field has no source column.
+    Parquet schema's column names. Raises ConfigError (a ValueError), naming the fix, when a
+    required contract field has no source column.
     """
     unknown = sorted(set(src.columns) - set(CONTRACT_FIELDS))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"ingest.source.columns maps unknown contract field(s) {unknown}; "
             f"the contract fields are {', '.join(CONTRACT_FIELDS)} (e.g. --column user_id=visitorid)"
         )
     first_line = (first_line or "").lstrip("\ufeff")
-    kw: dict[str, Any] = dict(ts_unit=src.ts_unit, event_type_default=src.event_type_default or "interaction")
+    kw: dict[str, Any] = dict(ts_unit=src.ts_unit, event_type_default=src.event_type_default or "interaction",
+                              null_values=tuple(src.null_values))
     adapter = src.adapter
 
     if adapter != "generic" and src.format != "csv":
-        raise ValueError(
+        raise ConfigError(
             f"adapter {adapter!r} reads delimited text; set format csv (or leave --format out), "
             "or use --adapter generic for JSON / Parquet sources"
         )
@@ -186,8 +270,9 @@ def resolve_layout(
             event_type_map=dict(_TAOBAO_BEHAVIOR), **kw,
         )
     elif adapter == "generic":
+        delimiter = parse_delimiter(src.csv_delimiter) if src.format == "csv" else ","
         if src.format == "csv":
-            fields = split_csv_line(first_line, src.csv_delimiter)
+            fields = split_csv_line(first_line, delimiter)
             if src.csv_header:
                 cols, header = tuple(f.strip() for f in fields), (first_line or None)
             else:
@@ -199,28 +284,35 @@ def resolve_layout(
         # Contract fields the source names the same way need no mapping.
         mapping = {f: f for f in CONTRACT_FIELDS if not cols or f in cols}
         layout = Layout(
-            format=src.format, adapter=adapter, delimiter=src.csv_delimiter if src.format == "csv" else ",",
-            columns=cols if src.format == "csv" else (), header_line=header, mapping=mapping, **kw,
+            format=src.format, adapter=adapter, delimiter=delimiter,
+            columns=cols, header_line=header, mapping=mapping, **kw,
         )
     else:
-        raise ValueError(f"unknown adapter {adapter!r}; choose from {', '.join(ADAPTERS)}")
+        raise ConfigError(f"unknown adapter {adapter!r}; choose from {', '.join(ADAPTERS)}")
     if layout.format == "csv" and not layout.columns:
         raise ValueError("the first source file has no first line to take column names from; "
                          "remove empty files or narrow --glob")
 
     mapping = {**layout.mapping, **src.columns}
+    for f, c in mapping.items():
+        if c.startswith(EXPR_PREFIX) and not c[len(EXPR_PREFIX):].strip():
+            raise ConfigError(f"--column {f}={c} has an empty expression; write e.g. "
+                              f"{f}=expr:concat_ws(' ', day, time)")
     known = set(layout.columns) | set(parquet_columns or ())
     if known:
+        def present(c: Optional[str]) -> bool:
+            return c is not None and (c in known or c.startswith(EXPR_PREFIX))
+
         missing = [f"{f} (source column {mapping[f]!r})" if f in mapping else f
-                   for f in REQUIRED_FIELDS if mapping.get(f) not in known]
+                   for f in REQUIRED_FIELDS if not present(mapping.get(f))]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"source columns {sorted(known)} lack the contract field(s) {', '.join(missing)}; "
                 "map them with --column FIELD=SOURCE_COLUMN (or ingest.source.columns), "
                 "or pick the matching --adapter"
             )
         # A mapped optional column the files do not have is dropped from the mapping, not an error.
-        mapping = {f: c for f, c in mapping.items() if c in known}
+        mapping = {f: c for f, c in mapping.items() if present(c)}
     if "event_type" in src.columns:
         layout = dataclasses.replace(layout, event_type_const=None)
     return dataclasses.replace(layout, mapping=mapping)
@@ -265,9 +357,12 @@ def parse_lines(lines: "DataFrame", layout: Layout) -> "DataFrame":
     n = len(layout.columns)
     # Quoted sections may hold the delimiter: drop them before counting fields.
     unquoted = F.regexp_replace(F.col("raw"), '"(?:[^"]|"")*"', "")
-    n_fields = F.size(F.split(unquoted, re.escape(layout.delimiter), -1))
+    n_fields = F.size(F.split(unquoted, _java_literal(layout.delimiter), -1))
     schema = ", ".join(f"c{i} string" for i in range(n))
-    parsed = F.from_csv(F.col("raw"), schema, {"sep": layout.delimiter, "escape": '"', "mode": "PERMISSIVE"})
+    # nullValue: a text no line holds, so only an unquoted empty field is null and a quoted ""
+    # stays an empty text (Spark reads both as null by default); the row hash tells them apart.
+    parsed = F.from_csv(F.col("raw"), schema, {"sep": _spark_sep(layout.delimiter), "escape": '"',
+                                               "nullValue": "\u0000", "mode": "PERMISSIVE"})
     fields = F.map_from_arrays(
         F.array(*[F.lit(c) for c in layout.columns]),
         F.array(*[parsed.getField(f"c{i}") for i in range(n)]),
@@ -307,21 +402,68 @@ def parse_parquet(rows: "DataFrame") -> "DataFrame":
     )
 
 
-def _blank_to_null(c: "Column") -> "Column":
+def _missing_to_null(c: "Column", null_values: tuple[str, ...] = ()) -> "Column":
+    """The trimmed text, or null when it is empty, whitespace only or one of ``null_values``."""
     F = _F()
-    t = F.trim(c)
-    return F.when(t != "", t)
+    # F.trim strips spaces only; a tab- or NBSP-padded id is padded all the same.
+    t = F.regexp_replace(c, r"^[\s\p{Z}]+|[\s\p{Z}]+$", "")
+    keep = t != ""
+    if null_values:
+        keep = keep & ~t.isin(*null_values)
+    return F.when(keep, t)
+
+
+def _hidden(name: str) -> str:
+    return f"__ebbtide_{name}"
+
+
+def with_expressions(parsed: "DataFrame", layout: Layout) -> "DataFrame":
+    """Parsed rows plus one ``__ebbtide_expr_<field>`` text column per ``expr:`` mapping.
+
+    An expression sees every source column the layout knows by name (CSV, Parquet), as text with
+    missing values already null, and ``fields``, the map of all of them (the only way to reach a
+    JSON key, e.g. ``fields['day']``). Spark runs with ANSI on: use try_* functions in
+    expressions, or one bad row fails the batch instead of going to quarantine.
+    """
+    F = _F()
+    exprs = layout.expressions
+    if not exprs:
+        return parsed
+    own = parsed.columns
+    view = parsed.select(
+        *[F.col(c).alias(_hidden(c)) for c in own],
+        *([F.col("fields")] if "fields" not in layout.columns else []),
+        *[_missing_to_null(F.try_element_at(F.col("fields"), F.lit(c)), layout.null_values).alias(c)
+          for c in layout.columns],
+    )
+    view = view.select("*", *[F.expr(e).cast("string").alias(_hidden(f"expr_{f}")) for f, e in exprs.items()])
+    return view.select(*[F.col(_hidden(c)).alias(c) for c in own],
+                       *[F.col(_hidden(f"expr_{f}")) for f in exprs])
+
+
+def row_hash() -> "Column":
+    """sha2-256 of every source column of the row as read: ``[[name, text], ...]`` sorted by
+    name, as JSON, so a null (``null``) and an empty text (``""``) differ and no text can
+    imitate a field boundary. Null for a row that did not parse (it goes to quarantine)."""
+    F = _F()
+    pairs = F.transform(F.array_sort(F.map_entries(F.col("fields"))), lambda e: F.array(e["key"], e["value"]))
+    return F.sha2(F.to_json(pairs), 256)
 
 
 def to_contract(parsed: "DataFrame", layout: Layout) -> "DataFrame":
-    """Parsed rows -> the contract's fields as text, plus ``extra`` (unmapped source columns)."""
+    """Parsed rows -> the contract's fields as text, ``extra`` (unmapped source columns) and
+    ``row_hash`` (every source column, for the fallback event id)."""
     F = _F()
     m = layout.mapping
+    exprs = layout.expressions
+    parsed = with_expressions(parsed, layout)
 
     def get(name: str) -> "Column":
         if name not in m:
             return F.lit(None).cast("string")
-        return _blank_to_null(F.try_element_at(F.col("fields"), F.lit(m[name])))
+        if name in exprs:
+            return _missing_to_null(F.col(_hidden(f"expr_{name}")), layout.null_values)
+        return _missing_to_null(F.try_element_at(F.col("fields"), F.lit(m[name])), layout.null_values)
 
     if layout.event_type_const is not None:
         et = F.lit(layout.event_type_const)
@@ -331,7 +473,8 @@ def to_contract(parsed: "DataFrame", layout: Layout) -> "DataFrame":
             et = F.when(et == F.lit(src_value), F.lit(contract_value)).otherwise(et)
     et = F.coalesce(et, F.lit(layout.event_type_default))
 
-    used = sorted(set(m.values()))
+    # Columns an expression reads stay in extra: which ones it reads is the expression's business.
+    used = sorted({c for f, c in m.items() if f not in exprs})
     extra = F.map_filter(F.col("fields"), lambda k, v: ~k.isin(*used)) if used else F.col("fields")
     return parsed.select(
         "source_file", "raw", "parse_error",
@@ -344,6 +487,7 @@ def to_contract(parsed: "DataFrame", layout: Layout) -> "DataFrame":
         get("category").alias("category"),
         get("session_id").alias("source_session_id"),
         extra.cast("map<string,string>").alias("extra"),
+        row_hash().alias("row_hash"),
     )
 
 
@@ -393,16 +537,14 @@ def validate(contract: "DataFrame", ts_unit: str, min_ts_s: float, max_ts_s: flo
 
 
 def event_id_col() -> "Column":
-    """The source's id, else sha2-256 of the normalized (user_id, item_id, ts, event_type, value)."""
+    """The source's id, else ``row_hash``: a hash of the whole source row.
+
+    Hashing every source column, not only the mapped ones, keeps two events that differ in any
+    column (a price, a device, a second timestamp column) apart, while the same row read again
+    (a replayed batch, a file copied twice) gets the same id and is deduplicated.
+    """
     F = _F()
-    normalized = F.concat_ws(
-        _SEP,
-        F.col("user_id"), F.col("item_id"),
-        F.unix_micros(F.col("ts")).cast("string"),
-        F.col("event_type"),
-        F.coalesce(F.col("value").cast("string"), F.lit("")),
-    )
-    return F.coalesce(F.col("source_event_id"), F.sha2(normalized, 256))
+    return F.coalesce(F.col("source_event_id"), F.col("row_hash"))
 
 
 def to_bronze(good: "DataFrame", run_id: str) -> "DataFrame":
@@ -513,7 +655,7 @@ def discover(spark: "SparkSession", src: SourceConf) -> Source:
     from ebbtide.config import _is_uri
 
     if not src.path:
-        raise ValueError("no source to ingest: pass --source PATH or set ingest.source.path")
+        raise ConfigError("no source to ingest: pass --source PATH or set ingest.source.path")
     path = src.path
     if not _is_uri(path):
         import os
@@ -645,7 +787,8 @@ def _stream(spark: "SparkSession", source: Source, layout: Layout, max_files: in
 
 
 def source_conf(ingest: IngestConf, args: argparse.Namespace) -> SourceConf:
-    """The configured source with the command-line flags laid over it."""
+    """The configured source with the command-line flags laid over it, checked as far as it can
+    be without reading a file (so a bad flag fails before Spark starts)."""
     src = ingest.source
     over: dict[str, Any] = {}
     if getattr(args, "source", None):
@@ -654,14 +797,22 @@ def source_conf(ingest: IngestConf, args: argparse.Namespace) -> SourceConf:
         v = getattr(args, key, None)
         if v:
             over[key] = v
+    if getattr(args, "delimiter", None) is not None:
+        over["csv_delimiter"] = args.delimiter
+    if getattr(args, "csv_header", None) is not None:
+        over["csv_header"] = args.csv_header
+    if getattr(args, "null_values", None) is not None:
+        over["null_values"] = tuple(v.strip() for v in args.null_values.split(",") if v.strip())
     cols = dict(src.columns)
     for item in getattr(args, "column", None) or []:
         if "=" not in item:
-            raise ValueError(f"--column expects FIELD=SOURCE_COLUMN (e.g. user_id=visitorid), got {item!r}")
+            raise ConfigError(f"--column expects FIELD=SOURCE_COLUMN (e.g. user_id=visitorid), got {item!r}")
         k, v = (s.strip() for s in item.split("=", 1))
         cols[k] = v
     over["columns"] = cols
-    return dataclasses.replace(src, **over)
+    out = dataclasses.replace(src, **over)
+    parse_delimiter(out.csv_delimiter)
+    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -677,18 +828,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(.inter), taobao (user,item,category,behavior,ts) or generic (use --column)")
     p.add_argument("--column", action="append", default=[], metavar="FIELD=SOURCE",
                    help="map a contract field (" + ", ".join(CONTRACT_FIELDS) + ") to a source column, "
-                        "e.g. --column user_id=visitorid (repeatable)")
+                        "e.g. --column user_id=visitorid, or to a Spark SQL expression over the source "
+                        "columns, e.g. --column \"ts=expr:concat_ws(' ', day, time)\" (repeatable)")
     p.add_argument("--ts-unit", dest="ts_unit", choices=TS_UNITS,
                    help="timestamp unit: auto (numbers > 1e11 are ms), s, ms, iso")
     p.add_argument("--glob", dest="file_glob", metavar="PATTERN",
                    help="files to read inside the source folder (ingest.source.file_glob, default *)")
+    p.add_argument("--delimiter", metavar="SEP",
+                   help="CSV field delimiter, one or more characters: ',' ';' '|' '::' ' ' or '\\t' for a tab "
+                        "(ingest.source.csv_delimiter; generic adapter)")
+    p.add_argument("--header", dest="csv_header", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether CSV files start with a header line (ingest.source.csv_header, default yes); "
+                        "with --no-header columns are _c0, _c1, ... by position, e.g. --column user_id=_c0")
+    p.add_argument("--null-values", dest="null_values", metavar="A,B,...",
+                   help="comma-separated field texts read as missing (ingest.source.null_values, default "
+                        "NA,N/A,null,NULL,\\N,None,nan); empty and whitespace-only fields always are; "
+                        "'' for none but those")
+
+
+def check_layout(spark: "SparkSession", layout: Layout, parquet_schema=None) -> None:
+    """Plan the transforms on an empty batch (text lines, or rows of ``parquet_schema``), so that
+    a mapping Spark cannot resolve (a typo in an ``expr:`` mapping) fails here with the mapping
+    named, not inside the stream."""
+    from pyspark.errors import AnalysisException
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    if parquet_schema is None:
+        batch = spark.createDataFrame([], "value string, source_file string")
+    else:
+        batch = spark.createDataFrame([], StructType([*parquet_schema.fields, StructField("source_file", StringType())]))
+    try:
+        prepare(batch, layout, 0.0, 1.0)
+    except AnalysisException as e:
+        if not layout.expressions:
+            raise
+        shown = ", ".join(f"{f}=expr:{x}" for f, x in layout.expressions.items())
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"--column {shown}: Spark cannot use it ({first}); expressions read source "
+                          f"columns by name (known here: {', '.join(layout.columns) or 'use fields[...]'})") from None
 
 
 def run(ctx, args: argparse.Namespace) -> dict:
     from ebbtide import tables
 
-    cfg, spark = ctx.cfg, ctx.spark
+    cfg = ctx.cfg
     src = source_conf(cfg.ingest, args)
+    spark = ctx.spark
     tables.ensure_database(spark, cfg)
     source = discover(spark, src)
     summary: dict[str, Any] = {
@@ -699,8 +884,9 @@ def run(ctx, args: argparse.Namespace) -> dict:
         log.warning("no files match %s; nothing to ingest", source.pattern)
     else:
         first = None if src.format == "parquet" else _first_line(spark, source.files[0])
-        parquet_cols = list(spark.read.parquet(source.files[0]).columns) if src.format == "parquet" else None
-        layout = resolve_layout(src, first, parquet_cols)
+        pq_schema = spark.read.parquet(source.files[0]).schema if src.format == "parquet" else None
+        layout = resolve_layout(src, first, pq_schema.names if pq_schema is not None else None)
+        check_layout(spark, layout, pq_schema)
         log.info("ingesting %s (%d file(s) present; format %s, adapter %s, mapping %s)",
                  source.pattern, len(source.files), layout.format, layout.adapter, layout.mapping)
         writer = _BatchWriter(ctx, source, layout, ts_bounds(cfg.ingest))

@@ -9,10 +9,26 @@ from contextlib import contextmanager
 _FMT = "%(asctime)s %(levelname)-5s %(name)s: %(message)s"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record, not the one of the first
+    setup: a test's capture or a notebook swaps it, and the old one may be closed by then."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     if not any(getattr(h, "_ebbtide", False) for h in root.handlers):
-        h = logging.StreamHandler(sys.stderr)
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter(_FMT, "%H:%M:%S"))
         h._ebbtide = True  # type: ignore[attr-defined]
         root.addHandler(h)

@@ -78,6 +78,7 @@ def get_spark(cfg: Config) -> "SparkSession":
             log.info("starting Spark %s (warehouse %s)", sc.master, cfg.path(cfg.storage.warehouse_dir))
             spark = b.getOrCreate()
             spark.sparkContext.setLogLevel("WARN")
+    _quiet_query_context_loggers()
     from ebbtide import tables
 
     tables.ensure_database(spark, cfg)
@@ -88,3 +89,41 @@ def get_spark(cfg: Config) -> "SparkSession":
         tables.register_all(spark, cfg)
         create_views(spark, cfg.storage.database)
     return spark
+
+
+def _quiet_query_context_loggers() -> None:
+    """PySpark 4 logs every SQL error it raises, JVM stack included, as JSON on stderr. The error
+    still reaches the caller, which reports it (the CLI as one line, with --debug its traceback),
+    so the log would only repeat it as a wall of text."""
+    import logging
+
+    from pyspark.logger import PySparkLogger
+
+    for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
+        # PySparkLogger.getLogger, not logging.getLogger: PySpark calls these loggers with
+        # keyword arguments that only its own logger class accepts.
+        PySparkLogger.getLogger(name).setLevel(logging.CRITICAL)
+
+
+# Loggers that repeat a failed task's error, JVM stack and Python traceback included, while the
+# same error also reaches the driver's caller as an exception.
+FAILURE_ECHO_LOGGERS = (
+    "org.apache.spark.executor.Executor",
+    "org.apache.spark.scheduler.TaskSetManager",
+    "org.apache.spark.storage.BlockManager",
+    "org.apache.spark.sql.execution.streaming.MicroBatchExecution",
+    "org.apache.spark.sql.execution.streaming.StreamExecution",
+)
+
+
+def quiet_failure_echoes(spark: "SparkSession") -> None:
+    """Silence the loggers that echo a failure the caller reports anyway (the CLI does so in one
+    line; it calls this for local sessions unless --debug)."""
+    import logging
+
+    jvm = spark.sparkContext._jvm
+    off = jvm.org.apache.logging.log4j.Level.toLevel("OFF")
+    for name in FAILURE_ECHO_LOGGERS:
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, off)
+    # py4j logs the traceback of a Python foreachBatch function that raised, then hands it on.
+    logging.getLogger("py4j.clientserver").setLevel(logging.CRITICAL)

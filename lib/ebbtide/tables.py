@@ -8,10 +8,18 @@ idempotent for the same input:
 - ``replace_where``: replace exactly the rows matching a predicate, e.g. one score date;
 - ``merge``: insert rows whose ``keys`` are new (and optionally update matched rows);
 - ``append``: only for logs whose rows carry a run id (ops tables).
+
+A new table is first created by a metadata-only commit (no Spark job, no data file), so a
+crash can leave either no table or a valid empty one, never data files without a commit. A
+folder that a crash still left without any committed version (Delta writes ``_delta_log``
+before its first commit) is moved aside to ``<folder>.orphaned-<UTC time>`` and recreated;
+see :func:`set_aside_if_orphaned`.
 """
 from __future__ import annotations
 
 import os
+import re
+import time
 from typing import TYPE_CHECKING, Iterable, Literal, Optional
 
 from ebbtide.config import Config
@@ -75,16 +83,91 @@ def register(spark: "SparkSession", cfg: Config, name: str) -> None:
     )
 
 
-def register_all(spark: "SparkSession", cfg: Config) -> list[str]:
-    """Register every Delta table found in the warehouse (the local catalog lives in memory)."""
+# A committed Delta version: NNN.json, a checkpoint (classic, multi-part or v2), or a
+# compacted log range. _staged_commits, .crc files and temp files are not commits.
+_COMMITTED = re.compile(r"^\d+\.(json|checkpoint(\.[^/]+)?\.(parquet|json)|\d+\.compacted\.json)$")
+# Table folders are plain identifiers; this also keeps `x.orphaned-...` folders out.
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A folder younger than this may be a table another process is creating right now (its
+# _delta_log exists before its first commit): leave it be, and only skip registering it.
+ORPHAN_GRACE_S = 60.0
+
+
+def has_commit(folder: str) -> bool:
+    """Whether a local table folder's ``_delta_log`` holds a committed version."""
+    log_dir = os.path.join(folder, "_delta_log")
+    try:
+        return any(_COMMITTED.match(f) for f in os.listdir(log_dir))
+    except FileNotFoundError:
+        return False
+
+
+def _newest_mtime(folder: str) -> float:
+    newest = os.path.getmtime(folder)
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for n in dirnames + filenames:
+            try:
+                newest = max(newest, os.path.getmtime(os.path.join(dirpath, n)))
+            except FileNotFoundError:
+                pass
+    return newest
+
+
+def set_aside_if_orphaned(cfg: Config, name: str, grace_s: float = 0.0) -> Optional[str]:
+    """Move a table folder that has a ``_delta_log`` but no committed version (a crash before
+    the first commit) to ``<folder>.orphaned-<UTC time>``, with a warning; returns the new path.
+
+    No version means the log references no file, so nothing in the folder is table data; it is
+    moved, never deleted, so whatever a crashed writer left can still be inspected. A folder
+    touched less than ``grace_s`` seconds ago is left alone (it may be a table being created).
+    Only local warehouses are checked: on object stores creation is a single PUT of 0.json.
+    """
+    folder = table_path(cfg, name)
+    if _is_remote(folder) or not os.path.isdir(os.path.join(folder, "_delta_log")) or has_commit(folder):
+        return None
+    if grace_s > 0 and time.time() - _newest_mtime(folder) < grace_s:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target, n = f"{folder}.orphaned-{stamp}", 1
+    while os.path.exists(target):
+        n += 1
+        target = f"{folder}.orphaned-{stamp}-{n}"
+    os.rename(folder, target)
+    log.warning(
+        "TABLE FOLDER SET ASIDE: %s has a _delta_log with no committed version (a writer crashed "
+        "before the table's first commit), so it holds no table data; moved it to %s, and the stage "
+        "that writes %s will create it again. Delete that folder once you have looked at it.",
+        folder, target, full_name(cfg, name),
+    )
+    return target
+
+
+def _is_remote(path: str) -> bool:
+    return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", path)) and not path.startswith("file:")
+
+
+def register_all(spark: "SparkSession", cfg: Config, grace_s: float = ORPHAN_GRACE_S) -> list[str]:
+    """Register every Delta table found in the warehouse (the local catalog lives in memory).
+
+    A folder without a committed version cannot be registered (Delta refuses a location with no
+    transaction log), and failing here would stop every command: it is set aside instead (see
+    :func:`set_aside_if_orphaned`), or skipped while it may still be in the making.
+    """
     root = f"{cfg.path(cfg.storage.warehouse_dir)}/{cfg.storage.database}.db"
     if not os.path.isdir(root):
         return []
-    names = sorted(
-        d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d, "_delta_log"))
-    )
-    for n in names:
+    names = []
+    for n in sorted(os.listdir(root)):
+        if not (_TABLE_NAME.match(n) and os.path.isdir(os.path.join(root, n, "_delta_log"))):
+            continue
+        if not has_commit(os.path.join(root, n)):
+            if set_aside_if_orphaned(cfg, n, grace_s) is None:
+                log.warning("not registering %s: its folder %s has no committed version yet (being "
+                            "created by another process?); the stage that writes it recreates it",
+                            full_name(cfg, n), os.path.join(root, n))
+            continue
         register(spark, cfg, n)
+        names.append(n)
     return names
 
 
@@ -107,14 +190,18 @@ def write(
     path = table_path(cfg, name)
     parts = list(partition_by or [])
     is_new = not DeltaTable.isDeltaTable(spark, path)
+    if mode not in ("overwrite", "append", "merge", "replace_where"):
+        raise ValueError(f"unknown write mode {mode!r}")
+    if mode == "merge" and not keys:
+        raise ValueError("merge needs keys")
+    if mode == "replace_where" and not replace_where:
+        raise ValueError("replace_where mode needs a predicate")
+    if is_new:
+        set_aside_if_orphaned(cfg, name)
+        _create(spark, path, df.schema, parts, comment)
 
     if mode == "merge":
         keys = list(keys or [])
-        if not keys:
-            raise ValueError("merge needs keys")
-        if is_new:
-            # An empty create first, so that the MERGE below is the one commit holding rows.
-            _writer(df.limit(0), "overwrite", parts).save(path)
         target = DeltaTable.forPath(spark, path)
         cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
         m = target.alias("t").merge(df.alias("s"), cond)
@@ -122,24 +209,49 @@ def write(
             m = m.whenMatchedUpdateAll()
         m.whenNotMatchedInsertAll().execute()
     elif mode == "replace_where":
-        if not replace_where:
-            raise ValueError("replace_where mode needs a predicate")
         w = _writer(df, "overwrite", parts)
         if not is_new:
             w = w.option("replaceWhere", replace_where)
         w.save(path)
-    elif mode in ("overwrite", "append"):
+    else:
         w = _writer(df, mode, parts)
         if mode == "overwrite":
             w = w.option("overwriteSchema", "true")
         w.save(path)
-    else:
-        raise ValueError(f"unknown write mode {mode!r}")
 
     register(spark, cfg, name)
-    if comment and is_new:
-        set_comments(spark, cfg, name, comment)
     log.info("wrote %s (%s)", full_name(cfg, name), mode)
+
+
+def _create(spark: "SparkSession", path: str, schema, parts: list[str], comment: Optional[str]) -> None:
+    """Create an empty table in one metadata-only commit: no Spark job, no data file, so the table
+    either exists (empty, with its comment) or does not; the rows follow in their own commit."""
+    from delta.tables import DeltaTable
+
+    b = DeltaTable.createIfNotExists(spark).location(path).addColumns(_nullable(schema))
+    if parts:
+        b = b.partitionedBy(*parts)
+    if comment:
+        b = b.comment(comment)
+    b.execute()
+
+
+def _nullable(schema):
+    """The schema with every column nullable, as a DataFrame write would create it (a literal's
+    non-null flag must not become a NOT NULL constraint of the table)."""
+    import json
+
+    from pyspark.sql.types import StructType
+
+    def loosen(node):
+        if isinstance(node, dict):
+            return {k: (True if k in ("nullable", "containsNull", "valueContainsNull") else loosen(v))
+                    for k, v in node.items()}
+        if isinstance(node, list):
+            return [loosen(v) for v in node]
+        return node
+
+    return StructType.fromJson(loosen(json.loads(schema.json())))
 
 
 def _writer(df: "DataFrame", mode: str, parts: list[str]):

@@ -215,6 +215,71 @@ def test_every_bad_row_lands_in_quarantine_with_raw_text_and_reason(ctx, tmp_pat
 
 
 # ---------------------------------------------------------------------------------------------
+# real logs as they come: other delimiters, no header, null spellings, split timestamps
+# ---------------------------------------------------------------------------------------------
+
+# MovieLens-1M ratings.dat: user::item::rating::ts, no header.
+ML1M = [
+    "1::1193::5::978300760", "1::661::3::978302109", "1::914::3::978301968", "2::1357::5::978298709",
+    "2::3068::4::978299000", "3::1196::4::978297039", "3::1210::4::978297039", "4::3468::5::978294008",
+    "5::2987::4::978243170", "6::1136::5::978237008",
+]
+
+
+def test_movielens_1m_layout_through_delimiter_and_no_header(ctx, tmp_path):
+    src = write_lines(tmp_path / "ml-1m" / "ratings.dat", ML1M)
+    argv = ["--delimiter", "::", "--no-header", "--column", "user_id=_c0", "--column", "item_id=_c1",
+            "--column", "value=_c2", "--column", "ts=_c3"]
+    s = run_ingest(ctx, "--source", str(src), *argv)
+    assert (s["rows_read"], s["bronze_new"], s["quarantined"], s["duplicates"]) == (10, 10, 0, 0)
+    rows = rows_of(ctx, "ratings.dat")
+    r = rows[("1", "1193")]
+    assert (r["value"], r["ts"], r["event_type"], r["extra"]) == (5.0, utc(2000, 12, 31, 22, 12, 40), "interaction", {})
+    assert rows[("6", "1136")]["value"] == 5.0
+
+    # The same rows in another file (a re-export) are the same events.
+    copy = write_lines(tmp_path / "ml-1m-again" / "ratings.dat", ML1M)
+    s = run_ingest(ctx, "--source", str(copy), *argv)
+    assert (s["rows_read"], s["bronze_new"], s["duplicates"]) == (10, 0, 10)
+    assert len(bronze(ctx)) == 10
+
+
+def test_semicolon_log_with_na_users_and_a_split_timestamp(ctx, tmp_path):
+    src = write_lines(tmp_path / "shop" / "events.csv", [
+        "day;time;user;item;price",
+        "2024-03-10;06:30:00;u1;i1;NA",          # no price: fine, value is null
+        "2024-03-10;07:00:00;NA;i2;1.5",         # no user
+        "2024-03-10;07:05:00;   ;i2;1.5",        # a blank user is no user
+        "2024-03-11;08:15:30;u2;\\N;2",           # no item
+        "2024-03-11;09:00:00;u2;i3;N/A",
+        "2024-03-11;09:00:00;u2;i3;2.5",         # differs from the row above only in price
+        "2024-03-12;;u3;i3;1",                   # no time: the day's midnight
+    ])
+    s = run_ingest(ctx, "--source", str(src), "--delimiter", ";", "--column", "user_id=user",
+                   "--column", "item_id=item", "--column", "value=price",
+                   "--column", "ts=expr:concat_ws(' ', day, time)")
+    assert (s["rows_read"], s["bronze_new"], s["quarantined"], s["duplicates"]) == (7, 4, 3, 0)
+    reasons = sorted((q["raw"].split(";")[2].strip(), q["reason"]) for q in quarantine(ctx))
+    assert reasons == [("", ingest.R_MISSING_USER), ("NA", ingest.R_MISSING_USER), ("u2", ingest.R_MISSING_ITEM)]
+    got = sorted(((r["user_id"], r["item_id"], r["ts"], r["value"]) for r in bronze(ctx)),
+                 key=lambda t: (t[:3], t[3] is not None, t[3] or 0))
+    assert got == [
+        ("u1", "i1", utc(2024, 3, 10, 6, 30), None),
+        ("u2", "i3", utc(2024, 3, 11, 9, 0), None),
+        ("u2", "i3", utc(2024, 3, 11, 9, 0), 2.5),
+        ("u3", "i3", utc(2024, 3, 12), 1.0),
+    ]
+    assert {r["extra"]["day"] for r in bronze(ctx)} == {"2024-03-10", "2024-03-11", "2024-03-12"}
+
+
+def test_a_bad_expression_mapping_fails_before_the_stream(ctx, tmp_path):
+    src = write_lines(tmp_path / "x" / "e.csv", ["user_id,item_id,day", "u1,i1,2024-03-10"])
+    with pytest.raises(ingest.ConfigError, match="expr:nosuch"):
+        run_ingest(ctx, "--source", str(src), "--column", "ts=expr:nosuch")
+    assert not tables.exists(ctx.spark, ctx.cfg, ingest.BRONZE)
+
+
+# ---------------------------------------------------------------------------------------------
 # incremental, idempotent, crash-safe: one source taken through its life, each step checked below
 # ---------------------------------------------------------------------------------------------
 

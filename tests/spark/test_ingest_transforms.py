@@ -141,19 +141,74 @@ def test_unmapped_columns_go_to_extra_and_event_types_normalise(spark):
     assert {r["category"] for r in rows} == {"7"} and rows[0]["extra"] == {}
 
 
-def test_event_id_is_the_source_id_else_a_hash_of_the_normalized_row(spark):
+def test_event_id_is_the_source_id_else_a_hash_of_the_whole_source_row(spark):
+    layout = ingest.resolve_layout(SourceConf(path="x"), "user_id,item_id,ts,value,device")
     lines = [
-        "u1,i1,1710052200,1",
-        "u1,i1,1710052200000,1",                 # same instant in ms
-        "u1,i1,2024-03-10T08:30:00+02:00,1.0",   # same instant and value, other spelling
-        "u1,i1,1710052200,2",                    # other value
+        "u1,i1,1710052200,1,ios",
+        "u1,i1,1710052200,1,ios",                # the same row again: the same event
+        "u1,i1,1710052200,1,web",                # differs only in a column the contract does not name
+        "u1,i1,1710052200000,1,ios",             # the same instant spelled in ms is another row
+        "u1,i1,1710052200,1,",                   # an empty column
+        'u1,i1,1710052200,1,""',                 # an empty text is not a missing one
     ]
-    ids = [r["event_id"] for r in ingest.to_bronze(prepare(spark, lines), "run").collect()]
-    assert ids[0] == ids[1] == ids[2] != ids[3]
-    assert len(ids[0]) == 64
+    ids = [r["event_id"] for r in ingest.to_bronze(prepare(spark, lines, layout), "run").collect()]
+    assert ids[0] == ids[1]
+    assert len(set(ids[1:])) == 5
+    assert all(len(i) == 64 for i in ids)
     src_ids = ingest.to_bronze(prepare(spark, ['{"event_id": "e-7", "user_id": "u", "item_id": "i", "ts": 1700000000}'],
                                        JSON), "run").collect()
     assert src_ids[0]["event_id"] == "e-7"
+    # JSON: key order does not matter, null and "" do.
+    json_ids = [r["event_id"] for r in ingest.to_bronze(prepare(spark, [
+        '{"user_id": "u", "item_id": "i", "ts": 1700000000, "note": null}',
+        '{"ts": 1700000000, "note": null, "item_id": "i", "user_id": "u"}',
+        '{"user_id": "u", "item_id": "i", "ts": 1700000000, "note": ""}',
+    ], JSON), "run").collect()]
+    assert json_ids[0] == json_ids[1] != json_ids[2]
+
+
+def test_null_values_and_padding_are_missing(spark):
+    rows = {r["raw"]: r for r in prepare(spark, [
+        "NA,i1,1710052200,1", "\\N,i1,1710052200,1", "\tu1\t,i1,1710052200,NA", "u1,null,1710052200,1",
+        "u1,i1,None,1", "u1,i1,1710052200,nan", "u1,i1,1710052200,N/A",
+    ]).collect()}
+    assert rows["NA,i1,1710052200,1"]["reason"] == ingest.R_MISSING_USER
+    assert rows["\\N,i1,1710052200,1"]["reason"] == ingest.R_MISSING_USER
+    tabbed = rows["\tu1\t,i1,1710052200,NA"]
+    assert (tabbed["reason"], tabbed["user_id"], tabbed["value"]) == (None, "u1", None)
+    assert rows["u1,null,1710052200,1"]["reason"] == ingest.R_MISSING_ITEM
+    assert rows["u1,i1,None,1"]["reason"] == ingest.R_MISSING_TS
+    assert rows["u1,i1,1710052200,nan"]["value"] is None and rows["u1,i1,1710052200,nan"]["reason"] is None
+    own = dataclasses.replace(CSV, null_values=("-",))
+    assert one(spark, "-,i1,1710052200,1", own)["reason"] == ingest.R_MISSING_USER
+    assert one(spark, "NA,i1,1710052200,1", own)["user_id"] == "NA"
+
+
+def test_multi_character_and_escaped_delimiters(spark):
+    for delim, line in [("::", "u1::i1::1710052200::2"), ("\\t", "u1\ti1\t1710052200\t2"),
+                        ("|", "u1|i1|1710052200|2"), (" ", "u1 i1 1710052200 2"), (";", "u1;i1;1710052200;2"),
+                        ("\\\\", "u1\\i1\\1710052200\\2")]:
+        layout = ingest.resolve_layout(SourceConf(path="x", csv_header=False, csv_delimiter=delim, columns={
+            "user_id": "_c0", "item_id": "_c1", "ts": "_c2", "value": "_c3"}), line)
+        row = one(spark, line, layout)
+        assert (row["reason"], row["user_id"], row["item_id"], row["value"]) == (None, "u1", "i1", 2.0), delim
+    layout = ingest.resolve_layout(SourceConf(path="x", csv_delimiter="::"), "user_id::item_id::ts")
+    assert one(spark, 'u1::"i::1"::1710052200', layout)["item_id"] == "i::1"
+    assert one(spark, "u1::i1::1710052200::x", layout)["reason"] == ingest.R_FIELD_COUNT
+
+
+def test_expression_mappings_read_source_columns_by_name(spark):
+    layout = ingest.resolve_layout(SourceConf(path="x", csv_delimiter=";", columns={
+        "user_id": "user", "item_id": "item", "ts": "expr:concat_ws(' ', day, time)"}), "day;time;user;item")
+    row = one(spark, "2024-03-10;06:30:00;u1;i1", layout)
+    assert row["reason"] is None and row["ts"] == datetime(2024, 3, 10, 6, 30)
+    assert row["extra"] == {"day": "2024-03-10", "time": "06:30:00"}
+    assert one(spark, "2024-03-10;NA;u1;i1", layout)["ts"] == datetime(2024, 3, 10)  # a missing time is null
+    j = ingest.resolve_layout(SourceConf(path="x", format="json", columns={"item_id": "expr:upper(fields['sku'])"}),
+                              None)
+    assert one(spark, '{"user_id": "u", "sku": "ab", "ts": 1700000000}', j)["item_id"] == "AB"
+    with pytest.raises(ingest.ConfigError, match="nosuch"):
+        ingest.check_layout(spark, dataclasses.replace(layout, mapping={**layout.mapping, "value": "expr:nosuch + 1"}))
 
 
 def test_dedupe_keeps_one_deterministic_copy(spark):

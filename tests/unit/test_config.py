@@ -34,6 +34,24 @@ def test_ill_typed_value_names_key_and_type():
         load_config(env="local", overrides=["ingest.source.format=xml"])
 
 
+@pytest.mark.parametrize("raw,expected", [
+    ("::", "::"), ("|", "|"), (" ", " "), (";", ";"), ("\\t", "\\t"), ("a: b", "a: b"), ("yes", "yes"),
+    ("'  '", "  "), ('"\\t"', "\t"),
+])
+def test_a_text_key_keeps_the_value_as_typed(raw, expected):
+    # YAML would read '::' as a mapping, '|' as a block scalar, ' ' as nothing and 'yes' as a bool.
+    cfg = load_config(env="local", overrides=[f"ingest.source.csv_delimiter={raw}"])
+    assert cfg.ingest.source.csv_delimiter == expected
+
+
+def test_typed_keys_still_parse_as_yaml():
+    cfg = load_config(env="local", overrides=["spark.conf.spark.sql.ansi.enabled=true", "sequences.max_len=7",
+                                              "ingest.source.null_values=[NA, '-']", "sequences.split.valid_start=2025-01-01"])
+    assert cfg.spark.conf == {"spark.sql.ansi.enabled": "true"}
+    assert cfg.sequences.max_len == 7 and cfg.ingest.source.null_values == ("NA", "-")
+    assert cfg.sequences.split.valid_start == "2025-01-01"
+
+
 def test_missing_overlay_is_an_error():
     with pytest.raises(ConfigError, match="no overlay"):
         load_config(env="nowhere")

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from ebbtide import ingest
-from ebbtide.config import IngestConf, SourceConf
+from ebbtide.config import ConfigError, IngestConf, SourceConf
 
 
 def src(**kw) -> SourceConf:
@@ -105,6 +105,59 @@ def test_json_mapping_cannot_be_checked_up_front():
 
 def test_split_csv_line_respects_quotes():
     assert ingest.split_csv_line('a,"b,c",d', ",") == ["a", "b,c", "d"]
+    assert ingest.split_csv_line('a,"say ""hi""",', ",") == ["a", 'say "hi"', ""]
+
+
+def test_split_csv_line_takes_multi_character_delimiters():
+    assert ingest.split_csv_line("1::1193::5::978300760", "::") == ["1", "1193", "5", "978300760"]
+    assert ingest.split_csv_line('a::"b::c"::', "::") == ["a", "b::c", ""]
+    assert ingest.split_csv_line("a b  c", " ") == ["a", "b", "", "c"]
+
+
+@pytest.mark.parametrize("text,delimiter", [
+    (",", ","), (";", ";"), ("|", "|"), ("::", "::"), (" ", " "), ("\\t", "\t"), ("\t", "\t"),
+    ("\\\\", "\\"), ("\\x01", "\x01"), ("\\u00a6", "\u00a6"), ("||", "||"),
+])
+def test_delimiters_decode_escapes_and_may_be_several_characters(text, delimiter):
+    assert ingest.parse_delimiter(text) == delimiter
+
+
+@pytest.mark.parametrize("text", ["", '"', "a\nb", "\\q", "\\"])
+def test_a_bad_delimiter_is_a_configuration_error_naming_the_fix(text):
+    with pytest.raises(ConfigError, match=r"--delimiter.*'::'"):
+        ingest.parse_delimiter(text)
+
+
+def test_movielens_1m_layout_through_generic_flags():
+    lay = ingest.resolve_layout(
+        src(csv_header=False, csv_delimiter="::",
+            columns={"user_id": "_c0", "item_id": "_c1", "value": "_c2", "ts": "_c3"}),
+        "1::1193::5::978300760",
+    )
+    assert lay.delimiter == "::" and lay.header_line is None
+    assert lay.columns == ("_c0", "_c1", "_c2", "_c3")
+    assert lay.mapping == {"user_id": "_c0", "item_id": "_c1", "value": "_c2", "ts": "_c3"}
+
+
+def test_a_header_split_on_a_multi_character_delimiter():
+    lay = ingest.resolve_layout(src(csv_delimiter="\\t"), "user_id\titem_id\tts")
+    assert lay.delimiter == "\t" and lay.columns == ("user_id", "item_id", "ts")
+    lay = ingest.resolve_layout(src(csv_delimiter="||"), "user_id||item_id||ts")
+    assert lay.columns == ("user_id", "item_id", "ts")
+
+
+def test_null_values_reach_the_layout():
+    assert ingest.resolve_layout(src(), "user_id,item_id,ts").null_values == SourceConf().null_values
+    assert {"NA", "N/A", "null", "NULL", "\\N", "None", "nan"} == set(SourceConf().null_values)
+    assert ingest.resolve_layout(src(null_values=("-",)), "user_id,item_id,ts").null_values == ("-",)
+
+
+def test_expression_mappings_count_as_mapped():
+    lay = ingest.resolve_layout(src(csv_delimiter=";", columns={"ts": "expr:concat_ws(' ', day, time)"}),
+                                "user_id;item_id;day;time")
+    assert lay.expressions == {"ts": "concat_ws(' ', day, time)"}
+    with pytest.raises(ConfigError, match="empty expression"):
+        ingest.resolve_layout(src(columns={"ts": "expr: "}), "user_id,item_id,day")
 
 
 def test_flags_override_the_config():
@@ -118,6 +171,20 @@ def test_flags_override_the_config():
     assert s.columns == {"item_id": "itemid", "user_id": "visitorid", "ts": "timestamp"}
     with pytest.raises(ValueError, match="FIELD=SOURCE"):
         ingest.source_conf(conf, p.parse_args(["--column", "user_id"]))
+
+
+def test_delimiter_header_and_null_value_flags():
+    p = argparse.ArgumentParser()
+    ingest.add_arguments(p)
+    conf = IngestConf(source=SourceConf(path="/y"))
+    s = ingest.source_conf(conf, p.parse_args(["--delimiter", "::", "--no-header", "--null-values", "NA, -,"]))
+    assert (s.csv_delimiter, s.csv_header, s.null_values) == ("::", False, ("NA", "-"))
+    s = ingest.source_conf(conf, p.parse_args([]))
+    assert (s.csv_delimiter, s.csv_header, s.null_values) == (",", True, SourceConf().null_values)
+    assert ingest.source_conf(conf, p.parse_args(["--header", "--null-values", ""])).null_values == ()
+    assert ingest.source_conf(conf, p.parse_args(["--delimiter", " "])).csv_delimiter == " "
+    with pytest.raises(ConfigError, match="--delimiter"):
+        ingest.source_conf(conf, p.parse_args(["--delimiter", ""]))
 
 
 def test_ts_bounds():

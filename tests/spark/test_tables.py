@@ -1,0 +1,103 @@
+"""The table writer's crash safety: a table folder a crash left without a commit never stops a
+command, and a new table is created in one metadata-only commit."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ebbtide import tables
+
+
+def orphan(cfg, name: str) -> Path:
+    """What kill -9 during a table's first write leaves: a _delta_log with only _staged_commits
+    (no NNN.json, no checkpoint) and a data file no commit references."""
+    folder = Path(tables.table_path(cfg, name))
+    (folder / "_delta_log" / "_staged_commits").mkdir(parents=True)
+    (folder / "part-00000-stray.snappy.parquet").write_bytes(b"PAR1 not a whole file")
+    return folder
+
+
+def test_register_all_sets_a_folder_without_a_commit_aside_and_registers_the_rest(spark, cfg, caplog):
+    tables.write(spark.createDataFrame([(1, "a")], "id long, v string"), cfg, "good_table", "overwrite")
+    folder = orphan(cfg, "quarantine_events")
+
+    with caplog.at_level(logging.WARNING, logger="ebbtide.tables"):
+        names = tables.register_all(spark, cfg, grace_s=0)
+
+    assert names == ["good_table"]
+    assert not folder.exists()
+    (moved,) = folder.parent.glob("quarantine_events.orphaned-*")
+    assert (moved / "part-00000-stray.snappy.parquet").exists()  # moved, not deleted
+    assert (moved / "_delta_log" / "_staged_commits").is_dir()
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert str(folder) in warning and str(moved) in warning
+
+    # The stage recreates the table, and the set-aside folder is never taken for a table.
+    tables.write(spark.createDataFrame([("q1",)], "quarantine_id string"), cfg, "quarantine_events",
+                 "merge", keys=["quarantine_id"])
+    assert tables.register_all(spark, cfg, grace_s=0) == ["good_table", "quarantine_events"]
+    assert moved.exists()
+    assert spark.table(tables.full_name(cfg, "quarantine_events")).count() == 1
+
+
+def test_a_fresh_folder_is_skipped_at_start_and_set_aside_by_the_writer(spark, cfg, caplog):
+    folder = orphan(cfg, "bronze_events")
+    with caplog.at_level(logging.WARNING, logger="ebbtide.tables"):
+        assert tables.register_all(spark, cfg) == []  # younger than the grace period: maybe being created
+    assert folder.exists()
+    assert any("not registering" in r.getMessage() for r in caplog.records)
+
+    tables.write(spark.createDataFrame([("e1",)], "event_id string"), cfg, "bronze_events", "merge",
+                 keys=["event_id"])
+    assert len(list(folder.parent.glob("bronze_events.orphaned-*"))) == 1
+    assert tables.read(spark, cfg, "bronze_events").count() == 1
+
+
+def test_a_new_table_is_created_by_a_metadata_only_commit(spark, cfg):
+    from pyspark.sql import functions as F
+
+    df = spark.createDataFrame([("a",)], "k string").withColumn("one", F.lit(1))  # `one` is non-null
+    tables.write(df, cfg, "created", "merge", keys=["k"], comment="what it holds")
+    log_dir = Path(tables.table_path(cfg, "created")) / "_delta_log"
+    first = (log_dir / f"{0:020d}.json").read_text()
+    assert '"add"' not in first and '"metaData"' in first  # the create commit adds no data file
+    assert tables.has_commit(str(log_dir.parent))
+    fq = tables.full_name(cfg, "created")
+    ext = {r.col_name: r.data_type for r in spark.sql(f"DESCRIBE TABLE EXTENDED {fq}").collect()}
+    assert ext.get("Comment") == "what it holds"
+    assert all(f.nullable for f in spark.table(fq).schema.fields)
+    # A null in a column that was non-null in the first batch is still accepted.
+    tables.write(spark.createDataFrame([("b", None)], "k string, one int"), cfg, "created", "merge", keys=["k"])
+    assert spark.table(fq).count() == 2
+
+
+def test_has_commit_reads_only_committed_versions(tmp_path):
+    log_dir = tmp_path / "t" / "_delta_log"
+    (log_dir / "_staged_commits").mkdir(parents=True)
+    (log_dir / "00000000000000000000.crc").write_text("")
+    (log_dir / ".00000000000000000000.json.tmp").write_text("")
+    assert not tables.has_commit(str(tmp_path / "t"))
+    (log_dir / "00000000000000000010.checkpoint.parquet").write_text("")
+    assert tables.has_commit(str(tmp_path / "t"))
+    os.remove(log_dir / "00000000000000000010.checkpoint.parquet")
+    (log_dir / "00000000000000000000.json").write_text("{}")
+    assert tables.has_commit(str(tmp_path / "t"))
+    assert not tables.has_commit(str(tmp_path / "missing"))
+
+
+def test_every_write_mode_creates_a_new_table_then_writes_its_rows(spark, cfg):
+    import datetime as dt
+
+    df = spark.createDataFrame([(dt.date(2025, 1, 1), "a"), (dt.date(2025, 1, 2), "b")], "d date, k string")
+    for name, mode, kw in [
+        ("by_overwrite", "overwrite", {"partition_by": ["d"]}),
+        ("by_replace_where", "replace_where", {"replace_where": "d = '2025-01-01'", "partition_by": ["d"]}),
+        ("by_append", "append", {}),
+        ("by_merge", "merge", {"keys": ["k"]}),
+    ]:
+        tables.write(df, cfg, name, mode, **kw)
+        assert tables.read(spark, cfg, name).count() == 2, name  # a new table takes every row
+        assert tables.version(spark, cfg, name) == 1, name         # the create, then the rows
+    detail = spark.sql(f"DESCRIBE DETAIL {tables.full_name(cfg, 'by_overwrite')}").first()
+    assert list(detail["partitionColumns"]) == ["d"]
