@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench-sessionize bench-train bench-model bench-score results clean help
+.PHONY: setup demo test test-fast bench-sessionize bench-train bench-model bench-score results results-quick clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -32,8 +32,11 @@ bench-model: setup  ## EbbtideNet training step vs a plain cuDNN-style nn.LSTM s
 bench-score: setup  ## Spark scoring against the bare matrix product + top-k
 	@$(PY) bench/bench_score.py
 
-results: setup  ## docs/results.md: ebbtide against baselines and RecBole on real data
-	@$(PY) scripts/results.py
+results: setup  ## docs/results.md + .json: ebbtide, its no-time ablation, baselines and RecBole (resumes; ARGS=--fresh)
+	@$(PY) scripts/results.py $(ARGS)
+
+results-quick: setup  ## 1 seed, no RecBole runs (peers from docs/results.json): .ebbtide/results-quick.md
+	@$(PY) scripts/results.py --quick $(ARGS)
 
 clean:  ## remove local tables, checkpoints and MLflow runs (not the cached environment)
 	rm -rf .ebbtide spark-warehouse metastore_db derby.log

@@ -44,7 +44,7 @@ def main() -> int:
                    help="storage root for tables, checkpoints and MLflow (default .ebbtide/demo)")
     p.add_argument("--users", type=int, default=1000, help="generated users (default 1000)")
     p.add_argument("--launcher", default="horovod", choices=["local", "horovod", "torch-distributor"])
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, help="cap on training epochs (default: train.epochs; early stopping applies)")
     args = p.parse_args()
 
     from ebbtide.cli import STAGES, Context, run_stage
@@ -72,7 +72,7 @@ def main() -> int:
         ("ingest", source),
         ("sessionize", []),
         ("sequences", []),
-        ("train", ["--launcher", args.launcher, "--epochs", str(args.epochs)]),
+        ("train", ["--launcher", args.launcher, *(["--epochs", str(args.epochs)] if args.epochs else [])]),
         ("evaluate", []),
         ("score", []),
     ]

@@ -1,11 +1,16 @@
-"""Train one RecBole model on ebbtide's train split and rank ebbtide's evaluation examples with it,
-scored by ebbtide's own metric code. Runs inside the RecBole environment (scripts/setup_recbole.sh);
-scripts/results.py calls it. Prints one JSON line of metrics last.
+"""Train one RecBole model on ebbtide's train split and rank ebbtide's evaluation rows with it,
+scored by ebbtide's own metric code on ebbtide's candidate catalogue. Runs inside the RecBole
+environment (scripts/setup_recbole.sh); scripts/results.py calls it. Prints one JSON line of
+metrics last: the nightly view's metrics at the top level (the headline, as `ebbtide evaluate`
+reports it), and both views under ``nightly`` and ``request_time``.
 
 Inputs (written by scripts/results.py): a folder DIR holding ``DIR.inter`` (the train split's events:
 user, item = ebbtide's item index, timestamp = the event's position in ebbtide's (ts, event_id)
-order, so RecBole sees ties in exactly ebbtide's order) and ``examples.npz`` (the evaluation
-windows ``item_idx`` (n, L) left-padded, ``targets`` (n,), ``n_items``).
+order, so RecBole sees ties in exactly ebbtide's order) and ``examples.npz``: the request-time
+windows ``item_idx`` (n, L) left-padded and ``targets`` (n,); the nightly windows
+``nightly_item_idx`` (m, L) and target sets ``nightly_targets`` (m, W) padded with -1;
+``candidates`` (bool per item index) and ``n_items``. RecBole takes no elapsed time, so the
+windows alone define each view's rows for it.
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ def main() -> int:
     from recbole.trainer import Trainer
     from recbole.utils import get_model, init_seed
 
-    from ebbtide.evaluation.metrics import RankingAccumulator, exclusion_mask
+    from ebbtide.evaluation.metrics import RankingAccumulator, SetRankingAccumulator, exclusion_mask
 
     torch.set_num_threads(args.threads)
     data = Path(args.data)
@@ -73,7 +78,7 @@ def main() -> int:
     model.eval()
 
     z = np.load(data / "examples.npz")
-    windows, targets, n_items = z["item_idx"], z["targets"], int(z["n_items"])
+    n_items, candidates = int(z["n_items"]), z["candidates"]
     # ebbtide item index -> RecBole internal id (0 = RecBole's padding / unknown to its train data)
     tok = ds.field2token_id["item_id"]
     to_rb = np.zeros(n_items, dtype=np.int64)
@@ -81,26 +86,35 @@ def main() -> int:
         if t != "[PAD]" and t.isdigit() and int(t) < n_items:
             to_rb[int(t)] = i
     rb_items = np.nonzero(to_rb)[0]  # ebbtide indices RecBole can score
-    acc = RankingAccumulator(n_items)
     L = args.max_len
-    with torch.no_grad():
-        for a in range(0, len(targets), 512):
-            w = windows[a : a + 512]
-            rb = to_rb[np.clip(w, 0, n_items - 1)]
-            # RecBole wants the sequence left-aligned with padding at the end.
-            seqs = np.zeros((len(w), L), dtype=np.int64)
-            lens = np.zeros(len(w), dtype=np.int64)
-            for r, row in enumerate(rb):
-                s = row[row > 0][-L:]
-                seqs[r, : len(s)] = s
-                lens[r] = max(len(s), 1)
-            inter = Interaction({"item_id_list": torch.as_tensor(seqs), "item_length": torch.as_tensor(lens)})
-            rs = model.full_sort_predict(inter).view(len(w), -1).numpy()
-            scores = np.full((len(w), n_items), -np.inf, dtype=np.float32)
-            scores[:, rb_items] = rs[:, to_rb[rb_items]]
-            excl = exclusion_mask(len(w), n_items, history=w) if args.exclude_history else None
-            acc.update(scores, targets[a : a + 512], excl)
-    out = acc.result()
+
+    def rank(windows, targets, acc):
+        """The same exclusions as `ebbtide evaluate`'s rank_scorer: non-candidates (and the window
+        with --exclude-history) are never ranked; a target outside them is a miss."""
+        with torch.no_grad():
+            for a in range(0, len(targets), 512):
+                w = windows[a : a + 512]
+                rb = to_rb[np.clip(w, 0, n_items - 1)]
+                # RecBole wants the sequence left-aligned with padding at the end.
+                seqs = np.zeros((len(w), L), dtype=np.int64)
+                lens = np.zeros(len(w), dtype=np.int64)
+                for r, row in enumerate(rb):
+                    s = row[row > 0][-L:]
+                    seqs[r, : len(s)] = s
+                    lens[r] = max(len(s), 1)
+                inter = Interaction({"item_id_list": torch.as_tensor(seqs), "item_length": torch.as_tensor(lens)})
+                rs = model.full_sort_predict(inter).view(len(w), -1).numpy()
+                scores = np.full((len(w), n_items), -np.inf, dtype=np.float32)
+                scores[:, rb_items] = rs[:, to_rb[rb_items]]
+                excl = exclusion_mask(len(w), n_items, history=w if args.exclude_history else None, candidates=candidates)
+                acc.update(scores, targets[a : a + 512], excl)
+        return acc.result()
+
+    views = {
+        "nightly": rank(z["nightly_item_idx"], z["nightly_targets"], SetRankingAccumulator(n_items)),
+        "request_time": rank(z["item_idx"], z["targets"], RankingAccumulator(n_items)),
+    }
+    out = {**views["nightly"], **views}
     # Epochs run and the best one, so a report can say whether the cap, not early stopping, ended it.
     epochs_run = len(trainer.train_loss_dict)
     out.update({"model": args.model, "seed": args.seed, "fit_s": round(fit_s, 1), "epochs_run": epochs_run,

@@ -5,9 +5,13 @@ wheel) it runs ingest -> sessionize -> sequences (global temporal split), then f
 trains ebbtide and runs `ebbtide evaluate` on the test split (full ranking; the baselines are
 fitted in the same run), exports the very same train split to a RecBole atomic file, trains
 GRU4Rec and SASRec in RecBole's own environment (scripts/setup_recbole.sh) and ranks the very
-same test examples with them through ebbtide's metric code (scripts/recbole_peer.py).
+same nightly rows and test examples, on the same candidate items, with them through ebbtide's
+metric code (scripts/recbole_peer.py). The headline figures are the nightly view (each user's test
+day ranked from the window before midnight against the set of items of the day); the request-time
+view (each test event's item) is reported beside them.
 Writes docs/results.md; the last line printed is one JSON object:
-{"bench": "results", "ndcg@10": {DATASET: {MODEL: mean}}, "recall@10": {...}, "churn_auc": {...}}
+{"bench": "results", "ndcg@10": {DATASET: {MODEL: mean}}, "recall@10": {...},
+ "request_time_ndcg@10": {...}, "churn_auc": {...}}
 """
 from __future__ import annotations
 
@@ -44,11 +48,15 @@ def _ml100k_inter(recbole_py: str) -> Path:
 
 def export_for_recbole(spark, cfg, out_dir: Path, t1) -> tuple[Path, int]:
     """The train split's events (ts < T1) as a RecBole atomic file, items as ebbtide's indices and
-    time as the position in ebbtide's (ts, event_id) order; and the test examples as numpy."""
+    time as the position in ebbtide's (ts, event_id) order; and, as numpy (``examples.npz``), the
+    very rows and candidates `ebbtide evaluate` ranks: the request-time test examples (windows,
+    targets), the nightly rows (windows before each midnight, target sets padded with -1) and the
+    candidate catalogue (bool per item index: the items seen in the train split)."""
     from pyspark.sql import functions as F
 
     from ebbtide import tables
     from ebbtide.evaluation import protocols as P
+    from ebbtide.evaluation.metrics import candidate_mask, pad_targets
 
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab = tables.read(spark, cfg, "gold_item_vocab").select("item_id", "item_index")
@@ -60,10 +68,19 @@ def export_for_recbole(spark, cfg, out_dir: Path, t1) -> tuple[Path, int]:
         for u, i, s in ev.sort_values(["user_id", "event_seq"]).itertuples(index=False):
             f.write(f"{u}\t{i}\t{s}\n")
     n_items = int(tables.read(spark, cfg, "gold_item_vocab").agg(F.max("item_index")).collect()[0][0]) + 1
-    ex = P.evaluation_rows(tables.read(spark, cfg, "gold_training_examples"), "test") \
-        .select("example_id", "item_idx", "target_item").orderBy("example_id").toPandas()
-    np.savez(out_dir / "examples.npz", item_idx=np.stack([np.asarray(v, np.int64) for v in ex["item_idx"]]),
-             targets=ex["target_item"].to_numpy().astype(np.int64), n_items=n_items)
+    gold = tables.read(spark, cfg, "gold_training_examples")
+    rows = P.evaluation_rows(gold, "test")
+    ex = rows.select("example_id", "item_idx", "target_item").orderBy("example_id").toPandas()
+    night = P.nightly_examples(rows).select("example_id", "item_idx", "target_items").orderBy("example_id").toPandas()
+    cand = candidate_mask(P.candidate_items(gold).toPandas()["item"].to_numpy(), n_items)
+
+    def windows(pdf):
+        width = len(ex["item_idx"].iloc[0]) if len(ex) else 0
+        return np.stack([np.asarray(v, np.int64) for v in pdf["item_idx"]]) if len(pdf) else np.zeros((0, width), np.int64)
+
+    np.savez(out_dir / "examples.npz", item_idx=windows(ex), targets=ex["target_item"].to_numpy().astype(np.int64),
+             nightly_item_idx=windows(night), nightly_targets=pad_targets(night["target_items"]),
+             candidates=cand, n_items=n_items)
     return inter, len(ev)
 
 
@@ -74,12 +91,50 @@ def _agg(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-METRICS = ("ndcg@10", "recall@10", "mrr@10")
+METRICS = ("ndcg@10", "recall@10", "mrr@10")  # the nightly view; request_time_{metric} the other view
+# results key -> evaluate summary key: churn ROC-AUC at 7 and 30 days, and over users active in the last week.
+CHURN_KEYS = {"churn_auc": "churn_roc_auc_7d", "churn_auc_30d": "churn_roc_auc_30d",
+              "churn_auc_recent": "churn_roc_auc_7d_recent", "churn_auc_30d_recent": "churn_roc_auc_30d_recent"}
+DATASETS = ("ml-100k", "ml-latest-small", "generated")
+
+
+def _signature(ds: str, args) -> dict:
+    """What makes saved results reusable: the code and every setting that changes a figure."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "lib", "conf", "scripts"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    sets = [kv for kv in args.sets if not kv.startswith("train.threads_per_proc=")]  # speed, not figures
+    return {"dataset": ds, "commit": commit, "dirty": bool(dirty), "sets": sets,
+            "keep_history": args.keep_history, "recbole_epochs": args.recbole_epochs}
+
+
+def _runs_of(saved: dict) -> dict[str, dict[str, list[float]]]:
+    """Saved per-(model, seed) runs -> model -> metric -> [one value per seed, in seed order]."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for key in sorted(saved, key=lambda k: (k.rsplit("#", 1)[0], int(k.rsplit("#", 1)[1]))):
+        model = key.rsplit("#", 1)[0]
+        for metric, v in saved[key].items():
+            out.setdefault(model, {}).setdefault(metric, []).append(v)
+    return out
+
+
+def _etl_plan(ds: str, root: Path, recbole_py, log) -> list[tuple[str, list[str]]]:
+    if ds == "ml-latest-small":
+        return [("ingest", ["--source", str(ML_SMALL / "ratings.csv"), "--adapter", "movielens"])]
+    if ds == "ml-100k":
+        return [("ingest", ["--source", str(_ml100k_inter(recbole_py or _recbole_python(log))), "--adapter", "recbole_inter"])]
+    if ds == "generated":
+        # The demo's generated data (conf/base.yaml synth: 1,000 users, 500 items, planted half-lives).
+        raw = root / "synth"
+        return [("synth", ["--out", str(raw)]), ("ingest", ["--source", str(raw / "raw"), "--format", "parquet"])]
+    raise SystemExit(f"unknown dataset {ds!r}; choose from {', '.join(DATASETS)}")
 
 
 def run_dataset(ds: str, args, log, spark=None):
-    """ETL, ebbtide x seeds (+ the baselines in each evaluate), RecBole peers, for one dataset.
-    Returns (results, info, spark); results is model -> metric -> [one value per seed]."""
+    """ETL, ebbtide and ebbtide_no_time x seeds (+ the baselines in each evaluate), RecBole peers, for
+    one dataset. Each (model, seed) is saved as it finishes; a rerun with the same code and settings
+    skips what is saved (--fresh starts over). Returns (results, info, spark); results is
+    model -> metric -> [one value per seed]."""
     from ebbtide.cli import Context, run_stage
     from ebbtide.config import load_config
 
@@ -87,41 +142,57 @@ def run_dataset(ds: str, args, log, spark=None):
     base = [f"storage.root={root}", f"evaluate.exclude_history={'false' if args.keep_history else 'true'}", *args.sets]
     cfg = load_config(env="local", overrides=base)
     ctx = Context(cfg, _spark=spark)
-    recbole_py = None if args.skip_recbole else _recbole_python(log)
-    if ds == "ml-latest-small":
-        source = ["--source", str(ML_SMALL / "ratings.csv"), "--adapter", "movielens"]
-    elif ds == "ml-100k":
-        source = ["--source", str(_ml100k_inter(recbole_py or _recbole_python(log))), "--adapter", "recbole_inter"]
-    else:
-        raise SystemExit(f"unknown dataset {ds!r}; choose ml-latest-small, ml-100k")
-    info: dict = {}
-    (root / "results.json").unlink(missing_ok=True)  # a report mid-run must not show an older run's figures
+    recbole_py = None if args.skip_recbole or ds == "generated" else _recbole_python(log)
+    sig = _signature(ds, args)
+    prev = json.loads((root / "results.json").read_text()) if (root / "results.json").exists() else {}
+    resumable = not args.fresh and prev.get("signature") == sig and not sig["dirty"]
+    runs: dict[str, dict[str, float]] = prev.get("runs", {}) if resumable else {}
+    info: dict = prev.get("info", {}) if resumable else {}
+    if runs:
+        log.info("%s: resuming; %d saved (model, seed) runs are kept: %s", ds, len(runs), ", ".join(sorted(runs)))
+
+    def save():
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "results.json").write_text(json.dumps({"signature": sig, "runs": runs, "info": info}, default=str, indent=1))
+
+    save()  # a report mid-run must not show an older run's figures
     t0 = time.perf_counter()
-    for stage, argv in (("ingest", source), ("sessionize", []), ("sequences", [])):
+    for stage, argv in (*_etl_plan(ds, root, recbole_py, log), ("sessionize", []), ("sequences", [])):
         s = run_stage(stage, argv, ctx)
         if stage == "sequences":
-            info = {k: s.get(k) for k in ("events", "users", "item_vocab_size", "valid_start", "test_start", "end", "examples")}
+            info.update({k: s.get(k) for k in ("events", "users", "item_vocab_size", "valid_start", "test_start", "end", "examples")})
     spark = ctx.spark
     info["etl_s"] = round(time.perf_counter() - t0, 1)
-    out: dict[str, dict[str, list[float]]] = {}
 
-    def add(model, metric, v):
-        out.setdefault(model, {}).setdefault(metric, []).append(v)
-
+    variants = [("ebbtide", [])] + ([] if args.no_ablation else [("ebbtide_no_time", ["model.use_time=false"])])
     for seed in [42 + i for i in range(args.seeds)]:
-        sctx = Context(load_config(env="local", overrides=[*base, f"train.seed={seed}"]), _spark=spark)
-        t0 = time.perf_counter()
-        tr = run_stage("train", ["--launcher", "local", "--epochs", str(args.epochs), "--no-resume"], sctx)
-        train_s = time.perf_counter() - t0
-        ev = run_stage("evaluate", ["--model-uri", tr["model_uri"], "--no-champion", "--no-promote"], sctx)
-        for metric in METRICS:
-            for model, v in ev[metric].items():
-                add(model, metric, v)
-        for model, v in (ev.get("churn_roc_auc_7d") or {}).items():
-            add(model, "churn_auc", v)
-        add("ebbtide", "train_s", train_s)
-        info["examples_evaluated"] = ev["examples"]
-    _save(root, out, info)
+        for name, extra in variants:
+            if f"{name}#{seed}" in runs:
+                continue
+            sctx = Context(load_config(env="local", overrides=[*base, f"train.seed={seed}", *extra]), _spark=spark)
+            t0 = time.perf_counter()
+            tr = run_stage("train", ["--launcher", "local", "--no-resume"], sctx)
+            train_s = time.perf_counter() - t0
+            ev = run_stage("evaluate", ["--model-uri", tr["model_uri"], "--no-champion", "--no-promote"], sctx)
+            scored: dict[str, dict[str, float]] = {}
+            for metric in METRICS:
+                for model, v in ev[metric].items():
+                    scored.setdefault(model, {})[metric] = v
+                for model, v in ev["request_time"].get(metric, {}).items():
+                    scored.setdefault(model, {})[f"request_time_{metric}"] = v
+            for key, horizon in CHURN_KEYS.items():
+                for model, v in (ev.get(horizon) or {}).items():
+                    scored.setdefault(model, {})[key] = v
+            # The model is called "ebbtide" inside evaluate whatever the variant; baselines come from
+            # the first variant only (they do not depend on the model's settings).
+            runs[f"{name}#{seed}"] = {**scored.pop("ebbtide"), "train_s": round(train_s, 1),
+                                      "best_s": tr.get("seconds_to_best"), "best_epoch": tr.get("best_epoch")}
+            if name == "ebbtide":
+                for model, metrics in scored.items():
+                    runs[f"{model}#{seed}"] = metrics
+            info["examples_evaluated"] = ev["examples_by_view"]["request_time"]
+            info["nightly_rows"] = ev["examples_by_view"].get("nightly", 0)
+            save()
 
     if recbole_py:
         from ebbtide.sequences import read_cutoffs
@@ -130,12 +201,16 @@ def run_dataset(ds: str, args, log, spark=None):
         peer_dir = root / "recbole" / f"{ds}-peer"
         _, info["recbole_train_events"] = export_for_recbole(spark, cfg, peer_dir, cut["valid_start"].replace(tzinfo=None))
         env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
-        for model in PEERS:
+        for model in args.peers.split(","):
             for seed in [42 + i for i in range(args.recbole_seeds)]:
+                if f"{model}#{seed}" in runs:
+                    continue
                 cmd = [recbole_py, str(ROOT / "scripts" / "recbole_peer.py"), "--data", str(peer_dir),
                        "--model", model, "--seed", str(seed), "--epochs", str(args.recbole_epochs),
+                       "--stopping-step", str(args.recbole_patience),
                        "--threads", str(args.threads), *([] if args.keep_history else ["--exclude-history"])]
-                log.info("RecBole %s seed %d on %s (at most %d epochs)", model, seed, ds, args.recbole_epochs)
+                log.info("RecBole %s seed %d on %s (at most %d epochs, patience %d)", model, seed, ds,
+                         args.recbole_epochs, args.recbole_patience)
                 r = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if r.returncode != 0:
                     log.error("RecBole %s failed:\n%s", model, r.stderr[-3000:])
@@ -143,20 +218,15 @@ def run_dataset(ds: str, args, log, spark=None):
                 m = json.loads(r.stdout.strip().splitlines()[-1])
                 log.info("RecBole %s seed %d on %s: NDCG@10 %.4f, %d epochs (best %d), %.0f s", model, seed, ds,
                          m["ndcg@10"], m["epochs_run"], m["best_epoch"], m["fit_s"])
-                for metric in METRICS:
-                    add(model, metric, m[metric])
-                add(model, "train_s", m["fit_s"])
-                add(model, "epochs_run", m["epochs_run"])
-                add(model, "best_epoch", m["best_epoch"])
-                add(model, "stopped_early", float(m["stopped_early"]))
-            _save(root, out, info)
-    return out, info, spark
-
-
-def _save(root: Path, out, info) -> None:
-    """Each dataset's raw results beside its tables: the report is rebuilt from these, so a run that
-    dies later, or a lane run in another process, still contributes what it measured."""
-    (root / "results.json").write_text(json.dumps({"results": out, "info": info}, default=str, indent=1))
+                rec = {metric: m[metric] for metric in METRICS}
+                rec.update({f"request_time_{metric}": m["request_time"][metric] for metric in METRICS})
+                # RecBole reports the fit's total seconds; its best epoch's share of them is pro rata.
+                rec.update({"train_s": m["fit_s"], "best_s": m["fit_s"] * m["best_epoch"] / max(1, m["epochs_run"]),
+                            "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"],
+                            "stopped_early": float(m["stopped_early"])})
+                runs[f"{model}#{seed}"] = rec
+                save()
+    return _runs_of(runs), info, spark
 
 
 def _load_saved(root: Path, datasets: list[str]):
@@ -166,27 +236,31 @@ def _load_saved(root: Path, datasets: list[str]):
         f = root / ds / "results.json"
         if f.exists():
             d = json.loads(f.read_text())
-            res[ds], info[ds] = d["results"], d["info"]
+            res[ds], info[ds] = _runs_of(d.get("runs", {})), d.get("info", {})
     return res, info
 
 
 def _lanes(args, datasets: list[str], log, report) -> None:
-    """One child process per dataset, each with one torch thread: on a small machine two single-thread
-    lanes finish sooner than one two-thread lane, since much of the work is single-threaded."""
-    procs = []
-    for ds in datasets:
-        logf = Path(args.root) / f"{ds}.log"
-        logf.parent.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, str(Path(__file__).resolve()), "--datasets", ds, "--jobs", "1", "--no-report",
-                "--seeds", str(args.seeds), "--epochs", str(args.epochs), "--recbole-epochs", str(args.recbole_epochs),
-                "--recbole-seeds", str(args.recbole_seeds), "--threads", "1", "--root", args.root,
-                *(["--skip-recbole"] if args.skip_recbole else []), *(["--keep-history"] if args.keep_history else []),
-                *[a for kv in args.sets for a in ("--set", kv)]]
-        log.info("lane %s started; its log: %s", ds, logf)
-        with open(logf, "w") as out:  # the child keeps its own copy of the descriptor
-            procs.append((ds, logf, subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)))
-    while any(p.poll() is None for _, _, p in procs):
-        time.sleep(60)
+    """One child process per dataset, at most --jobs at a time, each with one torch thread: on a small
+    machine two single-thread lanes finish sooner than one two-thread lane, since much of the work is
+    single-threaded."""
+    waiting, procs = list(datasets), []
+    while waiting or any(p.poll() is None for _, _, p in procs):
+        while waiting and sum(p.poll() is None for _, _, p in procs) < args.jobs:
+            ds = waiting.pop(0)
+            logf = Path(args.root) / f"{ds}.log"
+            logf.parent.mkdir(parents=True, exist_ok=True)
+            argv = [sys.executable, str(Path(__file__).resolve()), "--datasets", ds, "--jobs", "1", "--no-report",
+                    "--seeds", str(args.seeds), "--epochs", str(args.epochs), "--recbole-epochs", str(args.recbole_epochs),
+                    "--recbole-seeds", str(args.recbole_seeds), "--recbole-patience", str(args.recbole_patience),
+                    "--threads", "1", "--root", args.root, "--peers", args.peers,
+                    *(["--skip-recbole"] if args.skip_recbole else []), *(["--keep-history"] if args.keep_history else []),
+                    *(["--fresh"] if args.fresh else []), *(["--no-ablation"] if args.no_ablation else []),
+                    *[a for kv in args.sets for a in ("--set", kv)]]
+            log.info("lane %s started; its log: %s", ds, logf)
+            with open(logf, "w") as out:  # the child keeps its own copy of the descriptor
+                procs.append((ds, logf, subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)))
+        time.sleep(30)
         for ds, logf, p in procs:
             lines = [ln for ln in logf.read_text(errors="replace").splitlines() if " INFO " in ln]
             state = "running" if p.poll() is None else f"exited {p.returncode}"
@@ -197,20 +271,60 @@ def _lanes(args, datasets: list[str], log, report) -> None:
         raise SystemExit(f"results lane(s) {', '.join(failed)} failed; see {Path(args.root)}/<dataset>.log")
 
 
+def _with_committed_peers(res: dict, path: Path) -> dict:
+    """--quick: the RecBole peers' figures from the committed full run, marked as such."""
+    if not path.exists():
+        return res
+    full = json.loads(path.read_text()).get("datasets", {})
+    for ds, models in res.items():
+        for peer in PEERS:
+            if peer in full.get(ds, {}).get("models", {}):
+                models[f"{peer} (docs/results.json)"] = full[ds]["models"][peer]
+    return res
+
+
+def summary_line(res: dict) -> dict:
+    """The last line printed: nightly metrics per dataset and model, churn, training seconds, and the
+    request-time view."""
+    def table(metric):
+        return {ds: {m: round(_agg(v[metric])[0], 4) for m, v in models.items() if v.get(metric)}
+                for ds, models in res.items()}
+
+    out = {"bench": "results", "protocol": "nightly"}
+    for metric in ("ndcg@10", "recall@10", "churn_auc", "churn_auc_30d", "churn_auc_recent"):
+        out[metric] = table(metric)
+    out["train_s"] = {ds: {m: round(_agg(v["train_s"])[0], 1) for m, v in models.items() if v.get("train_s")}
+                      for ds, models in res.items()}
+    out["best_s"] = {ds: {m: round(_agg(v["best_s"])[0], 1) for m, v in models.items() if v.get("best_s")}
+                     for ds, models in res.items()}
+    out["request_time"] = {"ndcg@10": table("request_time_ndcg@10")}
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", default="ml-latest-small,ml-100k", help="comma-separated (default both)")
+    p.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated (default {','.join(DATASETS)})")
     p.add_argument("--seeds", type=int, default=3, help="ebbtide seeds per dataset (default 3)")
-    p.add_argument("--epochs", type=int, default=5, help="ebbtide training epochs (early stopping applies)")
+    p.add_argument("--epochs", type=int, default=0, help="cap on ebbtide's epochs (default 0: train.epochs; early "
+                   "stopping on validation applies)")
+    p.add_argument("--no-ablation", action="store_true", help="skip ebbtide_no_time (the same network with every "
+                   "time input zeroed)")
     p.add_argument("--recbole-seeds", type=int, default=1, help="seeds per RecBole model (default 1: each costs "
                    "minutes per epoch on a CPU)")
-    p.add_argument("--recbole-epochs", type=int, default=6, help="cap on RecBole epochs (early stopping applies)")
+    p.add_argument("--recbole-epochs", type=int, default=30, help="cap on RecBole epochs (default 30)")
+    p.add_argument("--recbole-patience", type=int, default=3, help="RecBole early stopping: epochs without "
+                   "improvement on its validation (default 3)")
     p.add_argument("--skip-recbole", action="store_true", help="ebbtide and baselines only")
-    p.add_argument("--jobs", type=int, default=2, help="2 or more: every dataset in its own lane, side by side, one torch thread each; "
-                   "1: one after another in this process (default 2)")
+    p.add_argument("--peers", default=",".join(PEERS), help=f"RecBole models to run (default {','.join(PEERS)})")
+    p.add_argument("--quick", action="store_true", help="1 seed, no RecBole runs (their figures are read from "
+                   "the committed docs/results.json), report to .ebbtide/results-quick.md")
+    p.add_argument("--fresh", action="store_true", help="ignore saved (model, seed) results and run everything")
+    p.add_argument("--jobs", type=int, default=2, help="2 or more: datasets in lanes, this many side by side, one "
+                   "torch thread each; 1: one after another in this process (default 2)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for ebbtide and RecBole (0 = all cores)")
     p.add_argument("--root", default=str(ROOT / ".ebbtide" / "results"), help="storage root per dataset under it")
-    p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    p.add_argument("--out", default=None, help="report path (default docs/results.md; --quick: "
+                   ".ebbtide/results-quick.md); a .json beside it holds every figure")
     p.add_argument("--no-report", action="store_true", help="only the per-dataset results.json (used by --jobs)")
     p.add_argument("--keep-history", action="store_true",
                    help="rank the items already in the window too (MovieLens has no repeat ratings, so by "
@@ -218,20 +332,31 @@ def main() -> int:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every ebbtide stage, e.g. train.threads_per_proc=1 (repeatable)")
     args = p.parse_args()
-
+    if args.quick:
+        args.seeds, args.skip_recbole = 1, True
+    args.out = args.out or str(ROOT / (".ebbtide/results-quick.md" if args.quick else "docs/results.md"))
     sys.path.insert(0, str(ROOT / "lib"))
+    from ebbtide.config import load_config
     from ebbtide.log import get_logger, setup_logging
+
+    if args.epochs:
+        args.sets.append(f"train.epochs={args.epochs}")
+    args.epochs = load_config(env="local", overrides=args.sets).section("train").epochs
 
     setup_logging("INFO")
     log = get_logger("results")
     t_start = time.perf_counter()
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     res, info = {}, {}
+
+    def finish(res):
+        return _with_committed_peers(res, ROOT / "docs" / "results.json") if args.quick else res
+
     if args.jobs > 1 and len(datasets) > 1:
         def report():
             saved = _load_saved(Path(args.root), datasets)
             if saved[0] and not args.no_report:
-                write_markdown(Path(args.out), *saved, args, time.perf_counter() - t_start)
+                write_markdown(Path(args.out), finish(saved[0]), saved[1], args, time.perf_counter() - t_start)
 
         _lanes(args, datasets, log, report)
         res, info = _load_saved(Path(args.root), datasets)
@@ -243,15 +368,12 @@ def main() -> int:
         for ds in datasets:
             res[ds], info[ds], spark = run_dataset(ds, args, log, spark)
             if not args.no_report:
-                write_markdown(Path(args.out), res, info, args, time.perf_counter() - t_start)
+                write_markdown(Path(args.out), finish(dict(res)), info, args, time.perf_counter() - t_start)
     if args.no_report:
         return 0
+    res = finish(res)
     write_markdown(Path(args.out), res, info, args, time.perf_counter() - t_start)
-    summary = {"bench": "results"}
-    for metric in ("ndcg@10", "recall@10", "churn_auc"):
-        summary[metric] = {ds: {m: round(_agg(v[metric])[0], 4) for m, v in models.items() if metric in v}
-                           for ds, models in res.items()}
-    print(json.dumps(summary))
+    print(json.dumps(summary_line(res)))
     return 0
 
 
@@ -261,17 +383,24 @@ def write_markdown(path: Path, res, info, args, seconds: float) -> None:
         "# Results: ebbtide against baselines and RecBole",
         "",
         "Produced by `make results` (scripts/results.py); do not edit by hand. Temporal split "
-        "(train before T1, test after T2, cut-offs from `sequences.split` quantiles), full-catalogue "
-        "ranking of every test example's next item, every model scored by ebbtide's metric code "
+        "(train before T1, test after T2, cut-offs from `sequences.split` quantiles). Headline: the "
+        "nightly view, each (user, test day) ranked from the window before that midnight UTC against "
+        "the set of items of the user's day (NDCG@10 over the set, Recall@10 = share of the set in the "
+        "top 10); beside it the request-time view, each test event's item ranked as of that event. "
+        "Every model ranks the same candidates (the items seen in the train split; a target outside "
+        "them is a miss for all) on the same rows and is scored by ebbtide's metric code "
         f"(ties averaged; {ranking}). Mean ± standard deviation over n seeds (42, 43, ...); "
-        "the baselines are deterministic. ebbtide ranks as of the next event's time (elapsed = "
-        "`time_to_next_s`, as the evaluate job does; docs/architecture.md), an input the peers and "
-        "baselines do not take.",
+        "the baselines are deterministic. ebbtide and the time-aware baselines get the view's elapsed "
+        "time (to midnight, or to the event; docs/architecture.md), an input the peers do not take.",
         "",
-        f"Settings: ebbtide {args.seeds} seeds x at most {args.epochs} epochs; RecBole {args.recbole_seeds} "
-        f"seed(s) x at most {args.recbole_epochs} epochs (early stopping on RecBole's own hold-out of the "
-        f"train split); {os.cpu_count()} CPU cores ({platform.machine()}), {args.jobs} dataset lane(s); "
-        f"total {seconds / 60:.1f} min.",
+        f"Settings: ebbtide and ebbtide_no_time (the same network and seeds, every time input zeroed) "
+        f"{args.seeds} seed(s) x at most {args.epochs} epochs (early stopping on validation); RecBole "
+        f"{args.recbole_seeds} seed(s) x at most {args.recbole_epochs} epochs (early stopping after "
+        f"{args.recbole_patience} epochs without improvement on RecBole's own hold-out of the train split); "
+        f"{os.cpu_count()} CPU cores ({platform.machine()}), {args.jobs} dataset lane(s); total {seconds / 60:.1f} min. "
+        "`train s`: training wall seconds; `best s`: seconds until the epoch that was kept (RecBole: pro rata "
+        "of its fit). A model name ending in (docs/results.json) was not run here: its figures are the "
+        "committed full run's.",
     ]
     for ds, models in res.items():
         lines += ["", f"## {ds}", ""]
@@ -279,10 +408,12 @@ def write_markdown(path: Path, res, info, args, seconds: float) -> None:
         lines.append(
             f"{i.get('events')} events, {i.get('users')} users, {i.get('item_vocab_size')} items; "
             f"valid from {i.get('valid_start')}, test from {i.get('test_start')} to {i.get('end')}; "
-            f"{i.get('examples_evaluated')} test examples."
+            f"{i.get('examples_evaluated')} test examples"
+            + (f", {i['nightly_rows']} nightly (user, day) rows." if "nightly_rows" in i else ".")
         )
-        lines += ["", "| model | n | NDCG@10 | Recall@10 | MRR@10 | churn ROC-AUC (7 d) | train s |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "| model | n | NDCG@10 | Recall@10 | MRR@10 | request-time NDCG@10 | churn ROC-AUC 7 d "
+                  "| 30 d | 7 d, active last week | 30 d, active last week | train s | best s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
         def mean(m, metric="ndcg@10"):
             return _agg(models[m].get(metric, []))[0]
@@ -291,12 +422,12 @@ def write_markdown(path: Path, res, info, args, seconds: float) -> None:
         for m in order:
             v = models[m]
             cells = [str(len(v.get("ndcg@10", v.get("churn_auc", []))))]
-            for metric in (*METRICS, "churn_auc", "train_s"):
-                if metric not in v:
+            for metric in (*METRICS, "request_time_ndcg@10", *CHURN_KEYS, "train_s", "best_s"):
+                if not v.get(metric) or v[metric][0] is None:
                     cells.append("-")
                     continue
                 mu, sd = _agg(v[metric])
-                cells.append(f"{mu:.1f}" if metric == "train_s" else f"{mu:.4f} ± {sd:.4f}" if len(v[metric]) > 1 else f"{mu:.4f}")
+                cells.append(f"{mu:.1f}" if metric.endswith("_s") else f"{mu:.4f} ± {sd:.4f}" if len(v[metric]) > 1 else f"{mu:.4f}")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         if "ebbtide" in models:
             lines += ["", "ebbtide's NDCG@10 against each model (relative difference of the means):"]
@@ -316,9 +447,14 @@ def write_markdown(path: Path, res, info, args, seconds: float) -> None:
                 lines.append(f"\n{m}: {', '.join(str(int(x)) for x in v['epochs_run'])} epoch(s) run, best "
                              f"{', '.join(str(int(x)) for x in v['best_epoch'])}"
                              + ("; ended by the epoch cap, not by early stopping" if any(capped) else "; stopped early") + ".")
-    lines += ["", "Churn ROC-AUC: P(return within 7 days) as of the test cut date, one row per user; "
-              "RecBole models have no return-time head."]
+    lines += ["", "Churn ROC-AUC: P(return within 7 or 30 days) as of the test cut date, one row per user; "
+              "the 'active last week' columns only over users whose last event is within 7 days before the "
+              "cut, where recency alone separates less. RecBole models have no return-time head."]
     path.write_text("\n".join(lines) + "\n")
+    path.with_suffix(".json").write_text(json.dumps(
+        {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "root")}, "minutes": round(seconds / 60, 1),
+         "datasets": {ds: {"info": info.get(ds, {}), "models": models} for ds, models in res.items()}},
+        indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":

@@ -98,12 +98,10 @@ def build_examples(n_users=40, seed=0):
     return rows
 
 
-def write_tables(spark, cfg, n_users=40):
+def examples_schema():
     from pyspark.sql import types as T
 
-    from ebbtide import tables
-
-    schema = T.StructType([
+    return T.StructType([
         T.StructField("example_id", T.StringType()), T.StructField("user_id", T.StringType()),
         T.StructField("split", T.StringType()),
         T.StructField("item_idx", T.ArrayType(T.IntegerType())), T.StructField("event_type_idx", T.ArrayType(T.IntegerType())),
@@ -113,8 +111,13 @@ def write_tables(spark, cfg, n_users=40):
         T.StructField("target_event_type", T.IntegerType()), T.StructField("target_ts", T.TimestampType()),
         T.StructField("time_to_next_s", T.FloatType()), T.StructField("censored", T.IntegerType()),
     ])
+
+
+def write_tables(spark, cfg, n_users=40):
+    from ebbtide import tables
+
     rows = build_examples(n_users)
-    tables.write(spark.createDataFrame(rows, schema), cfg, "gold_training_examples", "overwrite", partition_by=["split"])
+    tables.write(spark.createDataFrame(rows, examples_schema()), cfg, "gold_training_examples", "overwrite", partition_by=["split"])
     vocab = spark.createDataFrame([(f"m{i}", i) for i in range(2, N_ITEMS)], "item_id string, item_index int")
     tables.write(vocab, cfg, "gold_item_vocab", "overwrite")
     return rows
@@ -188,6 +191,71 @@ def test_churn_snapshot_straddles_the_cut_and_hides_the_future(spark, cfg):
     assert fit["returned"].sum() > 0
 
 
+def _nightly_rows():
+    """Ten example rows, windows of L = 3, two users over 2025-03-10 (D1) and 2025-03-11 (D2):
+
+    u1: #8 D0 22:00 item 2 | #9 and #10 both D1 01:00, items 3, 4 | #11 D1 18:00 item 3 | #12 D2 09:00 item 5
+    u2: #1 D1 03:00 item 6 (first event) | #2 D1 04:00 item 7 | #3 D2 00:00 item 8 | #4 D2 10:00 OOV | #5 D2 23:59:59 item 9
+    plus one censored row each (never a nightly row)."""
+    d0 = datetime(2025, 3, 9)
+
+    def at(day, h, m=0, s=0):
+        return d0 + timedelta(days=day, hours=h, minutes=m, seconds=s)
+
+    ev = {"u1": [(8, 2, at(0, 22)), (9, 3, at(1, 1)), (10, 4, at(1, 1)), (11, 3, at(1, 18)), (12, 5, at(2, 9))],
+          "u2": [(1, 6, at(1, 3)), (2, 7, at(1, 4)), (3, 8, at(2, 0)), (4, 1, at(2, 10)), (5, 9, at(2, 23, 59, 59))]}
+    rows = []
+    for uid, e in ev.items():
+        def window(end):
+            w = e[max(0, end - 3):end]
+            pad = [0] * (3 - len(w))
+            return (pad + [i for _, i, _ in w], pad + [1] * len(w), [0.0] * 3, pad + [0] * len(w), pad + [0] * len(w),
+                    len(w), w[-1][2])
+
+        for k in range(1, len(e)):
+            items, types, gaps, how, sess, n, last = window(k)
+            seq, item, ts = e[k]
+            rows.append((f"{uid}#{seq}", uid, "test", items, types, gaps, how, sess, n, last, item, 2, ts,
+                         (ts - last).total_seconds(), 0))
+        items, types, gaps, how, sess, n, last = window(len(e))
+        rows.append((f"{uid}#censored-test", uid, "test", items, types, gaps, how, sess, n, last, 0, 0, None, 3600.0, 1))
+    return rows
+
+
+def test_nightly_examples_take_the_window_before_midnight_and_the_days_item_set(spark):
+    from ebbtide.evaluation import protocols as P
+
+    rows = _nightly_rows()
+    assert len(rows) == 10
+    df = spark.createDataFrame(rows, examples_schema())
+    got = {(r["user_id"], str(r["day"])): r for r in P.nightly_examples(df).collect()}
+    # u2 on D1 is not there: its first event that day is its first ever, so no window precedes midnight
+    assert set(got) == {("u1", "2025-03-10"), ("u1", "2025-03-11"), ("u2", "2025-03-11")}
+    a, b, c = got["u1", "2025-03-10"], got["u1", "2025-03-11"], got["u2", "2025-03-11"]
+    # #9 and #10 share a time: the sequence number (9 < 10, not the string order) picks #9's window
+    assert a["example_id"] == "u1#9" and a["item_idx"] == [0, 0, 2] and a["length"] == 1
+    assert a["elapsed_s"] == pytest.approx(2 * 3600)  # D0 22:00 -> D1 00:00
+    assert a["target_items"] == [3, 4]  # item 3 twice that day, once in the set
+    assert b["example_id"] == "u1#12" and b["item_idx"] == [3, 4, 3] and b["elapsed_s"] == pytest.approx(6 * 3600)
+    assert b["target_items"] == [5]
+    # a target at exactly 00:00 belongs to that day; the OOV target stays in the set (a certain miss)
+    assert c["example_id"] == "u2#3" and c["item_idx"] == [0, 6, 7] and c["elapsed_s"] == pytest.approx(20 * 3600)
+    assert c["target_items"] == [1, 8, 9]
+    assert "target_item" not in a.asDict() and "time_to_next_s" not in a.asDict()
+
+
+def test_candidate_items_are_the_train_splits_inputs_and_targets(spark, cfg):
+    from ebbtide import tables
+    from ebbtide.evaluation import protocols as P
+
+    ex = tables.read(spark, cfg, "gold_training_examples")
+    cand = {r["item"] for r in P.candidate_items(ex).collect()}
+    train = [r for r in _ROWS if r[2] == "train"]
+    seen = {i for r in train for i in r[3]} | {r[10] for r in train if r[14] == 0}
+    assert cand == seen - {0, 1}
+    assert TEST_ONLY_ITEM not in cand
+
+
 def _args(**kw):
     a = dict(model_uri=None, split=None, protocol=None, baselines_only=False, no_champion=False, no_promote=False)
     a.update(kw)
@@ -203,18 +271,33 @@ def test_evaluate_baselines_only_writes_table_report_and_mlflow_idempotently(ctx
 
     out = R.run(ctx, _args(baselines_only=True))
     json.dumps(out, default=str)
-    assert out["examples"] > 20
+    assert out["examples"] > 20 and out["examples"] == out["examples_by_view"]["nightly"]
+    assert out["examples_by_view"]["request_time"] > out["examples"]  # several events a day for some users
+    # the candidates are the train split's items: the item seen only after T2 is not one
+    assert out["candidates"] == N_ITEMS - 3
     nd = out["ndcg@10"]
     assert set(nd) == {"most_popular", "recent_popular", "cooccurrence", "markov"}
-    # the chain walk is first-order: Markov must beat popularity by a wide margin
+    # the top-level keys are the nightly view; both views carry metric -> scorer -> value
+    assert out["nightly"]["ndcg@10"] == nd and out["nightly"]["recall@10"] == out["recall@10"]
+    rt = out["request_time"]["ndcg@10"]
+    assert set(rt) == set(nd) and "sampled_ndcg@10" in out["request_time"] and "sampled_ndcg@10" not in out["nightly"]
+    # the chain walk is first-order: Markov must beat popularity by a wide margin in both views
     assert nd["markov"] > nd["most_popular"] + 0.2
-    assert set(out["churn_roc_auc_7d"]) == {"days_since_last", "rfm_logistic", "kaplan_meier", "exponential_decay"}
+    assert rt["markov"] > rt["most_popular"] + 0.2
+    churners = {"days_since_last", "rfm_logistic", "kaplan_meier", "exponential_decay"}
+    for key in ("churn_roc_auc_7d", "churn_roc_auc_30d", "churn_roc_auc_7d_recent", "churn_roc_auc_30d_recent"):
+        assert set(out[key]) == churners, key
     ops = tables.read(spark, cfg, "ops_evaluations")
     n1 = ops.count()
     assert n1 == out["rows"]
     r = ops.filter("model_name = 'markov' AND metric = 'ndcg' AND k = 10").collect()
-    assert len(r) == 1 and r[0]["value"] == pytest.approx(nd["markov"]) and r[0]["split"] == "test"
+    by_protocol = {x["protocol"]: x for x in r}
+    assert set(by_protocol) == {"temporal/nightly", "temporal/request_time"}
+    assert by_protocol["temporal/nightly"]["value"] == pytest.approx(nd["markov"]) and r[0]["split"] == "test"
+    assert by_protocol["temporal/nightly"]["n_examples"] == out["examples"]
+    assert by_protocol["temporal/request_time"]["value"] == pytest.approx(rt["markov"])
     assert ops.filter("metric = 'churn_roc_auc' AND k = 7").count() == 4
+    assert ops.filter("metric = 'churn_recent_roc_auc' AND k = 30 AND protocol = 'temporal/nightly'").count() == 4
     assert ops.filter("metric = 'sampled_ndcg' AND k = 10").count() == 4
     import os
 
@@ -225,6 +308,7 @@ def test_evaluate_baselines_only_writes_table_report_and_mlflow_idempotently(ctx
     uri = cfg.path(cfg.section("mlflow").tracking_uri)
     run = MlflowClient(tracking_uri=uri).get_run(out["mlflow_run_id"])
     assert run.data.metrics["markov.ndcg_at_10"] == pytest.approx(nd["markov"])
+    assert run.data.metrics["markov.request_time_ndcg_at_10"] == pytest.approx(rt["markov"])
 
     # a rerun on the same table version updates rows instead of adding them; the negatives are reused
     out2 = R.run(ctx, _args(baselines_only=True))
@@ -247,10 +331,12 @@ class RandomStandIn:
     """A model that knows nothing: seeded random scores. Must lose to the baselines."""
 
     def __init__(self, seed=0):
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
 
     def score_all(self, batch, elapsed_s):
-        return self.rng.random((len(elapsed_s), N_ITEMS)).astype(np.float32)
+        # A fresh generator per call: the same rows get the same scores in every run, whatever
+        # views were scored before (the champion's score is compared across two runs).
+        return np.random.default_rng(self.seed).random((len(elapsed_s), N_ITEMS)).astype(np.float32)
 
     def churn(self, batch, elapsed_s):
         n = len(elapsed_s)
@@ -328,7 +414,8 @@ def test_evaluate_gate_promotes_a_strong_model_then_refuses_a_weak_one(ctx, spar
     assert alias_version(client, "ebbtide", "champion") == strong
     assert client.get_model_version("ebbtide", weak).tags["gate.decision"] == "refused"
     ops = tables.read(spark, cfg, "ops_evaluations")
-    assert ops.filter(f"model_role = 'challenger' AND model_version = '{weak}' AND metric = 'ndcg' AND k = 10").count() == 1
+    mine = ops.filter(f"model_role = 'challenger' AND model_version = '{weak}' AND metric = 'ndcg' AND k = 10")
+    assert sorted(r["protocol"] for r in mine.collect()) == ["temporal/nightly", "temporal/request_time"]
     assert ops.filter(f"model_role = 'champion' AND model_version = '{strong}'").count() > 0
     # the challenger's own training run got its test metrics
     run_id = client.get_model_version("ebbtide", weak).run_id

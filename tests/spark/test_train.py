@@ -79,7 +79,7 @@ def test_local_run_tracks_registers_and_loads_in_a_fresh_process(spark, data_roo
     c = _client(cfg)
     run = c.get_run(out["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["train.lr"] == "0.004" and run.data.params["model.hidden_dim"] == "32"
+    assert run.data.params["train.lr"] == "0.002" and run.data.params["model.hidden_dim"] == "32"
     assert run.data.params["sequences.max_len"] == "20"
     assert run.data.tags["ebbtide.delta.gold_training_examples"] == "0"
     assert run.data.tags["ebbtide.delta.gold_item_vocab"] == "0"

@@ -77,6 +77,8 @@ def test_steps_per_epoch_and_shardability():
     assert feed.steps_per_epoch(1000, 100, 2) == 5
     assert feed.steps_per_epoch(10, 100, 2) == 1
     assert feed.steps_per_epoch(1000, 100, 1, max_steps=3) == 3
+    assert feed.steps_per_epoch(1000, 100, 1, share=0.25) == 2
+    assert feed.steps_per_epoch(1000, 100, 1, share=0.001) == 1
     assert feed.epoch_seed(1, 2) == feed.epoch_seed(1, 2) != feed.epoch_seed(1, 3)
 
 
@@ -93,3 +95,16 @@ def test_in_memory_batches_match_the_feed_shapes(dataset):
     assert len(batches) == 3
     assert batches[0]["item_idx"].shape == (32, 12) and batches[0]["target_item"].shape == (32,)
     assert np.array_equal(batches[0]["length"].numpy() > 0, np.ones(32, bool))
+
+
+def test_learning_rate_warms_up_then_decays_to_its_floor():
+    from ebbtide.model.config import TrainConf
+    from ebbtide.model.train import lr_factor
+
+    f = lr_factor(TrainConf(epochs=4, warmup_share=0.1, min_lr_share=0.05), steps_per_epoch=25)
+    curve = [f(s) for s in range(100)]
+    assert curve[0] == 0.1 and curve[9] == 1.0  # 10 warm-up steps
+    assert all(a >= b for a, b in zip(curve[9:], curve[10:]))
+    assert abs(curve[-1] - 0.05) < 0.01
+    flat = lr_factor(TrainConf(lr_schedule="constant"), steps_per_epoch=25)
+    assert flat(0) == flat(1000) == 1.0

@@ -186,3 +186,126 @@ def test_concordance_index_hand_and_brute_force():
     e = rng.integers(0, 2, 300)
     r = rng.integers(0, 10, 300).astype(float)
     assert M.concordance_index(t, e, r) == pytest.approx(_cindex_brute(t, e, r))
+
+
+# ---------------------------------------------------------------------------------------
+# Target sets (the nightly view) and the candidate catalogue
+# ---------------------------------------------------------------------------------------
+
+
+def test_set_metrics_hand_case():
+    # items 2..7 score .9 .8 .7 .6 .5 .4; the day's set {3, 5} sits at ranks 1 and 3
+    s = np.array([[NEG, NEG, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4]])
+    r = M.full_ranking_metrics(s, M.pad_targets([[3, 5]], width=4), ks=(1, 3, 5))
+    g1, g3 = 1 / math.log2(3), 1 / math.log2(5)
+    assert r["hr@1"] == 0.0 and r["recall@1"] == 0.0 and r["ndcg@1"] == 0.0 and r["mrr@1"] == 0.0
+    assert r["hr@3"] == 1.0 and r["recall@3"] == pytest.approx(0.5) and r["mrr@3"] == pytest.approx(0.5)
+    # DCG counts item 3 only; IDCG is that of two targets at ranks 0 and 1
+    assert r["ndcg@3"] == pytest.approx(g1 / (1 + g1))
+    assert r["recall@5"] == 1.0 and r["ndcg@5"] == pytest.approx((g1 + g3) / (1 + g1))
+    # the whole set on top: NDCG 1 at every K; IDCG stops at K when the set is larger
+    assert M.full_ranking_metrics(s, [[2, 3, -1]], ks=(1, 2))["ndcg@2"] == pytest.approx(1.0)
+    assert M.full_ranking_metrics(s, [[2, 3, 4]], ks=(1, 2))["ndcg@2"] == pytest.approx(1.0)
+    assert M.full_ranking_metrics(s, [[2, 3, 4]], ks=(2,))["recall@2"] == pytest.approx(2 / 3)
+
+
+def test_set_metrics_misses_stay_in_the_denominator_and_repeats_count_once():
+    s = np.array([[NEG, NEG, 0.9, 0.8, 0.7, 0.6]])
+    # OOV (1) and an excluded item (3) are unreachable but still part of the day's set
+    excl = M.exclusion_mask(1, 6, candidates=np.array([False, False, True, False, True, True]))
+    r = M.full_ranking_metrics(s, [[2, 1, 3, 2, -1]], ks=(2,), exclude=excl)
+    assert r["recall@2"] == pytest.approx(1 / 3)  # {2, 1, 3}: one hit of three
+    assert r["hr@2"] == 1.0 and r["mrr@2"] == 1.0
+    assert r["ndcg@2"] == pytest.approx(1 / (1 + 1 / math.log2(3)))
+    # nothing reachable: every metric 0, not NaN
+    r = M.full_ranking_metrics(s, [[3, 1]], ks=(2,), exclude=excl)
+    assert r["hr@2"] == 0.0 and r["ndcg@2"] == 0.0 and r["mrr@2"] == 0.0 and r["recall@2"] == 0.0
+
+
+def test_set_metrics_average_ties_exactly():
+    # four real items all tied, set {2, 3}: every order of the four equally likely
+    s = np.zeros((1, 6))
+    r = M.full_ranking_metrics(s, [[2, 3]], ks=(1, 2))
+    assert r["hr@1"] == pytest.approx(0.5)  # 1 - C(3,2)/C(4,2)
+    assert r["recall@1"] == pytest.approx(0.25)
+    assert r["mrr@2"] == pytest.approx(0.5 + (0.5 - 1 / 6) / 2)
+    assert r["ndcg@2"] == pytest.approx(0.5)
+
+
+def _brute_force_set_metrics(scores, targets, ks):
+    """Every order of the real items consistent with the scores (ties in all orders), averaged."""
+    import itertools
+
+    tset, size = set(targets), len(set(targets))
+    idcg = {k: sum(1 / math.log2(i + 2) for i in range(min(size, k))) for k in ks}
+    acc, n = {f"{m}@{k}": 0.0 for k in ks for m in ("hr", "recall", "ndcg", "mrr")}, 0
+    for perm in itertools.permutations(range(2, len(scores))):
+        if any(scores[a] < scores[b] for a, b in zip(perm, perm[1:])):
+            continue
+        n += 1
+        ranks = [r for r, i in enumerate(p for p in perm if np.isfinite(scores[p])) if i in tset]
+        for k in ks:
+            hits = [r for r in ranks if r < k]
+            acc[f"hr@{k}"] += bool(hits)
+            acc[f"recall@{k}"] += len(hits) / size
+            acc[f"ndcg@{k}"] += sum(1 / math.log2(r + 2) for r in hits) / idcg[k]
+            acc[f"mrr@{k}"] += 1 / (min(hits) + 1) if hits else 0.0
+    return {key: v / n for key, v in acc.items()}
+
+
+def test_set_metrics_equal_brute_force_over_tied_orders():
+    rng = np.random.default_rng(0)
+    ks = (1, 2, 3, 5)
+    for _ in range(60):
+        n_items = 2 + int(rng.integers(2, 7))
+        s = rng.integers(0, 3, n_items).astype(float)
+        if rng.random() < 0.3:
+            s[rng.integers(2, n_items)] = -np.inf  # an excluded item, perhaps a target
+        t = rng.choice(np.arange(2, n_items), size=int(rng.integers(1, n_items - 1)), replace=False)
+        got = M.full_ranking_metrics(s[None, :], M.pad_targets([t], width=len(t) + 2), ks=ks)
+        want = _brute_force_set_metrics(s, t.tolist(), ks)
+        for key in want:
+            assert got[key] == pytest.approx(want[key], abs=1e-9), (key, s, t)
+
+
+def test_a_set_of_one_equals_the_single_target_ranking():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randint(0, 5, (50, 30), generator=g).float()  # many ties
+    t = torch.randint(0, 30, (50,), generator=g)
+    one = M.full_ranking_metrics(s, t, ks=(1, 5, 10), chunk_size=16)
+    as_set = M.full_ranking_metrics(s, torch.stack([t, torch.full_like(t, -1)], 1), ks=(1, 5, 10), chunk_size=16)
+    assert one.keys() == as_set.keys()
+    for k in one:
+        assert as_set[k] == pytest.approx(one[k]), k
+
+
+def test_pad_targets():
+    p = M.pad_targets([np.array([5, 3]), [], [7]])
+    assert p.dtype == np.int64 and p.tolist() == [[5, 3], [-1, -1], [7, -1]]
+    assert M.pad_targets([[1, 2, 3]], width=2).tolist() == [[1, 2]]
+
+
+def test_candidate_mask_excludes_items_outside_the_catalogue():
+    cand = M.candidate_mask(np.array([0, 1, 3, 4, 4, 99]), 6)  # pad, OOV and out-of-range ignored
+    assert cand.tolist() == [False, False, False, True, True, False]
+    excl = M.exclusion_mask(2, 6, history=np.array([[0, 4], [0, 0]]), candidates=cand)
+    # row 0 also excludes its history (item 4): only item 3 is left to rank
+    assert excl.tolist() == [[True, True, True, False, True, True], [True, True, True, False, False, True]]
+    s = np.array([[0, 0, 0.9, 0.5, 0.4, 0.8]])  # items 2 and 5 score best but are not candidates
+    e = M.exclusion_mask(1, 6, candidates=cand)
+    assert M.full_ranking_metrics(s, [3], ks=(1,), exclude=e)["hr@1"] == 1.0
+    # a target outside the candidates is a miss, and stays in the mean
+    assert M.full_ranking_metrics(np.repeat(s, 2, 0), [3, 2], ks=(3,), exclude=e.repeat(2, 1))["hr@3"] == 0.5
+
+
+def test_sampled_negatives_come_from_the_candidates():
+    pos = [np.array([2, 3, 150])] * 40
+    plain = M.sample_negatives(pos, 300, 10, seed=3)
+    # every real item a candidate: the very same draws as the plain catalogue
+    assert np.array_equal(M.sample_negatives(pos, 300, 10, seed=3, candidates=np.ones(300, bool)), plain)
+    cand = np.zeros(300, bool)
+    cand[100:200] = True
+    neg = M.sample_negatives(pos, 300, 10, seed=3, candidates=cand)
+    assert neg.min() >= 100 and neg.max() < 200 and not (neg == 150).any()
+    with pytest.raises(ValueError, match="sampled_negatives"):
+        M.sample_negatives(pos, 300, 100, seed=3, candidates=cand)  # 99 non-positive candidates

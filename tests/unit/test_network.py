@@ -71,7 +71,7 @@ def train(net: EbbtideNet, batch, steps: int, lr: float = 0.01) -> list[float]:
 # ------------------------------------------------------------------ shapes, masking, variants
 
 
-@pytest.mark.parametrize("encoder", ["lstm", "gru", "time_lstm"])
+@pytest.mark.parametrize("encoder", ["lstm", "gru", "time_lstm", "attention"])
 def test_shapes_and_pad_oov_never_scored(encoder):
     torch.manual_seed(0)
     net = EbbtideNet(tiny_conf(encoder=encoder), N_ITEMS, N_EVENT_TYPES).eval()
@@ -93,7 +93,7 @@ def test_shapes_and_pad_oov_never_scored(encoder):
     assert ((rt["expected_days_to_return"] >= 0) & (rt["expected_days_to_return"] <= 365)).all()
 
 
-@pytest.mark.parametrize("encoder", ["lstm", "time_lstm"])
+@pytest.mark.parametrize("encoder", ["lstm", "time_lstm", "attention"])
 def test_padding_content_is_ignored(encoder):
     """Whatever sits in the feature columns at padded positions must not change any output."""
     torch.manual_seed(0)
@@ -118,6 +118,8 @@ def test_item_scores_depend_on_elapsed_time_only_for_time_aware_encoder():
     torch.manual_seed(0)
     timed = EbbtideNet(tiny_conf(encoder="time_lstm"), N_ITEMS, N_EVENT_TYPES).eval()
     with torch.no_grad():
+        timed.readout_gate.fill_(1.0)  # gates start at zero; a trained network opens them
+        timed.elapsed_gate.fill_(1.0)
         diff = (timed.item_scores(batch, hour) - timed.item_scores(batch, month))[:, 2:].abs()
     assert (diff.amax(dim=1) > 1e-3).all()
     # The plain baselines ignore the elapsed time by construction: that is what the ablation measures.
@@ -130,7 +132,7 @@ def test_decay_readout_forgets_with_elapsed_time():
     """With zero content scores, the read-out's weight on the user's events is governed by the decay
     alone: it shrinks as the elapsed time grows and tends to zero (all weight in the sink)."""
     torch.manual_seed(0)
-    net = EbbtideNet(tiny_conf(encoder="time_lstm"), N_ITEMS, N_EVENT_TYPES).eval()
+    net = EbbtideNet(tiny_conf(encoder="time_lstm", user_decay=False), N_ITEMS, N_EVENT_TYPES).eval()
     with torch.no_grad():
         net.readout.q.weight.zero_()
         net.readout.q.bias.zero_()
@@ -150,7 +152,7 @@ def test_decay_readout_forgets_with_elapsed_time():
     assert hl.shape == (4,) and torch.allclose(hl[[0, -1]], torch.tensor([0.05, 60.0]), rtol=1e-4)
 
 
-@pytest.mark.parametrize("encoder", ["lstm", "gru", "time_lstm"])
+@pytest.mark.parametrize("encoder", ["lstm", "gru", "time_lstm", "attention"])
 def test_every_encoder_runs_forward_and_backward(encoder):
     torch.manual_seed(0)
     net = EbbtideNet(tiny_conf(encoder=encoder, dropout=0.1), N_ITEMS, N_EVENT_TYPES).train()
@@ -162,6 +164,77 @@ def test_every_encoder_runs_forward_and_backward(encoder):
         assert torch.isfinite(p.grad).all(), name
 
 
+def test_gated_network_starts_as_a_plain_item_sequence_model():
+    """With the gates at zero neither the side inputs nor the elapsed time change a score."""
+    torch.manual_seed(0)
+    net = EbbtideNet(tiny_conf(encoder="time_lstm"), N_ITEMS, N_EVENT_TYPES).eval()
+    batch = make_batch(b=8, seed=1)
+    other = dict(batch, gap_s=batch["gap_s"] * 7 + 60, hour_of_week=(batch["hour_of_week"] + 5) % 168)
+    with torch.no_grad():
+        a = net.item_scores(batch, torch.full((8,), 3600.0))
+        b = net.item_scores(other, torch.full((8,), 90 * DAY))
+    assert torch.equal(a, b)
+
+
+def test_no_time_ablation_ignores_every_time_input():
+    torch.manual_seed(0)
+    net = EbbtideNet(tiny_conf(encoder="time_lstm", use_time=False), N_ITEMS, N_EVENT_TYPES).eval()
+    with torch.no_grad():
+        net.side_gate.fill_(1.0)
+        net.readout_gate.fill_(1.0)
+        net.elapsed_gate.fill_(1.0)
+    batch = make_batch(b=8, seed=2)
+    other = dict(batch, gap_s=batch["gap_s"] * 3 + 10, hour_of_week=(batch["hour_of_week"] + 11) % 168,
+                 session_start=1 - batch["session_start"])
+    with torch.no_grad():
+        a = net.item_scores(batch, torch.full((8,), 3600.0))
+        b = net.item_scores(other, torch.full((8,), 30 * DAY))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("encoder", ["gru", "time_lstm", "attention"])
+def test_every_position_loss_labels_each_slot_with_the_next_item(encoder):
+    """The every-position loss is the mean over all slots with a real next item; a window of one
+    event has one label (its target), so there it equals the target-only loss."""
+    torch.manual_seed(0)
+    net = EbbtideNet(tiny_conf(encoder=encoder, hazard_weight=0.0), N_ITEMS, N_EVENT_TYPES).eval()
+    batch = make_batch(b=8, l=6, seed=4)
+    single = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in batch.items()}
+    single["item_idx"][:, :-1] = 0
+    single["length"] = torch.ones(8, dtype=torch.long)
+    with torch.no_grad():
+        last, _ = net.loss(single)
+        net.every_position = True
+        dense_single, _ = net.loss(single)
+        dense, _ = net.loss(batch)
+    assert torch.allclose(last, dense_single, atol=1e-6)
+    # By hand for the full windows: each real slot j scored at the time of event j + 1.
+    with torch.no_grad():
+        enc = net._run_encoder(batch)
+        labels = torch.cat([batch["item_idx"][:, 1:], batch["target_item"].view(-1, 1)], 1)
+        elapsed = torch.cat([enc["gap"][:, 1:], batch["time_to_next_s"].view(-1, 1)], 1)
+        total, n = 0.0, 0
+        for j in range(6):
+            state = net._states(enc, torch.tensor([j]), elapsed[:, j : j + 1])[:, 0]
+            z = net._item_vectors(state, batch["item_idx"][:, j])
+            logits = net._full_logits(z)
+            ok = (batch["item_idx"][:, j] > 0) & (labels[:, j] >= 2)
+            if ok.any():
+                total += torch.nn.functional.cross_entropy(logits[ok], labels[ok, j], reduction="sum")
+                n += int(ok.sum())
+    assert torch.allclose(dense, total / n, atol=1e-5)
+
+
+def test_per_user_decay_rates_start_at_the_global_rates():
+    torch.manual_seed(0)
+    net = EbbtideNet(tiny_conf(encoder="time_lstm"), N_ITEMS, N_EVENT_TYPES)
+    state = torch.randn(5, 32)
+    assert torch.allclose(net.readout.rates(state), net.readout.rates().expand(5, -1))
+    with torch.no_grad():
+        net.readout.user_rate.weight.normal_()
+    assert not torch.allclose(net.readout.rates(state), net.readout.rates().expand(5, -1))
+
+
 def test_bad_encoder_name_is_refused():
     with pytest.raises(ValueError, match="model.encoder"):
         EbbtideNet(tiny_conf(encoder="transformer"), N_ITEMS, N_EVENT_TYPES)
@@ -170,7 +243,7 @@ def test_bad_encoder_name_is_refused():
 # ------------------------------------------------------------------ learning
 
 
-@pytest.mark.parametrize("encoder", ["lstm", "gru", "time_lstm"])
+@pytest.mark.parametrize("encoder", ["lstm", "gru", "time_lstm", "attention"])
 def test_learns_the_successor_of_the_last_item(encoder):
     torch.manual_seed(0)
     net = EbbtideNet(tiny_conf(encoder=encoder), N_ITEMS, N_EVENT_TYPES)

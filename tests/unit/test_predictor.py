@@ -22,6 +22,9 @@ def pred(tmp_path_factory):
     torch.manual_seed(0)
     mc = dataclasses.replace(ModelConf(), item_dim=8, hidden_dim=16, time_dim=4, event_type_dim=2, decay_heads=2)
     net = EbbtideNet(mc, N_ITEMS, N_EVENTS)
+    with torch.no_grad():  # the time gates start closed; a trained network opens them
+        for gate in (net.side_gate, net.readout_gate, net.elapsed_gate):
+            gate.fill_(1.0)
     items = pd.DataFrame({"item_id": [f"i{i}" for i in range(2, N_ITEMS)], "item_index": range(2, N_ITEMS),
                           "category": [f"c{i % 3}" for i in range(2, N_ITEMS)]})
     events = pd.DataFrame({"event_type": ["view", "buy"], "event_type_index": [2, 3]})

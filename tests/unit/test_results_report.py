@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import importlib.util
 from pathlib import Path
 
@@ -18,22 +19,26 @@ def _results_module():
 
 def test_report_from_saved_lanes(tmp_path):
     R = _results_module()
-    measured = {
-        "ebbtide": {"ndcg@10": [0.030, 0.032], "recall@10": [0.05, 0.06], "mrr@10": [0.02, 0.02],
-                    "churn_auc": [0.98, 0.99], "train_s": [300.0, 320.0]},
-        "markov": {"ndcg@10": [0.0320, 0.0320], "recall@10": [0.04, 0.04], "mrr@10": [0.03, 0.03]},
-        "rfm_logistic": {"churn_auc": [0.99, 0.99]},
-        "SASRec": {"ndcg@10": [0.0250], "recall@10": [0.05], "mrr@10": [0.01], "train_s": [900.0],
-                   "epochs_run": [6], "best_epoch": [6], "stopped_early": [0.0]},
+    runs = {  # what a lane saves: one entry per (model, seed)
+        "ebbtide#42": {"ndcg@10": 0.030, "recall@10": 0.05, "mrr@10": 0.02, "churn_auc": 0.98, "train_s": 300.0, "best_s": 200.0},
+        "ebbtide#43": {"ndcg@10": 0.032, "recall@10": 0.06, "mrr@10": 0.02, "churn_auc": 0.99, "train_s": 320.0, "best_s": 240.0},
+        "markov#42": {"ndcg@10": 0.0320, "recall@10": 0.04, "mrr@10": 0.03},
+        "markov#43": {"ndcg@10": 0.0320, "recall@10": 0.04, "mrr@10": 0.03},
+        "rfm_logistic#42": {"churn_auc": 0.99},
+        "rfm_logistic#43": {"churn_auc": 0.99},
+        "SASRec#42": {"ndcg@10": 0.0250, "recall@10": 0.05, "mrr@10": 0.01, "train_s": 900.0, "best_s": 900.0,
+                      "epochs_run": 30, "best_epoch": 30, "stopped_early": 0.0},
     }
     (tmp_path / "ds").mkdir()
-    R._save(tmp_path / "ds", measured, {"events": 1000, "users": 10, "examples_evaluated": 77})
+    (tmp_path / "ds" / "results.json").write_text(
+        json.dumps({"signature": {}, "runs": runs, "info": {"events": 1000, "users": 10, "examples_evaluated": 77}}))
     saved = R._load_saved(tmp_path, ["ds", "not-run-yet"])
     assert list(saved[0]) == ["ds"]  # a lane that has not saved yet is left out, not an error
     res, info = saved[0]["ds"], saved[1]["ds"]
-    assert res == measured and info["examples_evaluated"] == 77
+    assert res["ebbtide"]["ndcg@10"] == [0.030, 0.032] and info["examples_evaluated"] == 77
 
-    args = argparse.Namespace(keep_history=False, seeds=2, epochs=5, recbole_seeds=1, recbole_epochs=6, jobs=2)
+    args = argparse.Namespace(keep_history=False, seeds=2, epochs=5, recbole_seeds=1, recbole_epochs=30,
+                              recbole_patience=3, jobs=2)
     out = tmp_path / "results.md"
     R.write_markdown(out, {"ds": res}, {"ds": info}, args, 61.0)
     text = out.read_text()
@@ -44,5 +49,18 @@ def test_report_from_saved_lanes(tmp_path):
     assert "- markov: -3.1 % (behind)" in text
     assert "- SASRec: +24.0 % (ahead)" in text
     assert "- churn ROC-AUC against rfm_logistic: -0.0050" in text
-    assert "SASRec: 6 epoch(s) run, best 6; ended by the epoch cap" in text
+    assert "SASRec: 30 epoch(s) run, best 30; ended by the epoch cap" in text
     assert "77 test examples" in text
+    figures = json.loads(out.with_suffix(".json").read_text())
+    assert figures["datasets"]["ds"]["models"]["SASRec"]["best_epoch"] == [30]
+    line = R.summary_line({"ds": res})
+    assert line["protocol"] == "nightly" and line["ndcg@10"]["ds"]["ebbtide"] == 0.031
+    assert line["best_s"]["ds"]["ebbtide"] == 220.0
+
+
+def test_quick_report_takes_the_peers_from_the_committed_full_run(tmp_path):
+    R = _results_module()
+    committed = tmp_path / "results.json"
+    committed.write_text(json.dumps({"datasets": {"ds": {"models": {"GRU4Rec": {"ndcg@10": [0.08]}}}}}))
+    res = R._with_committed_peers({"ds": {"ebbtide": {"ndcg@10": [0.09]}}}, committed)
+    assert res["ds"]["GRU4Rec (docs/results.json)"] == {"ndcg@10": [0.08]}

@@ -1,14 +1,22 @@
 """Ranking and churn metrics, numpy/torch only.
 
 Ranking is over the whole catalogue by default: every real item (index >= 2) competes; pad (0),
-OOV (1) and optionally the user's history are excluded. One target per example, so HR@K and
-Recall@K coincide (both are reported under their usual names).
+OOV (1), the items outside the candidate catalogue and optionally the user's history are
+excluded (``exclusion_mask``). ``RankingAccumulator`` takes one target per example, so HR@K
+and Recall@K coincide (both are reported under their usual names); ``SetRankingAccumulator``
+takes a set of targets per example (the nightly view: every item of the user's day), padded
+with -1 to a fixed width: NDCG@K = DCG / IDCG with DCG = sum over the targets ranked < K of
+1 / log2(rank + 2) and IDCG = the best DCG a set of that size can reach in K, Recall@K = hits
+/ set size, HR@K = any hit, MRR@K = 1 / (first hit's rank + 1).
 
 Ties are broken at random *in expectation*: when the target shares its score with ``e`` other
 items and ``g`` items score strictly higher, it sits at each rank ``g .. g+e`` with equal
 probability, and every metric is averaged over those ranks exactly. A model that scores many
 items alike (popularity counts, empty co-occurrence rows) is thus neither rewarded nor punished
-by the order of item indices. A target that is excluded (or is pad/OOV) counts as a miss.
+by the order of item indices. With a target set the same holds: DCG and hits are sums over
+targets, each uniform over its own tied ranks, and HR / MRR come from the exact distribution of
+the first target's position among the items tied at the best target's score. A target that is
+excluded (or is pad/OOV, or not a candidate) counts as a miss and stays in the denominator.
 
 Scores come either as a matrix chunk (``RankingAccumulator.update``) or as user and item
 factors (``rank_factors``), ranked in chunks with one matrix product and one top-k per chunk.
@@ -31,18 +39,42 @@ def _as_tensor(x, dtype=None) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=dtype)
 
 
+def candidate_mask(items, n_items: int) -> np.ndarray:
+    """Bool (n_items,): True for the candidate catalogue, the real items among ``items``
+    (indices; out-of-range ones are ignored)."""
+    idx = np.asarray(items, dtype=np.int64).ravel()
+    out = np.zeros(n_items, dtype=bool)
+    out[idx[(idx >= N_SPECIAL) & (idx < n_items)]] = True
+    return out
+
+
+def pad_targets(sets: Sequence, width: Optional[int] = None) -> np.ndarray:
+    """Target sets (one index array per example) -> int64 (n, width) padded with -1 on the
+    right, the input of ``SetRankingAccumulator``; width defaults to the largest set."""
+    sets = [np.asarray(t, dtype=np.int64).ravel() for t in sets]
+    w = max((len(t) for t in sets), default=0) if width is None else int(width)
+    out = np.full((len(sets), max(w, 1)), -1, dtype=np.int64)
+    for r, t in enumerate(sets):
+        out[r, : min(len(t), w)] = t[:w]
+    return out
+
+
 def exclusion_mask(
     n_rows: int,
     n_items: int,
     history: Optional[np.ndarray | torch.Tensor] = None,
     extra: Optional[Sequence[np.ndarray]] = None,
+    candidates: Optional[np.ndarray | torch.Tensor] = None,
 ) -> torch.Tensor:
     """Bool (n_rows, n_items): True where an item must not be ranked.
 
     Always pad and OOV; ``history`` is an index matrix (e.g. the left-padded ``item_idx``
-    window, whose 0 entries land on pad anyway); ``extra`` one index array per row.
+    window, whose 0 entries land on pad anyway); ``extra`` one index array per row;
+    ``candidates`` a bool (n_items,) vector (``candidate_mask``), every other item excluded.
     """
     mask = torch.zeros(n_rows, n_items, dtype=torch.bool)
+    if candidates is not None:
+        mask |= ~_as_tensor(candidates, torch.bool)[None, :n_items]
     mask[:, :N_SPECIAL] = True
     if history is not None:
         h = _as_tensor(history, torch.long).clamp(0, n_items - 1)
@@ -103,6 +135,76 @@ def rank_metrics_from_stats(
     return out
 
 
+def _dedupe_targets(t: torch.Tensor) -> torch.Tensor:
+    """Each row's repeated target indices (beyond the first) become padding (-1)."""
+    srt = torch.sort(t, dim=1).values
+    rep = torch.zeros_like(srt, dtype=torch.bool)
+    rep[:, 1:] = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+    return srt.masked_fill(rep, -1)
+
+
+def _log_choose(n: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return torch.lgamma(n + 1) - torch.lgamma(m + 1) - torch.lgamma(n - m + 1)
+
+
+def set_rank_metrics(scores: torch.Tensor, targets: torch.Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, np.ndarray]:
+    """Per-example metrics of a target set (see the module doc) from a score matrix whose
+    excluded entries are already -inf; ``targets`` (n, W) item indices padded with -1.
+
+    Targets that are pad/OOV, out of range or scored -inf are misses but count in the set size.
+    ``rank`` is the expected 0-based rank of the best-ranked target (n_items when none can hit).
+    """
+    ks = tuple(ks)
+    s = scores.masked_fill(torch.isnan(scores), float("-inf"))  # NaN ranks nowhere, as in the single-target path
+    n, n_items = s.shape
+    t = _dedupe_targets(_as_tensor(targets, torch.long).reshape(n, -1))
+    size = (t >= 0).sum(1).numpy()
+    asc = torch.from_numpy(np.sort(s.numpy(), axis=1))  # values only: torch.sort would add int64 indices
+    ts = s.gather(1, t.clamp(0, n_items - 1))
+    # One sort per row and a binary search per target: greater / tied counts for a whole set at
+    # the cost of one ranking, however many targets a user's day holds.
+    upto = torch.searchsorted(asc, ts.contiguous(), right=True)
+    below = torch.searchsorted(asc, ts.contiguous(), right=False)
+    miss = (t < N_SPECIAL) | (t >= n_items) | torch.isneginf(ts)
+    greater = torch.where(miss, torch.full_like(upto, n_items), n_items - upto)
+    ties = torch.where(miss, torch.zeros_like(upto), upto - below - 1)
+    per_target = rank_metrics_from_stats(greater.reshape(-1).numpy(), ties.reshape(-1).numpy(), ks)
+
+    # The best target's tie group: g items above it, N items at its score, m of them targets.
+    hit_any = (~miss).any(1)
+    best = torch.where(miss, torch.full_like(ts, float("-inf")), ts).max(1).values
+    g = (n_items - torch.searchsorted(asc, best[:, None].contiguous(), right=True)[:, 0]).double()
+    big_n = (torch.searchsorted(asc, best[:, None].contiguous(), right=True)
+             - torch.searchsorted(asc, best[:, None].contiguous(), right=False))[:, 0].double()
+    m = ((~miss) & (ts == best[:, None])).sum(1).double()
+    kmax = max(ks)
+    j = torch.arange(kmax + 1, dtype=torch.float64)[None, :]
+    # P(first target of the group at position >= j) = C(N - j, m) / C(N, m)
+    left = big_n[:, None] - j
+    ok = left >= m[:, None]
+    surv = torch.where(ok, torch.exp(_log_choose(left.clamp(min=0), m[:, None]) - _log_choose(big_n, m)[:, None]),
+                       torch.zeros_like(left))
+    surv = torch.where(hit_any[:, None], surv, torch.ones_like(surv))  # no hittable target: never a hit
+    pmf = surv[:, :-1] - surv[:, 1:]
+    rr = 1.0 / (g[:, None] + j[:, :-1] + 1.0)
+
+    out: dict[str, np.ndarray] = {
+        "rank": torch.where(hit_any, g + (big_n - m) / (m + 1.0), torch.full_like(g, float(n_items))).numpy()
+    }
+    denom = np.maximum(size, 1).astype(np.float64)
+    can_hit = (~miss).numpy()  # a miss's rank n_items could still fall below a K larger than the catalogue
+    for k in ks:
+        room = (k - g).clamp(0, kmax).long()  # positions of the group that land in the top k
+        hits = (per_target[f"hr@{k}"].reshape(n, -1) * can_hit).sum(1)
+        dcg = (per_target[f"ndcg@{k}"].reshape(n, -1) * can_hit).sum(1)
+        idcg = _cum(lambda r: 1.0 / np.log2(r + 2.0), k)[np.minimum(size, k)]
+        out[f"hr@{k}"] = (1.0 - surv.gather(1, room[:, None])[:, 0]).numpy()
+        out[f"recall@{k}"] = hits / denom
+        out[f"ndcg@{k}"] = np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1.0), 0.0)
+        out[f"mrr@{k}"] = (pmf * rr * (j[:, :-1] < room[:, None])).sum(1).numpy()
+    return out
+
+
 class RankingAccumulator:
     """Full-catalogue ranking metrics over chunks of examples, plus catalogue coverage.
 
@@ -116,7 +218,7 @@ class RankingAccumulator:
         self._parts: list[dict[str, np.ndarray]] = []
         self._covered = {k: torch.zeros(self.n_items, dtype=torch.bool) for k in self.ks}
 
-    def update(self, scores, targets, exclude: Optional[torch.Tensor] = None) -> None:
+    def _masked(self, scores, exclude: Optional[torch.Tensor]) -> torch.Tensor:
         s = _as_tensor(scores, torch.float32)
         if s.shape[1] != self.n_items:
             raise ValueError(f"scores have {s.shape[1]} items, the catalogue {self.n_items}")
@@ -124,15 +226,22 @@ class RankingAccumulator:
         s[:, :N_SPECIAL] = float("-inf")
         if exclude is not None:
             s.masked_fill_(exclude, float("-inf"))
-        t = _as_tensor(targets, torch.long)
-        greater, ties = target_rank_stats(s, t)
-        self._parts.append(rank_metrics_from_stats(greater.numpy(), ties.numpy(), self.ks))
+        return s
+
+    def _cover(self, s: torch.Tensor) -> None:
         kmax = min(max(self.ks), self.n_items)
         top = torch.topk(s, kmax, dim=1)
         for k in self.ks:
             idx = top.indices[:, :k]
             valid = torch.isfinite(top.values[:, :k])
             self._covered[k][idx[valid]] = True
+
+    def update(self, scores, targets, exclude: Optional[torch.Tensor] = None) -> None:
+        s = self._masked(scores, exclude)
+        t = _as_tensor(targets, torch.long)
+        greater, ties = target_rank_stats(s, t)
+        self._parts.append(rank_metrics_from_stats(greater.numpy(), ties.numpy(), self.ks))
+        self._cover(s)
 
     def per_example(self) -> dict[str, np.ndarray]:
         if not self._parts:
@@ -152,6 +261,16 @@ class RankingAccumulator:
         return out
 
 
+class SetRankingAccumulator(RankingAccumulator):
+    """``RankingAccumulator`` for target sets: ``update(scores, targets, exclude)`` with
+    ``targets`` (n, W) padded with -1 (``pad_targets``); same keys, same coverage."""
+
+    def update(self, scores, targets, exclude: Optional[torch.Tensor] = None) -> None:
+        s = self._masked(scores, exclude)
+        self._parts.append(set_rank_metrics(s, targets, self.ks))
+        self._cover(s)
+
+
 def full_ranking_metrics(
     scores,
     targets,
@@ -159,10 +278,11 @@ def full_ranking_metrics(
     exclude: Optional[torch.Tensor] = None,
     chunk_size: int = 4096,
 ) -> dict[str, float]:
-    """Metrics of a whole score matrix (n, n_items) in row chunks (small data, tests)."""
+    """Metrics of a whole score matrix (n, n_items) in row chunks (small data, tests); 2-D
+    ``targets`` are target sets padded with -1."""
     s = _as_tensor(scores, torch.float32)
     t = _as_tensor(targets, torch.long)
-    acc = RankingAccumulator(s.shape[1], ks)
+    acc = (SetRankingAccumulator if t.dim() == 2 else RankingAccumulator)(s.shape[1], ks)
     for a in range(0, s.shape[0], chunk_size):
         b = a + chunk_size
         acc.update(s[a:b], t[a:b], None if exclude is None else exclude[a:b])
@@ -210,18 +330,25 @@ def sample_negatives(
     n_neg: int = 100,
     seed: int = 2024,
     chunk: int = 1024,
+    candidates: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """(n, n_neg) item indices, uniform over real items, never one of the row's positives.
+    """(n, n_neg) item indices, uniform over real items (over the candidate catalogue when
+    ``candidates``, a bool (n_items,) vector, is given), never one of the row's positives.
 
     Seeded by ``seed`` alone, so the same examples always get the same negatives; the caller
     persists them (``save_negatives``) so that every model of a run, and later runs, share them.
+    With every real item a candidate the draws are those of the plain catalogue.
     """
     rng = np.random.default_rng(seed)
-    n_real = n_items - N_SPECIAL
+    in_pool = np.ones(n_items, dtype=bool) if candidates is None else np.asarray(candidates, dtype=bool)[:n_items].copy()
+    in_pool[:N_SPECIAL] = False
+    pool = np.flatnonzero(in_pool)
+    n_real = len(pool)
     pos_rows = []
     for r, pos in enumerate(positives):
         pos = np.unique(np.asarray(pos, dtype=np.int64))
-        pos = pos[(pos >= N_SPECIAL) & (pos < n_items)]
+        pos = pos[(pos >= 0) & (pos < n_items)]
+        pos = pos[in_pool[pos]]
         if n_real - len(pos) < n_neg:
             raise ValueError(
                 f"row {r}: only {n_real - len(pos)} non-positive items for {n_neg} negatives; "
@@ -237,7 +364,7 @@ def sample_negatives(
         pm = np.full((c, width), -1, dtype=np.int64)
         for i, p in enumerate(rows):
             pm[i, : len(p)] = p
-        cand = rng.integers(N_SPECIAL, n_items, size=(c, draw))
+        cand = pool[rng.integers(0, n_real, size=(c, draw))]
         bad = (cand[:, :, None] == pm[:, None, :]).any(-1)
         # Repeats within a row: keep the first occurrence only.
         order = np.argsort(cand, axis=1, kind="stable")
@@ -249,7 +376,7 @@ def sample_negatives(
         for i in np.nonzero(enough)[0]:
             out[a + i] = cand[i, ok[i]][:n_neg]
         for i in np.nonzero(~enough)[0]:  # rare: users with most of the catalogue as positives
-            free = np.setdiff1d(np.arange(N_SPECIAL, n_items), rows[i])
+            free = np.setdiff1d(pool, rows[i])
             out[a + i] = rng.choice(free, size=n_neg, replace=False)
     return out
 

@@ -11,6 +11,20 @@ leave-last-out
     across users (one user's test event can precede another's training events): never use it
     to choose a model for production.
 
+Two views of the ranking, both on the evaluated split's uncensored examples:
+
+nightly (the headline; ``nightly_examples``)
+    What the product ships: a table published each night from the events before midnight UTC.
+    One row per (user, UTC day d of a target) holding the user's window before d 00:00, the
+    elapsed time from the last input event to d 00:00, and as targets the *set* of items the
+    user touched on d.
+request_time (``evaluation_rows`` as is)
+    One row per target event, ranked as of that event's time (elapsed = ``time_to_next_s``).
+
+Every scorer of a view gets the same rows, the same elapsed times and the same candidates
+(``candidate_items``: the items seen in the train split, so no scorer ranks an item nobody
+could have learned while another is spared it).
+
 Churn is evaluated *as of a cut date* (T2 for test, T1 for valid) the way the nightly job
 scores: each user's state is the window that straddles the cut (last input before it, next
 event after it, or censored), the elapsed time is ``cut - last_ts``, and the labels are
@@ -68,6 +82,53 @@ def evaluation_rows(df: "DataFrame", split: str) -> "DataFrame":
     from pyspark.sql import functions as F
 
     return df.filter((F.col("split") == split) & (F.col("censored") == 0))
+
+
+def nightly_examples(df: "DataFrame") -> "DataFrame":
+    """The nightly view: one row per (user, UTC day ``day`` of a target) of ``df``'s uncensored rows.
+
+    The input is the window of the user's first example that day (by target time, then event
+    sequence number), which is exactly the user's window before ``day`` 00:00; ``elapsed_s`` is
+    that midnight minus ``last_ts``; ``target_items`` the sorted distinct target items of all the
+    user's examples that day. Keeps ``example_id`` (of that first example), ``user_id``,
+    ``split``, the window columns, ``length`` and ``last_ts``; drops the single-target columns.
+
+    A (user, day) whose first example's window does not end before midnight has no nightly input
+    to score and is dropped: the user's very first event was that day, or the earlier examples of
+    the day were left out (``sequences.max_examples_per_user``, or they fall before the split).
+    Days are UTC whatever the session time zone: they are counted from epoch seconds.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    ts = F.col("target_ts").cast("double")
+    midnight = F.col("_day") * F.lit(DAY_S)
+    by_day = Window.partitionBy("user_id", "_day")
+    first = by_day.orderBy(ts, _event_seq())
+    return (
+        df.filter(F.col("censored") == 0)
+        .withColumn("_day", F.floor(ts / DAY_S))
+        .withColumn("target_items", F.array_sort(F.collect_set("target_item").over(by_day)))
+        .withColumn("_r", F.row_number().over(first))
+        .filter((F.col("_r") == 1) & (F.col("last_ts").cast("double") < midnight))
+        .withColumn("day", F.date_from_unix_date(F.col("_day").cast("int")))
+        .withColumn("elapsed_s", midnight - F.col("last_ts").cast("double"))
+        .drop("_r", "_day", "target_item", "target_event_type", "target_ts", "time_to_next_s", "censored")
+    )
+
+
+def candidate_items(df: "DataFrame") -> "DataFrame":
+    """The candidate catalogue every scorer ranks: one row (``item``) per real item seen as an
+    input or a target in the train split (temporal: every such event is before T1), censored
+    rows' windows included. Other items are nobody's to learn, so they are masked for all."""
+    from pyspark.sql import functions as F
+
+    from ebbtide.sequences import FIRST_INDEX
+
+    tr = df.filter(F.col("split") == "train")
+    inputs = tr.select(F.explode("item_idx").alias("item"))
+    targets = tr.filter(F.col("censored") == 0).select(F.col("target_item").alias("item"))
+    return inputs.unionByName(targets).filter(F.col("item") >= FIRST_INDEX).select(F.col("item").cast("long")).distinct()
 
 
 def training_rows(df: "DataFrame") -> "DataFrame":

@@ -8,7 +8,14 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-RANK_COLUMNS = ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20", "ndcg@50", "hr@50", "coverage@10", "sampled_ndcg@10", "sampled_hr@10")
+RANK_COLUMNS = ("ndcg@10", "recall@10", "hr@10", "mrr@10", "ndcg@20", "hr@20", "ndcg@50", "hr@50", "coverage@10",
+                "sampled_ndcg@10", "sampled_hr@10")
+VIEW_TITLES = {
+    "nightly": "Nightly view (headline): each (user, day) ranked from the window before midnight UTC "
+               "against the set of items of the user's day",
+    "request_time": "Request-time view: each event's item ranked as of that event's time "
+                    "(sampled = persisted negatives, secondary)",
+}
 
 
 def _fmt(v: Any) -> str:
@@ -94,21 +101,25 @@ def decay_plot(
 def write_report(
     out_dir: str,
     header: dict[str, Any],
-    ranking: dict[str, dict[str, float]],
+    ranking: dict[str, dict[str, dict[str, float]]],
     churn: dict[str, dict[str, float]],
     decision: Optional[dict[str, Any]],
     figures: dict[str, str],
 ) -> str:
-    """Write ``report.md`` beside the figures and return its path."""
+    """Write ``report.md`` beside the figures and return its path. ``ranking`` is view ->
+    scorer -> metrics; every view's table ranks the same candidate catalogue."""
     os.makedirs(out_dir, exist_ok=True)
     lines = ["# ebbtide evaluation", ""]
     for k, v in header.items():
         lines.append(f"- **{k}**: {v}")
-    lines += ["", "## Next-item ranking (full catalogue; sampled = 100 persisted negatives, secondary)", ""]
-    lines.append(markdown_table(ranking, RANK_COLUMNS))
+    for view, rows in ranking.items():
+        if rows:
+            lines += ["", f"## {VIEW_TITLES.get(view, view)}", ""]
+            lines.append(markdown_table(rows, RANK_COLUMNS))
     if churn:
         cols = sorted({c for r in churn.values() for c in r if not c.endswith("_n") and "positive_rate" not in c})
-        lines += ["", "## Return within 7 / 30 days, as of the split's cut date", ""]
+        lines += ["", "## Return within 7 / 30 days, as of the split's cut date "
+                  "(recent_roc_auc: users active in the week before the cut only)", ""]
         lines.append(markdown_table(churn, cols))
     if decision:
         lines += ["", "## Promotion gate", "", f"**{decision.get('summary', '')}**", ""]

@@ -1,11 +1,17 @@
 """``ebbtide evaluate``: the challenger against every baseline (and the champion), then the gate.
 
 Reads ``gold_training_examples`` (and ``gold_item_vocab`` for the catalogue size), applies the
-protocol, collects the evaluation split to the driver (numpy; the examples and one churn
-snapshot row per user must fit in driver memory: ``evaluate.max_examples`` caps the examples,
-above it a seeded uniform sample is evaluated), fits the baselines on the train split, ranks
-the full catalogue for every scorer in chunks, writes ``ops_evaluations``, logs the same to
-MLflow with the report, and applies the promotion gate.
+protocol, collects the evaluation split to the driver in two views (numpy; the rows and one
+churn snapshot row per user must fit in driver memory: ``evaluate.max_examples`` caps each
+view, above it a seeded uniform sample is evaluated), fits the baselines on the train split,
+ranks the candidate catalogue for every scorer in chunks, writes ``ops_evaluations``, logs the
+same to MLflow with the report, and applies the promotion gate on the nightly view.
+
+Views (protocols.py): *nightly*, the headline, ranks each (user, test day) from the window
+before that midnight against the set of items of the user's day; *request_time* ranks each
+test event's item as of that event's time. Within a view every scorer gets the same rows and
+elapsed times, and every scorer ranks the same candidates (the items seen in the train
+split): ``rank_scorer`` is the one place that masks the rest.
 """
 from __future__ import annotations
 
@@ -27,6 +33,15 @@ EXAMPLE_COLUMNS = (
     "example_id", "user_id", "item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start",
     "length", "last_ts", "target_item", "target_ts", "time_to_next_s",
 )
+NIGHTLY_COLUMNS = (
+    "example_id", "user_id", "day", "item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start",
+    "length", "last_ts", "target_items", "elapsed_s",
+)
+# The headline view first: the gate, the summary's top-level keys and the report lead with it.
+VIEWS = ("nightly", "request_time")
+# Churn ROC-AUC again over the users active in the week before the cut only: over everyone,
+# long-idle users are easy negatives and recency alone wins most of the AUC.
+RECENT_DAYS = 7
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,10 +70,16 @@ def _pad_columns(scores: np.ndarray, n_items: int) -> np.ndarray:
     return np.concatenate([scores, pad], axis=1)
 
 
-def rank_scorer(scorer, batch, elapsed_s, targets, n_items, ks, negatives, exclude_history, chunk_size) -> dict[str, float]:
-    from ebbtide.evaluation.metrics import RankingAccumulator, SampledAccumulator, exclusion_mask
+def rank_scorer(scorer, batch, elapsed_s, targets, n_items, ks, candidates=None, negatives=None,
+                exclude_history=False, chunk_size=1024) -> dict[str, float]:
+    """One scorer's ranking metrics on one view. ``targets`` is (n,) one item per row, or (n, W)
+    target sets padded with -1 (the nightly view). The exclusions (pad/OOV, items outside the
+    bool ``candidates`` vector, the window when ``exclude_history``) are applied here to every
+    scorer's scores alike, so the full and the sampled ranking see the same candidates."""
+    from ebbtide.evaluation.metrics import RankingAccumulator, SampledAccumulator, SetRankingAccumulator, exclusion_mask
 
-    acc = RankingAccumulator(n_items, ks)
+    sets = targets.ndim == 2
+    acc = (SetRankingAccumulator if sets else RankingAccumulator)(n_items, ks)
     sacc = SampledAccumulator(ks)
     n = len(targets)
     t0 = time.perf_counter()
@@ -66,19 +87,26 @@ def rank_scorer(scorer, batch, elapsed_s, targets, n_items, ks, negatives, exclu
         b = min(a + chunk_size, n)
         part = {k: v[a:b] for k, v in batch.items()}
         s = _pad_columns(np.asarray(scorer.score_all(part, elapsed_s[a:b]), dtype=np.float32), n_items)
-        excl = exclusion_mask(b - a, n_items, history=part["item_idx"]) if exclude_history else None
-        acc.update(s, targets[a:b], excl)
-        if negatives is not None:
-            sacc.update(s, targets[a:b], negatives[a:b])
+        excl = exclusion_mask(b - a, n_items, history=part["item_idx"] if exclude_history else None, candidates=candidates)
+        s = np.where(excl.numpy(), np.float32(-np.inf), s)
+        t = targets[a:b]
+        if sets:  # padding is on the right: trim the chunk to its own largest set
+            t = t[:, : max(int((t >= 0).sum(1).max(initial=0)), 1)]
+        acc.update(s, t)
+        if negatives is not None and not sets:
+            sacc.update(s, t, negatives[a:b])
     res = acc.result()
     res.update(sacc.result())
-    log.info("%s: ranked %d examples x %d items in %.1f s (ndcg@10 %.4f)", scorer.name, n, n_items,
-             time.perf_counter() - t0, res.get("ndcg@10", float("nan")))
+    log.info("%s: ranked %d %s x %d items in %.1f s (ndcg@10 %.4f)", scorer.name, n, "target sets" if sets else "examples",
+             n_items, time.perf_counter() - t0, res.get("ndcg@10", float("nan")))
     return res
 
 
-def churn_scorer_metrics(scorer, batch, elapsed_s, labels: dict[int, np.ndarray], returned, return_after_s, n_bins):
-    from ebbtide.evaluation.metrics import calibration_curve, churn_metrics, concordance_index
+def churn_scorer_metrics(scorer, batch, elapsed_s, labels: dict[int, np.ndarray], returned, return_after_s, n_bins,
+                         recent: Optional[np.ndarray] = None):
+    """Churn metrics per horizon; with the bool ``recent`` (users active within RECENT_DAYS of the
+    cut) also ``churn_{d}d_recent_roc_auc`` on those users alone."""
+    from ebbtide.evaluation.metrics import calibration_curve, churn_metrics, concordance_index, roc_auc
 
     p = scorer.churn(batch, elapsed_s)
     out: dict[str, float] = {}
@@ -88,6 +116,8 @@ def churn_scorer_metrics(scorer, batch, elapsed_s, labels: dict[int, np.ndarray]
         if key not in p:
             continue
         out.update(churn_metrics(y, p[key], n_bins, prefix=f"churn_{d}d_"))
+        if recent is not None:
+            out[f"churn_{d}d_recent_roc_auc"] = roc_auc(np.asarray(y)[recent], np.asarray(p[key])[recent])
         curves[d] = calibration_curve(y, p[key], n_bins)
     longest = max((d for d in labels if f"p_return_{d}d" in p), default=None)
     if longest is not None:
@@ -103,7 +133,8 @@ def churn_scorer_metrics(scorer, batch, elapsed_s, labels: dict[int, np.ndarray]
 
 def metric_rows(name: str, role: str, version: str, uri: str, metrics: dict[str, float], common: dict[str, Any]) -> list[dict]:
     """``ndcg@10`` -> metric ndcg, k 10; churn ``churn_7d_roc_auc`` -> metric churn_roc_auc, k 7
-    (the horizon in days); others keep k null."""
+    (the horizon in days), ``churn_7d_recent_roc_auc`` -> churn_recent_roc_auc, k 7; others keep
+    k null."""
     import re
 
     rows = []
@@ -193,10 +224,29 @@ def _load_predictor(uri: str, tracking_uri: Optional[str] = None):
         ) from None
 
 
+def _collect(rows, ec, what: str):
+    """One view's rows to the driver (pandas, ordered by example_id), a seeded sample above
+    ``evaluate.max_examples``."""
+    n_total = rows.count()
+    if n_total > ec.max_examples:
+        log.warning("%d %s exceed evaluate.max_examples=%d: evaluating a seeded sample", n_total, what, ec.max_examples)
+        rows = rows.sample(fraction=ec.max_examples / n_total, seed=ec.sampled_seed)
+    return rows.orderBy("example_id").toPandas()
+
+
+def by_metric(by_scorer: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """scorer -> metric -> value  ->  metric -> scorer -> value (the summary's shape)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, met in by_scorer.items():
+        for key, v in met.items():
+            out.setdefault(key, {})[name] = v
+    return out
+
+
 def run(ctx, args) -> dict:
     from ebbtide.evaluation import baselines as B
     from ebbtide.evaluation import gate, protocols as P, report
-    from ebbtide.evaluation.metrics import load_negatives, sample_negatives, save_negatives
+    from ebbtide.evaluation.metrics import candidate_mask, load_negatives, pad_targets, sample_negatives, save_negatives
 
     cfg, spark = ctx.cfg, ctx.spark
     ec = cfg.section("evaluate")
@@ -230,35 +280,51 @@ def run(ctx, args) -> dict:
     n_items = _n_items(spark, cfg, ex)
     df = P.apply_protocol(ex, protocol)
 
-    # -- evaluation examples -------------------------------------------------------------
-    with step(log, f"collecting the {split} examples ({protocol})"):
-        ev = P.evaluation_rows(df, split).select(*EXAMPLE_COLUMNS)
-        n_total = ev.count()
-        if n_total == 0:
-            raise ValueError(f"no uncensored '{split}' examples in gold_training_examples; check sequences.split")
-        if n_total > ec.max_examples:
-            log.warning("%d examples exceed evaluate.max_examples=%d: evaluating a seeded sample", n_total, ec.max_examples)
-            ev = ev.sample(fraction=ec.max_examples / n_total, seed=ec.sampled_seed)
-        pdf = ev.orderBy("example_id").toPandas()
-        batch = P.to_batch(pdf)
-        targets = pdf["target_item"].to_numpy().astype(np.int64)
-        elapsed = pdf["time_to_next_s"].to_numpy().astype(np.float64)
-        log.info("%d examples, %d items in the catalogue", len(targets), n_items)
+    # -- the candidate catalogue: what any scorer could have learned from the train split ----
+    with step(log, "candidate catalogue"):
+        candidates = candidate_mask(P.candidate_items(df).toPandas()["item"].to_numpy(), n_items)
+        n_candidates = int(candidates.sum())
+        log.info("%d of %d catalogue items seen in the train split are ranked; the rest are misses for every scorer",
+                 n_candidates, n_items - 2)
 
-    with step(log, "sampled negatives"):
+    # -- evaluation views: (batch, elapsed, targets) per view -----------------------------
+    views: dict[str, dict[str, Any]] = {}
+    with step(log, f"collecting the {split} examples ({protocol})"):
+        rows = P.evaluation_rows(df, split)
+        pdf = _collect(rows.select(*EXAMPLE_COLUMNS), ec, "examples")
+        if pdf.empty:
+            raise ValueError(f"no uncensored '{split}' examples in gold_training_examples; check sequences.split")
+        views["request_time"] = {"pdf": pdf, "batch": P.to_batch(pdf),
+                                 "targets": pdf["target_item"].to_numpy().astype(np.int64),
+                                 "elapsed": pdf["time_to_next_s"].to_numpy().astype(np.float64)}
+        npdf = _collect(P.nightly_examples(rows).select(*NIGHTLY_COLUMNS), ec, "nightly rows")
+        if npdf.empty:
+            log.warning("no (user, day) of the %s split has a window before its midnight: nightly view skipped", split)
+        else:
+            views["nightly"] = {"pdf": npdf, "batch": P.to_batch(npdf), "targets": pad_targets(npdf["target_items"]),
+                                "elapsed": npdf["elapsed_s"].to_numpy().astype(np.float64)}
+        views = {v: views[v] for v in VIEWS if v in views}
+        n_rows = {v: len(d["targets"]) for v, d in views.items()}
+        log.info("rows per view %s, %d items in the catalogue", n_rows, n_items)
+
+    with step(log, "sampled negatives (request-time view)"):
+        rt = views["request_time"]
         neg_path = os.path.join(cfg.path("{root}/evaluation"), f"negatives-{split}-{protocol}-{ec.sampled_seed}.npz")
         os.makedirs(os.path.dirname(neg_path), exist_ok=True)
-        ids = pdf["example_id"].tolist()
+        ids = rt["pdf"]["example_id"].tolist()
         negatives = load_negatives(neg_path, ids)
-        longest = int(max((np.count_nonzero(np.unique(w) >= 2) for w in batch["item_idx"]), default=0)) + 1
-        if negatives is None and n_items - 2 - longest < ec.sampled_negatives:
-            log.warning("catalogue of %d items too small for %d sampled negatives per example: sampled metrics skipped",
-                        n_items - 2, ec.sampled_negatives)
+        if negatives is not None and not candidates[negatives].all():
+            negatives = None  # drawn for another candidate catalogue: draw again
+        longest = int(max((np.count_nonzero(np.unique(w) >= 2) for w in rt["batch"]["item_idx"]), default=0)) + 1
+        if negatives is None and n_candidates - longest < ec.sampled_negatives:
+            log.warning("%d candidate items too few for %d sampled negatives per example: sampled metrics skipped",
+                        n_candidates, ec.sampled_negatives)
         elif negatives is None:
             # A user's positives: every item of the input window and the target.
-            pos = [np.append(w[w >= 2], t) for w, t in zip(batch["item_idx"], targets)]
-            negatives = sample_negatives(pos, n_items, ec.sampled_negatives, ec.sampled_seed)
+            pos = [np.append(w[w >= 2], t) for w, t in zip(rt["batch"]["item_idx"], rt["targets"])]
+            negatives = sample_negatives(pos, n_items, ec.sampled_negatives, ec.sampled_seed, candidates=candidates)
             save_negatives(neg_path, negatives, ids)
+        rt["negatives"] = negatives
 
     # -- baselines: fit on the train split only ------------------------------------------
     with step(log, "fitting baselines on the train split"):
@@ -295,16 +361,17 @@ def run(ctx, args) -> dict:
     else:
         log.warning("no churn snapshot rows around the cut dates: churn metrics skipped")
 
-    # -- ranking ------------------------------------------------------------------------------
-    ranking: dict[str, dict[str, float]] = {}
+    # -- ranking: every scorer on every view, same rows, elapsed times and candidates ---------
+    ranking: dict[str, dict[str, dict[str, float]]] = {v: {} for v in VIEWS}
     roles: dict[str, tuple[str, str, str]] = {}
-    with step(log, f"full-catalogue ranking, {len(model_scorers) + len(item_scorers)} scorers"):
-        for sc, role, ver, uri in model_scorers:
-            ranking[sc.name] = rank_scorer(sc, batch, elapsed, targets, n_items, ks, negatives, ec.exclude_history, ec.chunk_size)
-            roles[sc.name] = (role, ver, uri)
-        for sc in item_scorers:
-            ranking[sc.name] = rank_scorer(sc, batch, elapsed, targets, n_items, ks, negatives, ec.exclude_history, ec.chunk_size)
-            roles[sc.name] = ("baseline", "", "")
+    scorers = [(sc, (role, ver, uri)) for sc, role, ver, uri in model_scorers] + [(sc, ("baseline", "", "")) for sc in item_scorers]
+    with step(log, f"candidate ranking, {len(scorers)} scorers x views {', '.join(views)}"):
+        for sc, role in scorers:
+            roles[sc.name] = role
+            for v, d in views.items():
+                ranking[v][sc.name] = rank_scorer(sc, d["batch"], d["elapsed"], d["targets"], n_items, ks, candidates,
+                                                  d.get("negatives"), ec.exclude_history, ec.chunk_size)
+    headline = ranking[VIEWS[0]]
 
     churn: dict[str, dict[str, float]] = {}
     curves: dict[str, Any] = {}
@@ -315,8 +382,9 @@ def run(ctx, args) -> dict:
             ret = snap["returned"].to_numpy()
             after = snap["return_after_s"].to_numpy()
             labels = {d: P.churn_labels(ret, after, d) for d in horizons}
+            recent = se <= RECENT_DAYS * P.DAY_S
             for sc in [s for s, *_ in model_scorers] + churn_scorers:
-                churn[sc.name], curves[sc.name] = churn_scorer_metrics(sc, sb, se, labels, ret, after, ec.calibration_bins)
+                churn[sc.name], curves[sc.name] = churn_scorer_metrics(sc, sb, se, labels, ret, after, ec.calibration_bins, recent)
                 roles.setdefault(sc.name, ("baseline", "", ""))
 
     # -- report -----------------------------------------------------------------------------
@@ -333,31 +401,41 @@ def run(ctx, args) -> dict:
                           os.path.join(out_dir, "decay_curves.png"), key=f"p_return_{d0}d")
         figures["Decay curves of a few users"] = "decay_curves.png"
 
-    # -- gate ---------------------------------------------------------------------------------
+    # -- gate: on the headline (nightly) view --------------------------------------------------
     decision = None
     metric = ec.primary_metric
     if model_scorers and challenger:
-        champ_val = ranking.get("champion", {}).get(metric) if champion else None
+        champ_val = headline.get("champion", {}).get(metric) if champion else None
         if champion is None and gate.alias_version(client, challenger["name"], ec.champion_alias) == challenger["version"]:
-            champ_val = ranking["ebbtide"].get(metric)  # already the champion: it must still beat baselines
+            champ_val = headline.get("ebbtide", {}).get(metric)  # already the champion: it must still beat baselines
         decision = gate.decide(
-            metric, ranking["ebbtide"].get(metric), champ_val,
-            {k: v.get(metric) for k, v in ranking.items() if roles[k][0] == "baseline"},
+            metric, headline.get("ebbtide", {}).get(metric), champ_val,
+            {k: v.get(metric) for k, v in headline.items() if roles[k][0] == "baseline"},
             ec.tolerance, ec.baseline_margin, ec.require_beat_baselines,
         )
-    header = {"run": ctx.run_id, "split": split, "protocol": protocol, "examples": len(targets),
-              "items": n_items - 2, "gold_training_examples version": ex_version, "model": model_uri if model_scorers else "(baselines only)"}
+    header = {"run": ctx.run_id, "split": split, "protocol": protocol,
+              **{f"{v.replace('_', '-')} rows": n for v, n in n_rows.items()},
+              "items": n_items - 2, "candidates (seen in train)": n_candidates,
+              "gold_training_examples version": ex_version, "model": model_uri if model_scorers else "(baselines only)"}
     report_path = report.write_report(out_dir, header, ranking, churn, decision.as_dict() if decision else None, figures)
 
     # -- MLflow, then the gate's alias move (logged on the evaluation run) ------------------
+    # One dict per scorer: the headline view's metrics under their plain names (so
+    # ``{scorer}.ndcg_at_10`` and the training run's ``test_ndcg_at_10`` keep their meaning), the
+    # other views' prefixed with the view, and churn.
     exp_id = gate.ensure_experiment(client, cfg)
-    all_metrics = {k: dict(v) for k, v in ranking.items()}
+    all_metrics: dict[str, dict[str, float]] = {}
+    for v, by_scorer in ranking.items():
+        for name, met in by_scorer.items():
+            pre = "" if v == VIEWS[0] else f"{v}_"
+            all_metrics.setdefault(name, {}).update({f"{pre}{k}": x for k, x in met.items()})
     for k, v in churn.items():
         all_metrics.setdefault(k, {}).update(v)
     mlflow_run = gate.log_evaluation(
         client, exp_id, f"evaluate-{split}-{protocol}-{ctx.run_id}", all_metrics,
         {"split": split, "protocol": protocol, "model_uri": model_uri, "examples_version": ex_version,
-         "n_examples": len(targets), "n_items": n_items, "exclude_history": ec.exclude_history},
+         **{f"n_{v}": n for v, n in n_rows.items()}, "n_items": n_items, "n_candidates": n_candidates,
+         "exclude_history": ec.exclude_history},
         out_dir, model_run_id=(challenger or {}).get("run_id") or None, model_key="ebbtide", split=split,
     )
     gate_result = None
@@ -365,28 +443,42 @@ def run(ctx, args) -> dict:
         gate_result = gate.apply_decision(client, challenger["name"], challenger["version"], decision,
                                           ec.champion_alias, run_id=mlflow_run, promote=ec.promote and not args.no_promote)
 
-    # -- ops_evaluations ------------------------------------------------------------------------
+    # -- ops_evaluations: the view goes into the protocol key ("temporal/nightly") --------------
     import datetime as dt
 
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     common = {"run_id": ctx.run_id, "evaluated_at": now, "examples_version": int(ex_version), "split": split,
-              "protocol": protocol, "mlflow_run_id": mlflow_run}
-    rows = []
-    for name, met in all_metrics.items():
-        role, ver, uri = roles[name]
-        n_ex = len(targets) if name in ranking else len(snap)
-        rows += [dict(r, n_examples=n_ex) for r in metric_rows(name, role, ver, uri, met, common)]
-    tables.write(_ops_df(spark, rows), cfg, OPS_TABLE, "merge", keys=OPS_KEYS, update_matched=True,
-                 comment="One row per (model or baseline, metric, k, split, protocol, examples version); "
+              "mlflow_run_id": mlflow_run}
+    rows_out = []
+    for v, by_scorer in ranking.items():
+        for name, met in by_scorer.items():
+            rows_out += [dict(r, n_examples=n_rows[v])
+                         for r in metric_rows(name, *roles[name], met, dict(common, protocol=f"{protocol}/{v}"))]
+    # Churn is scored as of the cut date, the way the nightly job scores: it belongs to that view.
+    for name, met in churn.items():
+        rows_out += [dict(r, n_examples=len(snap))
+                     for r in metric_rows(name, *roles[name], met, dict(common, protocol=f"{protocol}/nightly"))]
+    tables.write(_ops_df(spark, rows_out), cfg, OPS_TABLE, "merge", keys=OPS_KEYS, update_matched=True,
+                 comment="One row per (model or baseline, metric, k, split, protocol/view, examples version); "
                          "k = rank cut-off, or the horizon in days for churn metrics")
 
-    primary = {k: v.get(metric) for k, v in ranking.items()}
-    log.info("%s by scorer: %s", metric, ", ".join(f"{k} {v:.4f}" for k, v in primary.items() if v is not None))
+    primary = {k: v.get(metric) for k, v in headline.items()}
+    log.info("%s %s by scorer: %s", VIEWS[0], metric,
+             ", ".join(f"{k} {v:.4f}" for k, v in primary.items() if v is not None))
+    views_out = {v: by_metric(ranking[v]) for v in VIEWS}
+    head = views_out[VIEWS[0]]
+    churn_keys = {}
+    for d in horizons:
+        churn_keys[f"churn_roc_auc_{d}d"] = {k: v.get(f"churn_{d}d_roc_auc") for k, v in churn.items()}
+        churn_keys[f"churn_roc_auc_{d}d_recent"] = {k: v.get(f"churn_{d}d_recent_roc_auc") for k, v in churn.items()}
     return {
-        "split": split, "protocol": protocol, "examples": len(targets), "items": n_items - 2,
-        metric: primary, "recall@10": {k: v.get("recall@10") for k, v in ranking.items()},
-        "mrr@10": {k: v.get("mrr@10") for k, v in ranking.items()},
-        "churn_roc_auc_7d": {k: v.get(f"churn_{min(horizons)}d_roc_auc") for k, v in churn.items()} if churn else {},
-        "report": report_path, "mlflow_run_id": mlflow_run, "rows": len(rows),
+        "split": split, "protocol": protocol, "examples": n_rows.get(VIEWS[0], 0), "examples_by_view": n_rows,
+        "items": n_items - 2, "candidates": n_candidates,
+        # Top-level ranking keys are the headline (nightly) view, as the gate judges it.
+        "ndcg@10": head.get("ndcg@10", {}), "recall@10": head.get("recall@10", {}), "mrr@10": head.get("mrr@10", {}),
+        metric: primary,
+        **churn_keys,
+        **views_out,
+        "report": report_path, "mlflow_run_id": mlflow_run, "rows": len(rows_out),
         "gate": gate_result and {k: gate_result[k] for k in ("promoted", "summary", "champion_after")},
     }

@@ -13,8 +13,12 @@ from ebbtide.config import register_section
 @register_section("model")
 @dataclass(frozen=True)
 class ModelConf:
-    # lstm | gru: plain recurrent baselines for ablation; time_lstm: the time-aware encoder.
-    encoder: Literal["lstm", "gru", "time_lstm"] = "time_lstm"
+    # lstm | gru: plain recurrent baselines for ablation; time_lstm: the time-aware LSTM;
+    # attention: causal self-attention with time-decayed scores (TiSASRec-like) and the same read-out.
+    encoder: Literal["lstm", "gru", "time_lstm", "attention"] = "time_lstm"
+    # attention encoder only.
+    attention_layers: int = 2
+    attention_heads: int = 2
     item_dim: int = 64
     hidden_dim: int = 128
     event_type_dim: int = 8
@@ -22,6 +26,13 @@ class ModelConf:
     dropout: float = 0.3
     # Add the last item's embedding (linearly mapped) to the user vector: a direct "what follows X" path.
     last_item_skip: bool = True
+    # Zero-initialised gates on the side inputs, the decayed read-out and the elapsed time: the
+    # network starts as a plain item sequence model and learns how much time is worth.
+    time_gates: bool = True
+    # time_lstm: the read-out's decay rates are the user's own (global rates x a learned per-user factor).
+    user_decay: bool = True
+    # False: gaps, hour, session starts and elapsed time all read as zero (the no-time ablation).
+    use_time: bool = True
     # Full softmax up to this many items; sampled softmax with log-Q correction above it.
     full_softmax_max_items: int = 50000
     sampled_negatives: int = 1024
@@ -50,10 +61,23 @@ class TrainConf:
     hosts: str = ""
     # auto: CUDA when available (NCCL, one GPU per process), else CPU (Gloo).
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    epochs: int = 10
+    epochs: int = 12
+    # every_position: a next-item label at every position of each window (up to max_len labels per
+    # recurrence); last: only the window's target.
+    objective: Literal["every_position", "last"] = "every_position"
+    # Share of the train split's windows read per epoch (each epoch a different shuffled share).
+    # With every_position, consecutive windows of a user overlap in all but one label, so a small
+    # share already shows each label about max_len x share times.
+    epoch_share: float = 0.2
+    # constant, or cosine: linear warm-up over warmup_share of all steps, then cosine decay to
+    # min_lr_share x lr at the last epoch.
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_share: float = 0.05
+    min_lr_share: float = 0.05
+    label_smoothing: float = 0.0
     batch_size: int = 256
     # Base learning rate for one process; scaled by the world size.
-    lr: float = 0.004
+    lr: float = 0.002
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     seed: int = 42

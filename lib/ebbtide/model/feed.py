@@ -103,9 +103,9 @@ def count_rows(files: Sequence[str]) -> int:
     return int(sum(row_group_rows(files)))
 
 
-def steps_per_epoch(total_rows: int, batch_size: int, world_size: int, max_steps: int = 0) -> int:
-    """Steps that make one pass over the split with world_size processes of batch_size each (at least 1)."""
-    steps = max(1, total_rows // max(1, batch_size * world_size))
+def steps_per_epoch(total_rows: int, batch_size: int, world_size: int, max_steps: int = 0, share: float = 1.0) -> int:
+    """Steps that make one pass over `share` of the split with world_size processes of batch_size each (at least 1)."""
+    steps = max(1, int(total_rows * min(1.0, max(share, 0.0))) // max(1, batch_size * world_size))
     return min(steps, max_steps) if max_steps > 0 else steps
 
 

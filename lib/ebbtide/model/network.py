@@ -30,7 +30,14 @@ from ebbtide.model.heads import SECONDS_PER_DAY
 FEATURES = ("item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start", "length")
 HOURS_PER_WEEK = 168
 FIRST_REAL_INDEX = 2  # 0 = pad, 1 = OOV
-ENCODERS = ("lstm", "gru", "time_lstm")
+# The encoder registry: name -> (recurrence or attention, time-aware read-out). The time-aware ones
+# add the decaying read-out at the scoring time; `attention` also decays inside its own scores.
+ENCODERS = {
+    "lstm": ("lstm", False),
+    "gru": ("gru", False),
+    "time_lstm": ("lstm", True),
+    "attention": ("attention", True),
+}
 # Proposal q_j ~ (count_j + 1)^alpha for the popularity sampler: flatter than the counts, so that the
 # tail still gets sampled as negatives (word2vec's 0.75).
 POPULARITY_ALPHA = 0.75
@@ -56,19 +63,25 @@ class LogTimeBasis(nn.Module):
 
 
 class DecayReadout(nn.Module):
-    """Multi-head attention from the query (last state, elapsed time) over the recurrent outputs.
+    """Multi-head attention from a query (the state at a position, the elapsed time) over the
+    recurrent outputs up to that position.
 
-    score_hj = q_h . o_j / sqrt(H) - rate_h * age_j, with age_j in days at the scoring time, plus a
+    score_hj = q_h . o_j / sqrt(H) - rate_h * age_j, with age_j in days at the query's time, plus a
     sink slot per head with a learned score and value. Because the sink does not age, the share of
     weight on the user's events shrinks as the elapsed time grows: exp(-rate_h * e) is how much of
     head h's interest survives e days of absence. rate_h = ln 2 / (head half-life).
 
+    With ``per_user`` the rates are the user's own: log rate_h = global log rate_h + 2 tanh(w_h . q),
+    a linear map of the query state initialised at zero, so training starts from the global rates
+    and learns how much faster or slower (up to e^2 times) each user forgets.
+
     Keys and values are the recurrent outputs themselves: a key projection would be redundant with
     the query projection, and leaving out per-position projections keeps the read-out to two batched
-    matrix products per step, so the model stays at cuDNN speed.
+    matrix products per query, so the model stays at cuDNN speed.
     """
 
-    def __init__(self, hidden: int, time_dim: int, n_heads: int, half_life_min_days: float, half_life_max_days: float):
+    def __init__(self, hidden: int, time_dim: int, n_heads: int, half_life_min_days: float, half_life_max_days: float,
+                 per_user: bool = False):
         super().__init__()
         self.n_heads, self.hidden = n_heads, hidden
         self.q = nn.Linear(hidden + time_dim, n_heads * hidden)
@@ -77,21 +90,90 @@ class DecayReadout(nn.Module):
         self.log_rate = nn.Parameter(torch.log(math.log(2.0) / half_lives))
         self.sink_score = nn.Parameter(torch.zeros(n_heads))
         self.sink_value = nn.Parameter(torch.zeros(n_heads, hidden))
+        self.user_rate = nn.Linear(hidden, n_heads) if per_user else None
+        if self.user_rate is not None:
+            nn.init.zeros_(self.user_rate.weight)
+            nn.init.zeros_(self.user_rate.bias)
 
-    def rates(self) -> Tensor:
-        """Per-head decay rates, per day (clamped between a 10-year and a 1-minute half-life)."""
-        return self.log_rate.clamp(math.log(math.log(2.0) / 3650.0), math.log(math.log(2.0) * 1440.0)).exp()
+    def rates(self, state: Tensor | None = None) -> Tensor:
+        """Decay rates per day (clamped between a 10-year and a 1-minute half-life): the global ones
+        (n_heads,), or the users' own (..., n_heads) for query states (..., hidden) when per-user."""
+        log_rate = self.log_rate
+        if state is not None and self.user_rate is not None:
+            log_rate = log_rate + 2.0 * torch.tanh(self.user_rate(state).float())
+        return log_rate.clamp(math.log(math.log(2.0) / 3650.0), math.log(math.log(2.0) * 1440.0)).exp()
 
-    def forward(self, outputs: Tensor, last: Tensor, elapsed_emb: Tensor, age_days: Tensor, mask: Tensor):
+    def forward(self, outputs: Tensor, query: Tensor, elapsed_emb: Tensor, age_days: Tensor, mask: Tensor):
+        """outputs (B, L, H); query (B, Q, H) and elapsed_emb (B, Q, T) for Q query positions;
+        age_days (B, Q, L) and mask (B, Q, L): each query's age of each event and which it may see.
+        Returns the read-out (B, Q, H) and the event weights (B, heads, Q, L)."""
         b, l, h = outputs.shape
-        q = self.q(torch.cat([last, elapsed_emb.to(last.dtype)], dim=-1)).view(b, self.n_heads, h)
-        scores = torch.bmm(q, outputs.transpose(1, 2)).float() * (h ** -0.5)  # (B, heads, L)
-        scores = (scores - self.rates().view(1, -1, 1) * age_days.unsqueeze(1)).masked_fill(~mask.unsqueeze(1), float("-inf"))
-        sink = self.sink_score.view(1, -1, 1).expand(b, -1, 1).float()
-        weights = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)
+        nq = query.shape[1]
+        q = self.q(torch.cat([query, elapsed_emb.to(query.dtype)], dim=-1)).view(b, nq * self.n_heads, h)
+        scores = torch.bmm(q, outputs.transpose(1, 2)).float().view(b, nq, self.n_heads, l) * (h ** -0.5)
+        rate = self.rates(query).view(b, nq, self.n_heads, 1) if self.user_rate is not None else self.rates().view(1, 1, -1, 1)
+        scores = (scores - rate * age_days.unsqueeze(2)).masked_fill(~mask.unsqueeze(2), float("-inf"))
+        sink = self.sink_score.view(1, 1, -1, 1).expand(b, nq, -1, 1).float()
+        weights = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)  # (B, Q, heads, L + 1)
         w_events, w_sink = weights[..., :l], weights[..., l:]
-        read = torch.bmm(w_events.to(outputs.dtype), outputs) + w_sink.to(outputs.dtype) * self.sink_value.to(outputs.dtype)
-        return self.out(read.reshape(b, self.n_heads * h)), w_events
+        read = torch.bmm(w_events.reshape(b, nq * self.n_heads, l).to(outputs.dtype), outputs).view(b, nq, self.n_heads, h)
+        read = read + w_sink.to(outputs.dtype) * self.sink_value.to(outputs.dtype)
+        return self.out(read.reshape(b, nq, self.n_heads * h)), w_events.permute(0, 2, 1, 3)
+
+
+class DecayAttentionBlock(nn.Module):
+    """One pre-norm causal self-attention block whose scores are lowered by rate_h x the time
+    between the two events (in days), per head, as TiSASRec adds time to SASRec: attention to an
+    older event fades with the time that passed, at a learned rate per head that starts slow."""
+
+    def __init__(self, width: int, n_heads: int, dropout: float, init_half_life_days: float = 60.0):
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, n_heads, dropout=dropout, batch_first=True)
+        self.norm2 = nn.LayerNorm(width)
+        self.ff = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * width, width))
+        self.drop = nn.Dropout(dropout)
+        self.log_rate = nn.Parameter(torch.full((n_heads,), math.log(math.log(2.0) / init_half_life_days)))
+
+    def forward(self, x: Tensor, allowed: Tensor, dt_days: Tensor) -> Tensor:
+        """x (B, L, W); allowed (B, L, L) which keys each query sees; dt_days (B, L, L) query time
+        minus key time."""
+        b, l, _ = x.shape
+        rate = self.log_rate.clamp(max=math.log(math.log(2.0) * 1440.0)).exp().view(1, -1, 1, 1)
+        bias = (-rate * dt_days.unsqueeze(1)).masked_fill(~allowed.unsqueeze(1), float("-inf"))
+        h = self.norm1(x)
+        a, _ = self.attn(h, h, h, attn_mask=bias.reshape(b * self.n_heads, l, l).to(h.dtype), need_weights=False)
+        x = x + self.drop(a)
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class DecayAttentionEncoder(nn.Module):
+    """Causal self-attention over a left-padded window: position embeddings counted from the most
+    recent event, `layers` DecayAttentionBlocks, a final LayerNorm. Returns outputs (B, L, hidden)
+    like the recurrent encoders, so the read-out, the heads and the losses are shared."""
+
+    MAX_POSITIONS = 512
+
+    def __init__(self, in_dim: int, hidden: int, layers: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.inp = nn.Linear(in_dim, hidden) if in_dim != hidden else nn.Identity()
+        self.pos = nn.Embedding(self.MAX_POSITIONS, hidden)
+        self.blocks = nn.ModuleList(DecayAttentionBlock(hidden, n_heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, x: Tensor, mask: Tensor, cum_days: Tensor) -> Tensor:
+        b, l, _ = x.shape
+        from_end = (l - 1 - torch.arange(l, device=x.device)).clamp(max=self.MAX_POSITIONS - 1)
+        h = (self.inp(x) + self.pos(from_end)) * mask.unsqueeze(-1)
+        causal = torch.tril(torch.ones(l, l, dtype=torch.bool, device=x.device))
+        # Every position may see itself, so a pad query never has an empty row (no NaN); pad keys
+        # are hidden from real queries.
+        allowed = (causal & mask.unsqueeze(1)) | torch.eye(l, dtype=torch.bool, device=x.device)
+        dt = (cum_days.unsqueeze(2) - cum_days.unsqueeze(1)).clamp_min(0.0)
+        for block in self.blocks:
+            h = block(h, allowed, dt)
+        return self.norm(h) * mask.unsqueeze(-1)
 
 
 class EbbtideNet(nn.Module):
@@ -100,14 +182,18 @@ class EbbtideNet(nn.Module):
     def __init__(self, mcfg: Any, n_items: int, n_event_types: int):
         super().__init__()
         if mcfg.encoder not in ENCODERS:
-            raise ValueError(f"model.encoder must be one of {ENCODERS}, got {mcfg.encoder!r}")
+            raise ValueError(f"model.encoder must be one of {tuple(ENCODERS)}, got {mcfg.encoder!r}")
         if n_items <= FIRST_REAL_INDEX:
             raise ValueError(f"n_items={n_items} leaves no real item (0 = pad and 1 = OOV are counted in n_items)")
         self.mcfg = mcfg
         self.n_items, self.n_event_types = int(n_items), int(n_event_types)
         d, h, t, e = mcfg.item_dim, mcfg.hidden_dim, mcfg.time_dim, mcfg.event_type_dim
-        self.time_aware = mcfg.encoder == "time_lstm"
+        self.kind, self.time_aware = ENCODERS[mcfg.encoder]
         self.sampled = self.n_items > mcfg.full_softmax_max_items
+        # False: every time input (gaps, hour, session starts, elapsed time) reads as zero, so the
+        # same network measures what time is worth (the `ebbtide_no_time` ablation).
+        self.use_time = bool(getattr(mcfg, "use_time", True))
+        self.gated = bool(getattr(mcfg, "time_gates", False))
 
         self.item_emb = nn.Embedding(self.n_items, d, padding_idx=0)
         self.event_emb = nn.Embedding(max(self.n_event_types, FIRST_REAL_INDEX), e, padding_idx=0)
@@ -117,14 +203,28 @@ class EbbtideNet(nn.Module):
         # also has gap 0) are added to the item embedding rather than concatenated: the recurrence
         # then has the input width of a plain item LSTM. No bias, so pad steps stay exactly zero.
         self.side = nn.Linear(e + t + self.time_basis.size + 2, d, bias=False)
-        rnn_cls = nn.GRU if mcfg.encoder == "gru" else nn.LSTM
-        self.rnn = rnn_cls(d, h, batch_first=True)
+        if self.kind == "attention":
+            self.rnn = DecayAttentionEncoder(d, h, mcfg.attention_layers, mcfg.attention_heads, mcfg.dropout)
+        else:
+            self.rnn = (nn.GRU if self.kind == "gru" else nn.LSTM)(d, h, batch_first=True)
         self.drop = nn.Dropout(mcfg.dropout)
+        if self.gated:
+            # Gates at zero: training starts from a plain item sequence model and learns how much
+            # the side inputs, the decayed read-out and the elapsed time are worth. On logs whose
+            # timestamps say little (ratings entered in bulk) they can stay near zero and cost nothing.
+            self.side_gate = nn.Parameter(torch.zeros(1))
         if self.time_aware:
             self.elapsed_feat = nn.Linear(self.time_basis.size, t)
-            self.readout = DecayReadout(h, t, mcfg.decay_heads, mcfg.decay_half_life_min_days, mcfg.decay_half_life_max_days)
+            self.readout = DecayReadout(
+                h, t, mcfg.decay_heads, mcfg.decay_half_life_min_days, mcfg.decay_half_life_max_days,
+                per_user=bool(getattr(mcfg, "user_decay", False)),
+            )
             self.elapsed_to_state = nn.Linear(t, h)
-            self.state_norm = nn.LayerNorm(h)
+            if self.gated:
+                self.readout_gate = nn.Parameter(torch.zeros(1))
+                self.elapsed_gate = nn.Parameter(torch.zeros(1))
+            else:
+                self.state_norm = nn.LayerNorm(h)
         self.to_item_space = nn.Linear(h, d)
         # The last item's own embedding, mapped straight into the item space: "what follows X" is
         # the strongest single signal in these logs (a last-item Markov chain is a hard baseline),
@@ -134,6 +234,11 @@ class EbbtideNet(nn.Module):
         self.hazard = heads.HazardHead(h)
         # Set by the trainer to sessionize.gap_minutes x 60 (see `loss`); 0 fits every gap.
         self.return_min_gap_s = 0.0
+        # Set by the trainer (train.objective): False = one next-item label per window (its target);
+        # True = a label at every position of the window (`loss`).
+        self.every_position = False
+        # Set by the trainer (train.label_smoothing).
+        self.label_smoothing = 0.0
         nn.init.normal_(self.item_emb.weight, std=d ** -0.5)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
@@ -177,7 +282,7 @@ class EbbtideNet(nn.Module):
         return torch.as_tensor(batch[name]).to(device=self._device(), dtype=dtype)
 
     def _elapsed(self, elapsed_s, b: int) -> Tensor:
-        if elapsed_s is None:
+        if elapsed_s is None or not self.use_time:
             return torch.zeros(b, device=self._device())
         e = torch.as_tensor(elapsed_s, dtype=torch.float32, device=self._device())
         return e.expand(b) if e.dim() == 0 else e.reshape(b)
@@ -186,43 +291,70 @@ class EbbtideNet(nn.Module):
         items = self._get(batch, "item_idx", torch.long)
         mask = items > 0
         real = mask.float()
-        gap = self._get(batch, "gap_s", torch.float32) * real
-        sess = self._get(batch, "session_start", torch.float32) * real
+        timed = real if self.use_time else torch.zeros_like(real)
+        gap = self._get(batch, "gap_s", torch.float32) * timed
+        sess = self._get(batch, "session_start", torch.float32) * timed
+        hour_mask = mask if self.use_time else torch.zeros_like(mask)
         real_ = real.unsqueeze(-1)
         side = torch.cat(
             [
                 self.event_emb(self._get(batch, "event_type_idx", torch.long) * mask),
-                self.hour_emb((self._get(batch, "hour_of_week", torch.long).clamp(0, HOURS_PER_WEEK - 1) + 1) * mask),
+                self.hour_emb((self._get(batch, "hour_of_week", torch.long).clamp(0, HOURS_PER_WEEK - 1) + 1) * hour_mask),
                 self.time_basis(gap) * real_,
                 sess.unsqueeze(-1),
                 real_,
             ],
             dim=-1,
         )
-        x = self.item_emb(items) + self.side(side)
+        side = self.side(side)
+        x = self.item_emb(items) + (self.side_gate * side if self.gated else side)
         # Left padding: pad steps come first with zero item/event vectors, so the output at the
         # last position is the state after the last real event; packing would cost a re-sort.
-        outputs, _ = self.rnn(self.drop(x))
+        # Event times relative to the first slot: t_j - t_i = cum_j - cum_i (days).
+        cum_days = torch.cumsum(gap, dim=1) / SECONDS_PER_DAY
+        if self.kind == "attention":
+            outputs = self.rnn(self.drop(x), mask, cum_days)
+        else:
+            outputs, _ = self.rnn(self.drop(x))
         last = outputs[:, -1]
-        # t_last - t_j = sum of the gaps after j.
-        cum = torch.cumsum(gap, dim=1)
-        since_last_days = (cum[:, -1:] - cum) / SECONDS_PER_DAY
-        return {"items": items, "mask": mask, "outputs": outputs, "last": last, "since_last_days": since_last_days}
+        return {"items": items, "mask": mask, "gap": gap, "outputs": outputs, "last": last, "cum_days": cum_days}
 
-    def _state_at(self, enc: dict[str, Tensor], elapsed_s: Tensor, return_weights: bool = False):
-        last = enc["last"]
+    def _states(self, enc: dict[str, Tensor], positions: Tensor | None, elapsed_s: Tensor, return_weights: bool = False):
+        """User states (B, Q, H) after the events at `positions` (Q indices; None = the last one),
+        each as of elapsed_s (B, Q) seconds later. The read-out at position j sees events 0..j only,
+        aged by their time before j plus the elapsed time."""
+        outputs = enc["outputs"]
+        b, l, _ = outputs.shape
+        if positions is None:
+            positions = torch.tensor([l - 1], device=outputs.device)
+        query = outputs[:, positions]
         if not self.time_aware:
-            return (last, None) if return_weights else last
+            return (query, None) if return_weights else query
         e_emb = self.elapsed_feat(self.time_basis(elapsed_s))
-        age = enc["since_last_days"] + (elapsed_s / SECONDS_PER_DAY).unsqueeze(1)
-        read, weights = self.readout(enc["outputs"], last, e_emb, age, enc["mask"])
-        state = self.state_norm(last + self.drop(read) + self.elapsed_to_state(e_emb.to(last.dtype)))
+        cum = enc["cum_days"]
+        age = (cum[:, positions].unsqueeze(-1) - cum.unsqueeze(1)) + (elapsed_s / SECONDS_PER_DAY).unsqueeze(-1)  # (B, Q, L)
+        causal = torch.arange(l, device=outputs.device).view(1, l) <= positions.view(-1, 1)  # (Q, L)
+        see = enc["mask"].unsqueeze(1) & causal.unsqueeze(0)
+        read, weights = self.readout(outputs, query, e_emb, age.clamp_min(0.0), see)
+        el = self.elapsed_to_state(e_emb.to(query.dtype))
+        if self.gated:
+            state = query + self.readout_gate * self.drop(read) + self.elapsed_gate * el
+        else:
+            state = self.state_norm(query + self.drop(read) + el)
         return (state, weights) if return_weights else state
 
-    def _item_vectors(self, state: Tensor, enc: dict[str, Tensor]) -> Tensor:
+    def _state_at(self, enc: dict[str, Tensor], elapsed_s: Tensor, return_weights: bool = False):
+        """The state after the last event, as of elapsed_s (B,) seconds later: (B, H) [and weights (B, heads, L)]."""
+        out = self._states(enc, None, elapsed_s.unsqueeze(1), return_weights)
+        if return_weights:
+            state, w = out
+            return state[:, 0], (w[:, :, 0] if w is not None else None)
+        return out[:, 0]
+
+    def _item_vectors(self, state: Tensor, last_items: Tensor) -> Tensor:
         z = self.to_item_space(self.drop(state))
         if self.last_item_skip is not None:
-            z = z + self.last_item_skip(self.item_emb(enc["items"][:, -1]))
+            z = z + self.last_item_skip(self.item_emb(last_items))
         return z
 
     def _full_logits(self, z: Tensor) -> Tensor:
@@ -232,6 +364,18 @@ class EbbtideNet(nn.Module):
     def _hazard_params(self, enc: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         return self.hazard(enc["last"])
 
+    def _next_item_loss(self, z: Tensor, target: Tensor) -> Tensor:
+        """Summed loss of user vectors z (N, D) against their next items (N,), all >= 2."""
+        if self.sampled:
+            return heads.sampled_softmax_loss(
+                z, self.item_emb.weight, self.item_bias, target, self._sample_negatives(z.device), self.item_log_q,
+                reduction="sum",
+            )
+        # Real items only: pad and OOV are never a label, and label smoothing must not spread mass onto them.
+        w, bias = self.item_emb.weight[FIRST_REAL_INDEX:], self.item_bias[FIRST_REAL_INDEX:]
+        logits = F.linear(z, w, bias).float()
+        return F.cross_entropy(logits, target - FIRST_REAL_INDEX, reduction="sum", label_smoothing=self.label_smoothing)
+
     # ------------------------------------------------------------------ public API
 
     def encode(self, batch: Mapping[str, Any], elapsed_s: Tensor | None = None) -> Tensor:
@@ -240,28 +384,34 @@ class EbbtideNet(nn.Module):
         return self._state_at(enc, self._elapsed(elapsed_s, enc["last"].shape[0]))
 
     def loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Next-item loss (rows with target_item >= 2, scored at the time of the next visit) plus
-        hazard_weight x the censored return-time NLL (all rows). Returns (total, parts)."""
+        """Next-item loss plus hazard_weight x the censored return-time NLL. Returns (total, parts).
+
+        Next item: with `every_position` each real position j of the window is trained on the item
+        that follows it (the window's next slot, or the row's target at the last slot), scored at the
+        time of that next event: one window carries up to L labels for the price of one recurrence.
+        Otherwise only the target (rows with target_item >= 2). Return time: at the last position.
+        """
         enc = self._run_encoder(batch)
         target = self._get(batch, "target_item", torch.long)
         t_next_s = self._get(batch, "time_to_next_s", torch.float32).clamp_min(0.0)
         censored = self._get(batch, "censored", torch.float32)
-        valid = target >= FIRST_REAL_INDEX
-        n_valid = valid.sum().clamp_min(1)
+        items = enc["items"]
+        b, l = items.shape
 
-        z = self._item_vectors(self._state_at(enc, t_next_s), enc)
-        if self.sampled:
-            safe_target = torch.where(valid, target, torch.full_like(target, FIRST_REAL_INDEX))
-            per_row = heads.sampled_softmax_loss(
-                z, self.item_emb.weight, self.item_bias, safe_target, self._sample_negatives(z.device), self.item_log_q,
-                reduction="none",
-            )
-            item_loss = (per_row * valid).sum() / n_valid
+        if self.every_position:
+            labels = torch.cat([items[:, 1:], target.view(b, 1)], dim=1)  # (B, L)
+            t_next = torch.cat([enc["gap"][:, 1:], t_next_s.view(b, 1)], dim=1) if self.use_time else torch.zeros(b, l, device=items.device)
+            ok = enc["mask"] & (labels >= FIRST_REAL_INDEX)
+            # Positions of the batch that have a label at all, so the read-out runs only where needed.
+            positions = torch.nonzero(ok.any(0)).flatten()
+            states = self._states(enc, positions, t_next[:, positions])  # (B, Q, H)
+            z = self._item_vectors(states, items[:, positions])
+            sel = ok[:, positions]
+            item_loss = self._next_item_loss(z[sel], labels[:, positions][sel]) / sel.sum().clamp_min(1)
         else:
-            logits = self._full_logits(z)
-            item_loss = F.cross_entropy(
-                logits.float(), torch.where(valid, target, torch.full_like(target, -100)), ignore_index=-100, reduction="sum"
-            ) / n_valid
+            valid = target >= FIRST_REAL_INDEX
+            z = self._item_vectors(self._state_at(enc, self._elapsed(t_next_s, b)), items[:, -1])
+            item_loss = self._next_item_loss(z[valid], target[valid]) / valid.sum().clamp_min(1)
 
         log_a, log_b = self._hazard_params(enc)
         # A return is the start of a new session: an event minutes after the last one continues the
@@ -282,7 +432,7 @@ class EbbtideNet(nn.Module):
         last event; pad and OOV are -inf. Only the time_lstm encoder makes them depend on elapsed_s."""
         enc = self._run_encoder(batch)
         state = self._state_at(enc, self._elapsed(elapsed_s, enc["last"].shape[0]))
-        return self._full_logits(self._item_vectors(state, enc)).float()
+        return self._full_logits(self._item_vectors(state, enc["items"][:, -1])).float()
 
     def return_time(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Return-time figures as of the last event (elapsed 0); see `return_time_at`."""
@@ -293,12 +443,16 @@ class EbbtideNet(nn.Module):
 
         p_return_7d / p_return_30d: P(an event within 7 / 30 days from then); p_return_ever: 1 - cure
         fraction; expected_days_to_return: mean days from then to the return given a return within
-        model.return_horizon_days; half_life_days: ln 2 / b, the time for the return hazard to halve.
+        model.return_horizon_days; half_life_days: ln 2 / b, the time for the return hazard to halve;
+        interest_half_life_days: how fast the pull of the user's past events fades
+        (`interest_half_life_days`).
         """
         enc = self._run_encoder(batch)
-        e_days = self._elapsed(elapsed_s, enc["last"].shape[0]) / SECONDS_PER_DAY
+        elapsed = self._elapsed(elapsed_s, enc["last"].shape[0])
+        e_days = elapsed / SECONDS_PER_DAY
         a, b = heads.hazard_rates(*self._hazard_params(enc))
         return {
+            "interest_half_life_days": self._interest_half_life(enc, elapsed, b),
             "p_return_7d": heads.p_return_within(a, b, 7.0, e_days),
             "p_return_30d": heads.p_return_within(a, b, 30.0, e_days),
             "p_return_ever": heads.p_return_ever(a, b, e_days),
@@ -327,11 +481,30 @@ class EbbtideNet(nn.Module):
             weights = w.mean(dim=1)
         else:
             _, b = heads.hazard_rates(*self._hazard_params(enc))
-            age = enc["since_last_days"] + (elapsed / SECONDS_PER_DAY).unsqueeze(1)
+            age = (enc["cum_days"][:, -1:] - enc["cum_days"]) + (elapsed / SECONDS_PER_DAY).unsqueeze(1)
             weights = torch.exp(-b.unsqueeze(1) * age) / enc["mask"].sum(1, keepdim=True).clamp_min(1)
         weights = weights.float() * enc["mask"] * (enc["items"] >= FIRST_REAL_INDEX)
         out = torch.zeros(bsz, n_cat, device=weights.device)
         return out.scatter_add_(1, cats, weights)
+
+    def interest_half_life_days(self, batch: Mapping[str, Any], elapsed_s: Tensor | None = None) -> Tensor:
+        """Each user's interest half-life (B,) in days: ln 2 over the user's decay rate of the read-out,
+        the heads' rates averaged with the weight each head puts on the user's events. It says how fast
+        the pull of what the user did fades, which the return-time half-life does not (that one says
+        how fast the urge to come back at all fades). Encoders without a read-out: the return-time one.
+        """
+        enc = self._run_encoder(batch)
+        _, b = heads.hazard_rates(*self._hazard_params(enc))
+        return self._interest_half_life(enc, self._elapsed(elapsed_s, enc["last"].shape[0]), b)
+
+    def _interest_half_life(self, enc: dict[str, Tensor], elapsed: Tensor, hazard_b: Tensor) -> Tensor:
+        if not self.time_aware:
+            return heads.half_life_days(hazard_b)
+        _, w = self._state_at(enc, elapsed, return_weights=True)  # (B, heads, L)
+        mass = w.float().sum(-1) + 1e-12
+        rates = self.readout.rates(enc["last"]).float()  # (B, heads) per-user, or (heads,)
+        rate = (mass * rates).sum(-1) / mass.sum(-1)
+        return math.log(2.0) / rate
 
     def decay_half_lives_days(self) -> Tensor | None:
         """The read-out heads' half-lives (time_lstm only): how fast each head forgets an event."""

@@ -76,7 +76,7 @@ def _find_predictor_dir(root: str) -> str:
 
 # Model switches added after models were first registered, with the value that reproduces the
 # older networks, so that a champion registered before them still loads.
-ADDED_LATER = {"last_item_skip": False}
+ADDED_LATER = {"last_item_skip": False, "time_gates": False, "user_decay": False, "use_time": True}
 
 
 class Predictor:
@@ -204,10 +204,12 @@ class Predictor:
         return idx_out, sc_out
 
     def churn(self, batch_np: dict, elapsed_s: np.ndarray) -> dict[str, np.ndarray]:
-        """p_return_7d, p_return_30d, p_return_ever, expected_days_to_return, half_life_days per row, as of elapsed_s."""
+        """p_return_7d, p_return_30d, p_return_ever, expected_days_to_return, half_life_days (of the return
+        hazard) and interest_half_life_days (of the decayed read-out) per row, as of elapsed_s."""
         import torch
 
-        keys = ("p_return_7d", "p_return_30d", "p_return_ever", "expected_days_to_return", "half_life_days")
+        keys = ("p_return_7d", "p_return_30d", "p_return_ever", "expected_days_to_return", "half_life_days",
+                "interest_half_life_days")
         n = len(np.asarray(batch_np["length"]))
         out = {k: np.empty(n, dtype=np.float64) for k in keys}
         e = np.broadcast_to(np.asarray(elapsed_s, dtype=np.float32), (n,))

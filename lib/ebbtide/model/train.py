@@ -224,6 +224,25 @@ def _atomic_torch_save(obj, path: str) -> None:
     os.replace(tmp, path)
 
 
+def lr_factor(tc, steps_per_epoch: int):
+    """The learning-rate multiplier per optimizer step (torch's LambdaLR): 1 for `constant`; for
+    `cosine` a linear warm-up over warmup_share of the run's steps, then a half cosine down to
+    min_lr_share at the last step of the last epoch. Early stopping may end the run sooner, on a
+    higher rate; the best epoch is what gets registered either way."""
+    total = max(1, steps_per_epoch * tc.epochs)
+    warm = int(tc.warmup_share * total)
+
+    def factor(step: int) -> float:
+        if tc.lr_schedule == "constant":
+            return 1.0
+        if step < warm:
+            return (step + 1) / warm
+        done = min(1.0, (step - warm) / max(1, total - warm))
+        return tc.min_lr_share + (1.0 - tc.min_lr_share) * 0.5 * (1.0 + math.cos(math.pi * done))
+
+    return factor
+
+
 def _metric_is_better(name: str, new: float, best: Optional[float]) -> bool:
     if new is None or not math.isfinite(new):
         return False
@@ -322,6 +341,8 @@ def train_fn(spec: TrainSpec) -> dict:
     np.random.seed(tc.seed)
     net = EbbtideNet(mc, spec.n_items, spec.n_event_types)
     net.return_min_gap_s = float(spec.session_gap_s)
+    net.every_position = tc.objective == "every_position"
+    net.label_smoothing = float(tc.label_smoothing)
     if spec.item_counts is not None and hasattr(net, "set_item_counts"):
         net.set_item_counts(torch.as_tensor(spec.item_counts))
     net.to(device)
@@ -355,7 +376,10 @@ def train_fn(spec: TrainSpec) -> dict:
 
     model, opt = pg.wrap(net, opt)
     metric = tc.early_stopping_metric
-    steps = feed.steps_per_epoch(spec.train_rows, tc.batch_size, world, tc.max_steps_per_epoch)
+    steps = feed.steps_per_epoch(spec.train_rows, tc.batch_size, world, tc.max_steps_per_epoch, tc.epoch_share)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tc, steps))
+    if state and state.get("scheduler"):
+        sched.load_state_dict(state["scheduler"])
     fault_epoch, fault_step = (int(x) for x in spec.fault_at.split(":")) if spec.fault_at else (-1, -1)
 
     if rank == 0:
@@ -373,6 +397,9 @@ def train_fn(spec: TrainSpec) -> dict:
         )
 
     seq_per_s: list[float] = []
+    # Wall seconds of training and validation so far, carried across a resume: "how long to the
+    # best model" is a figure the results report compares between models.
+    wall0 = time.perf_counter() - (history[-1].get("wall_s", 0.0) if history else 0.0)
     model.train()
     epoch = start_epoch
     for epoch in range(start_epoch, tc.epochs + 1):
@@ -402,6 +429,7 @@ def train_fn(spec: TrainSpec) -> dict:
                 if tc.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
                 pg.step(opt, scaler)
+                sched.step()
                 if scaler is not None:
                     scaler.update()
                 sums[0] += float(total.detach())
@@ -418,6 +446,7 @@ def train_fn(spec: TrainSpec) -> dict:
             "train_return_time_loss": tot[2] / tot[3],
             "train_seq_per_s": seq_per_s[-1],
             "epoch_seconds": train_s,
+            "lr": sched.get_last_lr()[0],
         }
         if rank == 0:
             val = evaluate(
@@ -425,6 +454,7 @@ def train_fn(spec: TrainSpec) -> dict:
                 autocast_ctx=autocast_ctx, max_rows=tc.max_valid_rows, workers=tc.reader_workers,
             )
             row.update(val)
+        row["wall_s"] = time.perf_counter() - wall0
         row = pg.broadcast_object(row)
         history.append(row)
         value = row.get(metric)
@@ -442,6 +472,7 @@ def train_fn(spec: TrainSpec) -> dict:
                 {
                     "epoch": epoch, "model": net.state_dict(), "optimizer": opt.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else None,
+                    "scheduler": sched.state_dict(),
                     "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "stopped": stopped,
                     "history": history, "mlflow_run_id": spec.mlflow_run_id,
                     "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
@@ -470,6 +501,7 @@ def train_fn(spec: TrainSpec) -> dict:
         "history": history,
         "best_metric": best,
         "best_epoch": best_epoch,
+        "seconds_to_best": next((h.get("wall_s") for h in history if h["epoch"] == best_epoch), None),
         "resumed_after_epoch": state["epoch"] if state else 0,
         "epochs_this_run": max(0, len(history) - (len(state["history"]) if state else 0)),
         "seq_per_s": float(np.mean(seq_per_s)) if seq_per_s else None,
@@ -733,6 +765,7 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
         "best_metric_name": tc.early_stopping_metric,
         "best_metric": r0["best_metric"],
         "best_epoch": r0["best_epoch"],
+        "seconds_to_best": r0.get("seconds_to_best"),
         "epochs_completed": len(r0["history"]),
         "resumed_after_epoch": r0["resumed_after_epoch"],
         "seq_per_s": r0["seq_per_s"],

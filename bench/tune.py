@@ -1,0 +1,188 @@
+"""Validation-only search over model and training settings, on arrays exported from gold_training_examples.
+
+    .venv/bin/python bench/tune.py export --root .ebbtide/results/ml-100k --out .tune/ml-100k.npz
+    python bench/tune.py search --data .tune/ml-100k.npz --grid bench/tune_grid.json [--device cuda]
+
+`export` (here, with Spark) writes one snapshot's train and valid windows as compressed numpy arrays.
+`search` needs only torch, numpy and PyYAML, so it also runs on a GPU machine without Spark: each
+trial builds EbbtideNet from ModelConf / TrainConf overrides, trains it with the network's own loss,
+the trainer's learning-rate schedule (`train.lr_factor`) and early stopping on validation NDCG@10
+(request-time view: each valid example's next item, ranked at the time of the next event, items
+already in the window excluded, as `make results` ranks MovieLens). The test split is not exported,
+so a search cannot read it. One JSON line per trial; the chosen setting then runs through
+`make results` like any other.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+
+ARRAYS = ("item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start", "length",
+          "target_item", "time_to_next_s", "censored")
+SMALL = {"item_idx": np.int32, "event_type_idx": np.int8, "hour_of_week": np.int16, "session_start": np.int8,
+         "length": np.int16, "target_item": np.int32, "censored": np.int8, "gap_s": np.float32, "time_to_next_s": np.float32}
+
+
+def export(args) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ebbtide.cli import Context
+    from ebbtide.config import load_config
+    from ebbtide.model import feed, train
+
+    cfg = load_config(env="local", overrides=[f"storage.root={args.root}"])
+    ctx = Context(cfg)
+    version, files = feed.snapshot_files(ctx.spark, cfg)
+    _, _, _, n_items, n_event_types = train._read_vocabs(ctx.spark, cfg, version)
+    out = {"n_items": n_items, "n_event_types": n_event_types, "session_gap_s": cfg.sessionize.gap_minutes * 60.0}
+    for split in ("train", "valid"):
+        t = pa.concat_tables([pq.read_table(feed._local_path(f), columns=list(ARRAYS)) for f in files[split]])
+        for c in ARRAYS:
+            col = t.column(c).combine_chunks()
+            arr = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1) if str(col.type).startswith("list") \
+                else col.to_numpy(zero_copy_only=False)
+            out[f"{split}/{c}"] = arr.astype(SMALL[c])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.out, **out)
+    print(json.dumps({"exported": args.out, "examples_version": version, "n_items": n_items,
+                      "train": int(len(out["train/length"])), "valid": int(len(out["valid/length"]))}))
+
+
+def _trials(grid: dict) -> list[dict]:
+    """{"base": {...}, "vary": [{...}, ...]} or {"base": ..., "product": {key: [values]}}: flat
+    'model.x' / 'train.y' keys."""
+    base = grid.get("base", {})
+    if "product" in grid:
+        keys = list(grid["product"])
+        return [{**base, **dict(zip(keys, vals))} for vals in itertools.product(*grid["product"].values())]
+    return [{**base, **v} for v in grid.get("vary", [{}])]
+
+
+def search(args) -> None:
+    import torch
+
+    from ebbtide.model.config import ModelConf, TrainConf
+    from ebbtide.model.network import EbbtideNet
+    from ebbtide.model.train import lr_factor
+
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.set_num_threads(args.threads)
+    z = np.load(args.data)
+    n_items, n_event_types = int(z["n_items"]), int(z["n_event_types"])
+
+    def load(split):
+        d = {c: torch.as_tensor(z[f"{split}/{c}"].astype(np.float32 if c in ("gap_s", "time_to_next_s") else np.int64))
+             for c in ARRAYS}
+        return {k: v.to(dev) for k, v in d.items()}
+
+    tr, va = load("train"), load("valid")
+    va_rows = torch.nonzero(va["target_item"] >= 2).flatten()
+    n_train = len(tr["length"])
+    grid = json.loads(Path(args.grid).read_text())
+    out = open(args.out, "a") if args.out else None
+    for i, trial in enumerate(_trials(grid)):
+        model_kw = {k.split(".", 1)[1]: v for k, v in trial.items() if k.startswith("model.")}
+        train_kw = {k.split(".", 1)[1]: v for k, v in trial.items() if k.startswith("train.")}
+        mc = dataclasses.replace(ModelConf(), **model_kw)
+        tc = dataclasses.replace(TrainConf(), **train_kw)
+        torch.manual_seed(tc.seed)
+        g = torch.Generator(device="cpu").manual_seed(tc.seed)
+        net = EbbtideNet(mc, n_items, n_event_types).to(dev)
+        net.return_min_gap_s = float(z["session_gap_s"])
+        net.every_position = tc.objective == "every_position"
+        net.label_smoothing = tc.label_smoothing
+        opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        steps = max(1, int(n_train * tc.epoch_share) // tc.batch_size)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tc, steps))
+        best, best_epoch, bad, hist = -1.0, 0, 0, []
+        t0 = time.perf_counter()
+        train_s = 0.0
+        for epoch in range(1, tc.epochs + 1):
+            net.train()
+            te = time.perf_counter()
+            perm = torch.randperm(n_train, generator=g)[: steps * tc.batch_size].to(dev)
+            for s in range(steps):
+                idx = perm[s * tc.batch_size:(s + 1) * tc.batch_size]
+                batch = {k: v[idx] for k, v in tr.items()}
+                opt.zero_grad()
+                total, _ = net.loss(batch)
+                total.backward()
+                if tc.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+                opt.step()
+                sched.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            train_s += time.perf_counter() - te
+            ndcg = _valid_ndcg(net, va, va_rows, args.eval_batch)
+            hist.append(round(ndcg, 5))
+            if ndcg > best:
+                best, best_epoch, bad = ndcg, epoch, 0
+            else:
+                bad += 1
+            if bad >= tc.early_stopping_patience:
+                break
+        rec = {"trial": i, "data": Path(args.data).stem, **trial, "val_ndcg@10": round(best, 5), "best_epoch": best_epoch,
+               "epochs_run": len(hist), "train_s": round(train_s, 1), "wall_s": round(time.perf_counter() - t0, 1),
+               "device": str(dev), "curve": hist}
+        print(json.dumps(rec), flush=True)
+        if out:
+            out.write(json.dumps(rec) + "\n")
+            out.flush()
+
+
+def _valid_ndcg(net, va, rows, batch_size: int, k: int = 10) -> float:
+    """NDCG@10 of each valid example's next item at the time of the next event, window items excluded."""
+    import torch
+
+    net.eval()
+    total = 0.0
+    with torch.no_grad():
+        for s in range(0, len(rows), batch_size):
+            idx = rows[s:s + batch_size]
+            b = {c: v[idx] for c, v in va.items()}
+            scores = net.item_scores(b, b["time_to_next_s"]).float()
+            target = b["target_item"]
+            t_score = scores.gather(1, target.view(-1, 1))
+            scores.scatter_(1, b["item_idx"], float("-inf"))  # window items (and pad) are not ranked
+            rank = (scores > t_score).sum(1)
+            total += float(torch.where(rank < k, 1.0 / torch.log2(rank.float() + 2.0), torch.zeros_like(t_score[:, 0])).sum())
+    net.train()
+    return total / max(1, len(rows))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export", help="one snapshot's train and valid windows -> .npz (needs Spark)")
+    e.add_argument("--root", required=True, help="storage.root of the dataset")
+    e.add_argument("--out", required=True)
+    s = sub.add_parser("search", help="train each trial of a grid, report its best validation NDCG@10")
+    s.add_argument("--data", required=True)
+    s.add_argument("--grid", required=True, help='JSON: {"base": {...}, "vary": [{...}]} or {"base", "product"}')
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--eval-batch", type=int, default=1024)
+    s.add_argument("--out", help="append each trial's JSON line here too")
+    args = p.parse_args()
+    export(args) if args.cmd == "export" else search(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
