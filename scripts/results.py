@@ -229,13 +229,16 @@ def run_dataset(ds: str, args, log, spark=None):
     return _runs_of(runs), info, spark
 
 
-def _load_saved(root: Path, datasets: list[str]):
-    """The datasets whose lane has saved results so far: (results, info) keyed by dataset."""
+def _load_saved(root: Path, datasets: list[str], commit: str = ""):
+    """The datasets whose lane has saved results so far (only those of `commit` when given):
+    (results, info) keyed by dataset."""
     res, info = {}, {}
     for ds in datasets:
         f = root / ds / "results.json"
         if f.exists():
             d = json.loads(f.read_text())
+            if commit and (d.get("signature", {}).get("commit") != commit or d.get("signature", {}).get("dirty")):
+                continue
             res[ds], info[ds] = _runs_of(d.get("runs", {})), d.get("info", {})
     return res, info
 
@@ -371,6 +374,12 @@ def main() -> int:
                 write_markdown(Path(args.out), finish(dict(res)), info, args, time.perf_counter() - t_start)
     if args.no_report:
         return 0
+    # The report covers every dataset saved by this code, not only this invocation's: a run that adds
+    # one peer to one dataset rewrites the whole report.
+    commit = _signature("", args)["commit"]
+    others = [d for d in DATASETS if d not in res]
+    saved_res, saved_info = _load_saved(Path(args.root), others, commit)
+    res, info = {**res, **saved_res}, {**info, **saved_info}
     res = finish(res)
     write_markdown(Path(args.out), res, info, args, time.perf_counter() - t_start)
     print(json.dumps(summary_line(res)))

@@ -444,15 +444,15 @@ class EbbtideNet(nn.Module):
         p_return_7d / p_return_30d: P(an event within 7 / 30 days from then); p_return_ever: 1 - cure
         fraction; expected_days_to_return: mean days from then to the return given a return within
         model.return_horizon_days; half_life_days: ln 2 / b, the time for the return hazard to halve;
-        interest_half_life_days: how fast the pull of the user's past events fades
-        (`interest_half_life_days`).
+        readout_half_life_days: how fast the read-out forgets this user's events
+        (`readout_half_life_days`).
         """
         enc = self._run_encoder(batch)
         elapsed = self._elapsed(elapsed_s, enc["last"].shape[0])
         e_days = elapsed / SECONDS_PER_DAY
         a, b = heads.hazard_rates(*self._hazard_params(enc))
         return {
-            "interest_half_life_days": self._interest_half_life(enc, elapsed, b),
+            "readout_half_life_days": self._readout_half_life(enc, elapsed, b),
             "p_return_7d": heads.p_return_within(a, b, 7.0, e_days),
             "p_return_30d": heads.p_return_within(a, b, 30.0, e_days),
             "p_return_ever": heads.p_return_ever(a, b, e_days),
@@ -487,17 +487,18 @@ class EbbtideNet(nn.Module):
         out = torch.zeros(bsz, n_cat, device=weights.device)
         return out.scatter_add_(1, cats, weights)
 
-    def interest_half_life_days(self, batch: Mapping[str, Any], elapsed_s: Tensor | None = None) -> Tensor:
-        """Each user's interest half-life (B,) in days: ln 2 over the user's decay rate of the read-out,
-        the heads' rates averaged with the weight each head puts on the user's events. It says how fast
-        the pull of what the user did fades, which the return-time half-life does not (that one says
-        how fast the urge to come back at all fades). Encoders without a read-out: the return-time one.
+    def readout_half_life_days(self, batch: Mapping[str, Any], elapsed_s: Tensor | None = None) -> Tensor:
+        """Each user's read-out half-life (B,) in days: ln 2 over the user's decay rate of the read-out,
+        the heads' rates averaged with the weight each head puts on the user's events: how fast the
+        model forgets what the user did when it ranks items. Encoders without a read-out: the return
+        half-life. (On generated logs with planted per-user half-lives this one does not recover them,
+        the return half-life does: docs/training.md; so the tables publish the return half-life.)
         """
         enc = self._run_encoder(batch)
         _, b = heads.hazard_rates(*self._hazard_params(enc))
-        return self._interest_half_life(enc, self._elapsed(elapsed_s, enc["last"].shape[0]), b)
+        return self._readout_half_life(enc, self._elapsed(elapsed_s, enc["last"].shape[0]), b)
 
-    def _interest_half_life(self, enc: dict[str, Tensor], elapsed: Tensor, hazard_b: Tensor) -> Tensor:
+    def _readout_half_life(self, enc: dict[str, Tensor], elapsed: Tensor, hazard_b: Tensor) -> Tensor:
         if not self.time_aware:
             return heads.half_life_days(hazard_b)
         _, w = self._state_at(enc, elapsed, return_weights=True)  # (B, heads, L)

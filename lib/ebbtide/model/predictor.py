@@ -205,11 +205,11 @@ class Predictor:
 
     def churn(self, batch_np: dict, elapsed_s: np.ndarray) -> dict[str, np.ndarray]:
         """p_return_7d, p_return_30d, p_return_ever, expected_days_to_return, half_life_days (of the return
-        hazard) and interest_half_life_days (of the decayed read-out) per row, as of elapsed_s."""
+        hazard) and readout_half_life_days (of the decayed read-out) per row, as of elapsed_s."""
         import torch
 
         keys = ("p_return_7d", "p_return_30d", "p_return_ever", "expected_days_to_return", "half_life_days",
-                "interest_half_life_days")
+                "readout_half_life_days")
         n = len(np.asarray(batch_np["length"]))
         out = {k: np.empty(n, dtype=np.float64) for k in keys}
         e = np.broadcast_to(np.asarray(elapsed_s, dtype=np.float32), (n,))
