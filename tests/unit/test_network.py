@@ -164,13 +164,16 @@ def test_every_encoder_runs_forward_and_backward(encoder):
         assert torch.isfinite(p.grad).all(), name
 
 
-def test_gated_network_starts_as_a_plain_item_sequence_model():
-    """With the gates at zero neither the side inputs nor the elapsed time change a score."""
+def test_gated_network_starts_without_the_read_out_and_the_elapsed_time():
+    """With the read-out and elapsed-time gates at zero the elapsed time changes no score at first;
+    closing the side-input gate too makes it a plain item sequence model."""
     torch.manual_seed(0)
     net = EbbtideNet(tiny_conf(encoder="time_lstm"), N_ITEMS, N_EVENT_TYPES).eval()
     batch = make_batch(b=8, seed=1)
-    other = dict(batch, gap_s=batch["gap_s"] * 7 + 60, hour_of_week=(batch["hour_of_week"] + 5) % 168)
     with torch.no_grad():
+        assert torch.equal(net.item_scores(batch, torch.full((8,), 3600.0)), net.item_scores(batch, torch.full((8,), 90 * DAY)))
+        net.side_gate.zero_()
+        other = dict(batch, gap_s=batch["gap_s"] * 7 + 60, hour_of_week=(batch["hour_of_week"] + 5) % 168)
         a = net.item_scores(batch, torch.full((8,), 3600.0))
         b = net.item_scores(other, torch.full((8,), 90 * DAY))
     assert torch.equal(a, b)
