@@ -81,8 +81,9 @@ def test_local_run_tracks_registers_and_loads_in_a_fresh_process(spark, data_roo
     assert run.info.status == "FINISHED"
     assert run.data.params["train.lr"] == "0.002" and run.data.params["model.hidden_dim"] == "32"
     assert run.data.params["sequences.max_len"] == "20"
-    assert run.data.tags["ebbtide.delta.gold_training_examples"] == "0"
-    assert run.data.tags["ebbtide.delta.gold_item_vocab"] == "0"
+    # A new table's first commit holds only its schema; its first rows are version 1.
+    assert run.data.tags["ebbtide.delta.gold_training_examples"] == "1"
+    assert run.data.tags["ebbtide.delta.gold_item_vocab"] == "1"
     for key in ("train_loss", "val_loss", "val_hr_at_10", "val_ndcg_at_10"):
         assert _steps(c, run.info.run_id, key) == [1, 2], key
     top = {a.path for a in c.list_artifacts(run.info.run_id)}

@@ -43,7 +43,7 @@ COLUMN_COMMENTS = {
         "p_return_7d": "probability of any event within 7 days after score_date, given none since the last event",
         "p_return_30d": "probability of any event within 30 days after score_date, given none since the last event",
         "expected_days_to_return": "expected days from score_date to the next event (see docs: Scoring)",
-        "interest_half_life_days": "days for this user's urge to come back to fall to half (the return-time hazard of the model)",
+        "interest_half_life_days": "days for the urge of this user to come back to fall to half (the return-time hazard of the model)",
         "churn_risk": "high / medium / low from p_return_30d and score.churn_high_below / churn_medium_below",
         "top_fading": "categories (or items) whose predicted interest fell most since the last event: "
                       "item_or_category, decayed_interest (share of next-item probability now), "
