@@ -460,10 +460,22 @@ def write_markdown(path: Path, res, info, args, seconds: float) -> None:
               "the 'active last week' columns only over users whose last event is within 7 days before the "
               "cut, where recency alone separates less. RecBole models have no return-time head."]
     path.write_text("\n".join(lines) + "\n")
-    path.with_suffix(".json").write_text(json.dumps(
+    path.with_suffix(".json").write_text(json.dumps(_nan_to_none(
         {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "root")}, "minutes": round(seconds / 60, 1),
-         "datasets": {ds: {"info": info.get(ds, {}), "models": models} for ds, models in res.items()}},
-        indent=1, default=str) + "\n")
+         "datasets": {ds: {"info": info.get(ds, {}), "models": models} for ds, models in res.items()}}),
+        indent=1, default=str, allow_nan=False) + "\n")
+
+
+def _nan_to_none(obj):
+    """NaN (a metric that could not be computed, e.g. a churn horizon past the end of the data) is
+    not JSON: it becomes null."""
+    if isinstance(obj, float):
+        return None if obj != obj else obj
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
 
 
 if __name__ == "__main__":
