@@ -1,7 +1,7 @@
 """Validation-only search over model and training settings, on arrays exported from gold_training_examples.
 
     .venv/bin/python bench/tune.py export --root .ebbtide/results/ml-100k --out .tune/ml-100k.npz
-    python bench/tune.py search --data .tune/ml-100k.npz --grid bench/tune_grid.json [--device cuda]
+    python bench/tune.py search --data .tune/ml-100k.npz --grid GRID.json [--device cuda]
 
 `export` (here, with Spark) writes one snapshot's train and valid windows as compressed numpy arrays.
 `search` needs only torch, numpy and PyYAML, so it also runs on a GPU machine without Spark: each
@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -147,7 +146,9 @@ def search(args) -> None:
 
 
 def _valid_ndcg(net, va, rows, batch_size: int, k: int = 10) -> float:
-    """NDCG@10 of each valid example's next item at the time of the next event, window items excluded."""
+    """NDCG@10 of each valid example's next item at the time of the next event, window items excluded.
+    Ties are credited to the target here (`evaluate` counts them against it): compare trials with
+    each other, not with `make results` figures."""
     import torch
 
     net.eval()
