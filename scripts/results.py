@@ -108,6 +108,23 @@ def _signature(ds: str, args) -> dict:
             "keep_history": args.keep_history, "recbole_epochs": args.recbole_epochs}
 
 
+def _peer_inputs(peer_dir: Path, args) -> str:
+    """A digest of everything a RecBole peer's figures depend on: the exported split and rows
+    (array contents, not the .npz container, whose zip headers carry timestamps), its script and
+    its settings."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update((peer_dir / f"{peer_dir.name}.inter").read_bytes())
+    with np.load(peer_dir / "examples.npz") as z:
+        for name in sorted(z.files):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(z[name]).tobytes())
+    h.update((ROOT / "scripts" / "recbole_peer.py").read_bytes())
+    h.update(json.dumps([args.recbole_epochs, args.recbole_patience, args.keep_history]).encode())
+    return h.hexdigest()
+
+
 def _runs_of(saved: dict) -> dict[str, dict[str, list[float]]]:
     """Saved per-(model, seed) runs -> model -> metric -> [one value per seed, in seed order]."""
     out: dict[str, dict[str, list[float]]] = {}
@@ -201,8 +218,19 @@ def run_dataset(ds: str, args, log, spark=None):
         peer_dir = root / "recbole" / f"{ds}-peer"
         _, info["recbole_train_events"] = export_for_recbole(spark, cfg, peer_dir, cut["valid_start"].replace(tzinfo=None))
         env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+        peer_cache = root / "recbole" / "peers.json"
+        cached = json.loads(peer_cache.read_text()) if peer_cache.exists() and not args.fresh else {}
+        peer_key = _peer_inputs(peer_dir, args)
         for model in args.peers.split(","):
             for seed in [42 + i for i in range(args.recbole_seeds)]:
+                hit = cached.get(f"{model}#{seed}", {})
+                if hit.get("inputs") == peer_key:
+                    # A peer's figures depend only on the exported split and its own script: a commit
+                    # that changes neither keeps them (hours of CPU on this machine).
+                    runs[f"{model}#{seed}"] = hit["result"]
+                    log.info("RecBole %s seed %d on %s: kept from %s (same inputs)", model, seed, ds, peer_cache)
+                    save()
+                    continue
                 if f"{model}#{seed}" in runs:
                     continue
                 cmd = [recbole_py, str(ROOT / "scripts" / "recbole_peer.py"), "--data", str(peer_dir),
@@ -211,6 +239,7 @@ def run_dataset(ds: str, args, log, spark=None):
                        "--threads", str(args.threads), *([] if args.keep_history else ["--exclude-history"])]
                 log.info("RecBole %s seed %d on %s (at most %d epochs, patience %d)", model, seed, ds,
                          args.recbole_epochs, args.recbole_patience)
+                load = round(os.getloadavg()[0], 2)  # train_s counts as a timing only from an idle machine
                 r = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if r.returncode != 0:
                     log.error("RecBole %s failed:\n%s", model, r.stderr[-3000:])
@@ -223,9 +252,12 @@ def run_dataset(ds: str, args, log, spark=None):
                 # RecBole reports the fit's total seconds; its best epoch's share of them is pro rata.
                 rec.update({"train_s": m["fit_s"], "best_s": m["fit_s"] * m["best_epoch"] / max(1, m["epochs_run"]),
                             "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"],
-                            "stopped_early": float(m["stopped_early"])})
+                            "stopped_early": float(m["stopped_early"]), "load_1m": load,
+                            "load_1m_end": round(os.getloadavg()[0], 2)})
                 runs[f"{model}#{seed}"] = rec
                 save()
+                cached[f"{model}#{seed}"] = {"inputs": peer_key, "result": rec}
+                peer_cache.write_text(json.dumps(cached, indent=1))
     return _runs_of(runs), info, spark
 
 
