@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
+# The cached venv is shared by every checkout of this project; its editable install points at the
+# checkout that last ran setup, so each target puts its own lib/ first (Spark's Python workers inherit it).
+export PYTHONPATH := $(CURDIR)/lib$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: setup demo test test-fast bench-sessionize bench-train bench-model bench-score results results-quick clean help
 
