@@ -64,8 +64,8 @@ class SourceConf:
     adapter: Literal["generic", "movielens", "movielens_100k", "recbole_inter", "taobao"] = "generic"
     # contract column -> source column, e.g. {user_id: visitorid, item_id: itemid, ts: timestamp}
     columns: dict[str, str] = field(default_factory=dict)
-    # s | ms | iso | auto (numbers above 1e11 are milliseconds)
-    ts_unit: Literal["auto", "s", "ms", "iso"] = "auto"
+    # s | ms | us | ns | iso | auto (epoch numbers: seconds below 1e11, ms below 1e14, us below 1e17, else ns)
+    ts_unit: Literal["auto", "s", "ms", "us", "ns", "iso"] = "auto"
     # false: the files have no header line and columns are named _c0, _c1, ... by position.
     csv_header: bool = True
     # One or more characters, e.g. ",", ";", "::", "|", " "; the escape \t is a tab (see ingest).
@@ -73,6 +73,9 @@ class SourceConf:
     # Field texts read as missing (after trimming; empty and whitespace-only always are).
     null_values: tuple[str, ...] = DEFAULT_NULL_VALUES
     event_type_default: str = "interaction"
+    # Text encoding of CSV / JSON files: utf-8 (a line that is not valid UTF-8 is quarantined),
+    # latin-1 (ISO-8859-1) or ascii.
+    encoding: Literal["utf-8", "latin-1", "ascii"] = "utf-8"
     # Glob of files under path to read; new files matching it are picked up incrementally.
     file_glob: str = "*"
 

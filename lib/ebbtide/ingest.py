@@ -49,10 +49,16 @@ CONTRACT_FIELDS = ("user_id", "item_id", "ts", "event_type", "event_id", "value"
 REQUIRED_FIELDS = ("user_id", "item_id", "ts")
 FORMATS = ("csv", "json", "parquet")
 ADAPTERS = ("generic", "movielens", "movielens_100k", "recbole_inter", "taobao")
-TS_UNITS = ("auto", "s", "ms", "iso")
+TS_UNITS = ("auto", "s", "ms", "us", "ns", "iso")
+# ingest.source.encoding -> the charset name Spark's decode() and Java take.
+ENCODINGS = {"utf-8": "UTF-8", "latin-1": "ISO-8859-1", "ascii": "US-ASCII"}
 
-# Epoch numbers above this are milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
+# ts_unit auto: an epoch number below 1e11 is seconds (1e11 s is the year 5138), below 1e14
+# milliseconds (1e11 ms is 1973), below 1e17 microseconds, else nanoseconds.
 MS_THRESHOLD = 1e11
+US_THRESHOLD = 1e14
+NS_THRESHOLD = 1e17
+_UNIT_MICROS = {"s": 1e6, "ms": 1e3, "us": 1.0, "ns": 1e-3}
 
 BRONZE_SCHEMA = (
     "event_id string, user_id string, item_id string, event_type string, ts timestamp, "
@@ -75,6 +81,10 @@ OPS_LOG_COMMENT = (
 )
 
 # Quarantine reasons, in the order they are checked: a row gets the first that applies.
+R_ENCODING = "invalid {encoding}"  # e.g. "invalid utf-8": the line's bytes are not text in the encoding
+# An odd number of quotes: most often a quoted field that spans lines, which a line-by-line reader
+# splits; each fragment is quarantined with its text, so the record can be put back together.
+R_UNBALANCED_QUOTE = "unbalanced quote"
 R_FIELD_COUNT = "wrong field count"
 R_MALFORMED_JSON = "malformed json"
 R_MISSING_USER = "missing user_id"
@@ -118,6 +128,8 @@ class Layout:
     event_type_default: str = "interaction"
     # Field texts that mean "no value" (compared after trimming).
     null_values: tuple[str, ...] = ()
+    # Text encoding of the lines (a key of ENCODINGS).
+    encoding: str = "utf-8"
 
     @property
     def expressions(self) -> dict[str, str]:
@@ -209,12 +221,14 @@ def resolve_layout(
     src: SourceConf,
     first_line: Optional[str] = None,
     parquet_columns: Optional[list[str]] = None,
+    strict: bool = True,
 ) -> Layout:
     """The layout of a source: adapter defaults, then the files' header, then the user's column mapping.
 
     ``first_line`` is the first line of the first file (CSV sources); ``parquet_columns`` the
     Parquet schema's column names. Raises ConfigError (a ValueError), naming the fix, when a
-    required contract field has no source column.
+    required contract field has no source column; with ``strict=False`` (one file of a source
+    whose header drifted) such a field is left unmapped, so that file's rows are quarantined.
     """
     unknown = sorted(set(src.columns) - set(CONTRACT_FIELDS))
     if unknown:
@@ -224,7 +238,7 @@ def resolve_layout(
         )
     first_line = (first_line or "").lstrip("\ufeff")
     kw: dict[str, Any] = dict(ts_unit=src.ts_unit, event_type_default=src.event_type_default or "interaction",
-                              null_values=tuple(src.null_values))
+                              null_values=tuple(src.null_values), encoding=src.encoding)
     adapter = src.adapter
 
     if adapter != "generic" and src.format != "csv":
@@ -305,7 +319,7 @@ def resolve_layout(
 
         missing = [f"{f} (source column {mapping[f]!r})" if f in mapping else f
                    for f in REQUIRED_FIELDS if not present(mapping.get(f))]
-        if missing:
+        if missing and strict:
             raise ConfigError(
                 f"source columns {sorted(known)} lack the contract field(s) {', '.join(missing)}; "
                 "map them with --column FIELD=SOURCE_COLUMN (or ingest.source.columns), "
@@ -336,20 +350,22 @@ def parse_lines(lines: "DataFrame", layout: Layout) -> "DataFrame":
     blank lines are not rows and are dropped here.
     """
     F = _F()
-    raw = F.regexp_replace(F.col("value"), "^\ufeff", "")
-    df = lines.select(F.col("source_file"), raw.alias("raw"))
+    text, enc_error = _decode(F.col("value"), layout.encoding)
+    raw = F.regexp_replace(text, "^\ufeff", "")
+    df = lines.select(F.col("source_file"), raw.alias("raw"), enc_error.alias("enc_error"))
     df = df.where(F.trim(F.col("raw")) != "")
     if layout.header_line:
         df = df.where(F.col("raw") != F.lit(layout.header_line))
+    enc_error = F.col("enc_error")
 
     if layout.format == "json":
         fields = F.from_json(F.col("raw"), "map<string,string>")
         keys = F.map_keys(fields)
-        bad = fields.isNull() | (F.size(keys) != F.size(F.array_distinct(keys)))
+        bad = enc_error.isNotNull() | fields.isNull() | (F.size(keys) != F.size(F.array_distinct(keys)))
         return df.select(
             "source_file", "raw",
             F.when(~bad, fields).alias("fields"),
-            F.when(bad, F.lit(R_MALFORMED_JSON)).alias("parse_error"),
+            F.when(bad, F.coalesce(enc_error, F.lit(R_MALFORMED_JSON))).alias("parse_error"),
         )
 
     if layout.format != "csv":
@@ -367,12 +383,37 @@ def parse_lines(lines: "DataFrame", layout: Layout) -> "DataFrame":
         F.array(*[F.lit(c) for c in layout.columns]),
         F.array(*[parsed.getField(f"c{i}") for i in range(n)]),
     )
-    ok = n_fields == F.lit(n)
+    n_quotes = F.length("raw") - F.length(F.regexp_replace("raw", '"', ""))
+    error = (F.when(enc_error.isNotNull(), enc_error)
+             .when(n_quotes % 2 == 1, F.lit(R_UNBALANCED_QUOTE))
+             .when(n_fields != F.lit(n), F.lit(R_FIELD_COUNT)))
     return df.select(
         "source_file", "raw",
-        F.when(ok, fields).alias("fields"),
-        F.when(~ok, F.lit(R_FIELD_COUNT)).alias("parse_error"),
+        F.when(error.isNull(), fields).alias("fields"),
+        error.alias("parse_error"),
     )
+
+
+def _decode(value: "Column", encoding: str) -> tuple["Column", "Column"]:
+    """A line as read (Spark's text source hands over the file's bytes unchecked) -> (its text,
+    the quarantine reason when its bytes are not text in ``encoding``, else null).
+
+    A line that is not valid UTF-8 keeps its bytes as Latin-1 text, one character per byte,
+    so the quarantined row loses nothing and shows which encoding to pass.
+    """
+    F = _F()
+    if encoding not in ENCODINGS:
+        raise ConfigError(f"ingest.source.encoding {encoding!r} is not supported; choose from {', '.join(ENCODINGS)}")
+    as_bytes = value.cast("binary")
+    reason = F.lit(R_ENCODING.format(encoding=encoding))
+    if encoding == "latin-1":
+        return F.decode(as_bytes, "ISO-8859-1"), F.lit(None).cast("string")
+    if encoding == "ascii":
+        bad = value.rlike("[^\\x00-\\x7F]")
+    else:
+        bad = ~F.is_valid_utf8(value)
+    return (F.when(bad, F.decode(as_bytes, "ISO-8859-1")).otherwise(value),
+            F.when(bad, reason))
 
 
 def parse_parquet(rows: "DataFrame") -> "DataFrame":
@@ -441,12 +482,21 @@ def with_expressions(parsed: "DataFrame", layout: Layout) -> "DataFrame":
                        *[F.col(_hidden(f"expr_{f}")) for f in exprs])
 
 
-def row_hash() -> "Column":
+def row_hash(ts_column: Optional[str] = None, ts_us: Optional["Column"] = None) -> "Column":
     """sha2-256 of every source column of the row as read: ``[[name, text], ...]`` sorted by
     name, as JSON, so a null (``null``) and an empty text (``""``) differ and no text can
-    imitate a field boundary. Null for a row that did not parse (it goes to quarantine)."""
+    imitate a field boundary. Null for a row that did not parse (it goes to quarantine).
+
+    The timestamp column (``ts_column``) enters as the instant it parses to (``ts_us``, epoch
+    microseconds), not as its text, so one event written once in seconds and once in
+    milliseconds (or ISO-8601) is one event."""
     F = _F()
-    pairs = F.transform(F.array_sort(F.map_entries(F.col("fields"))), lambda e: F.array(e["key"], e["value"]))
+    fields = F.col("fields")
+    if ts_column is not None and ts_us is not None:
+        instant = F.concat(F.lit("@us:"), F.round(ts_us).cast("long").cast("string"))
+        fields = F.transform_values(
+            fields, lambda k, v: F.when((k == F.lit(ts_column)) & ts_us.isNotNull(), instant).otherwise(v))
+    pairs = F.transform(F.array_sort(F.map_entries(fields)), lambda e: F.array(e["key"], e["value"]))
     return F.sha2(F.to_json(pairs), 256)
 
 
@@ -487,24 +537,25 @@ def to_contract(parsed: "DataFrame", layout: Layout) -> "DataFrame":
         get("category").alias("category"),
         get("session_id").alias("source_session_id"),
         extra.cast("map<string,string>").alias("extra"),
-        row_hash().alias("row_hash"),
+        row_hash(None if "ts" in exprs else m.get("ts"), ts_micros(get("ts"), layout.ts_unit)).alias("row_hash"),
     )
 
 
 def ts_micros(ts_text: "Column", unit: str) -> "Column":
-    """Epoch microseconds (double) of a timestamp text: epoch s / ms, or ISO-8601 (no offset = UTC)."""
+    """Epoch microseconds (double) of a timestamp text: epoch s / ms / us / ns, or ISO-8601 (no
+    offset = UTC; a date alone is its midnight UTC)."""
     F = _F()
     num = F.expr("try_cast(null as double)") if unit == "iso" else ts_text.try_cast("double")
-    num = F.when(~F.isnan(num), num)
+    num = F.when(~F.isnan(num) & (F.abs(num) != F.lit(float("inf"))), num)
     iso = F.unix_micros(F.try_to_timestamp(ts_text)).cast("double")
-    if unit == "s":
-        return num * 1e6
-    if unit == "ms":
-        return num * 1e3
+    if unit in _UNIT_MICROS:
+        return num * _UNIT_MICROS[unit]
     if unit == "iso":
         return iso
     if unit == "auto":
-        by_size = F.when(F.abs(num) > MS_THRESHOLD, num * 1e3).otherwise(num * 1e6)
+        a = F.abs(num)
+        by_size = (F.when(a < MS_THRESHOLD, num * 1e6).when(a < US_THRESHOLD, num * 1e3)
+                   .when(a < NS_THRESHOLD, num).otherwise(num * 1e-3))
         return F.when(num.isNotNull(), by_size).otherwise(iso)
     raise ValueError(f"ts_unit must be one of {', '.join(TS_UNITS)}, got {unit!r}")
 
@@ -633,8 +684,13 @@ class Source:
 
     @property
     def stream_id(self) -> str:
-        """Names the checkpoint: the same files read the same way share one."""
-        key = json.dumps([self.pattern, self.conf.format, self.conf.adapter])
+        """Names the checkpoint: the same files read the same way share one. Every setting that
+        changes what a line becomes is part of the key, so a rerun with a corrected delimiter,
+        null marker, mapping or encoding reads the files again (rows it now accepts land in
+        bronze; rows already there dedupe on event_id) instead of finding them all done."""
+        c = self.conf
+        key = json.dumps([self.pattern, c.format, c.adapter, c.csv_delimiter, c.csv_header, list(c.null_values),
+                          sorted(c.columns.items()), c.ts_unit, c.encoding, c.event_type_default])
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -678,9 +734,10 @@ def discover(spark: "SparkSession", src: SourceConf) -> Source:
     return Source(conf=src, folder=folder, glob=glob, files=files)
 
 
-def _first_line(spark: "SparkSession", file: str) -> Optional[str]:
+def _first_line(spark: "SparkSession", file: str, encoding: str = "utf-8") -> Optional[str]:
     """The first line of a file (its header, for CSV), read through Hadoop's FileSystem so that
-    it works on any store Spark reads and decompresses what Spark would; no Spark job."""
+    it works on any store Spark reads and decompresses what Spark would; no Spark job. None for
+    an empty file."""
     jvm = spark.sparkContext._jvm
     p, fs = _hadoop_fs(spark, file)
     stream = fs.open(p)
@@ -688,11 +745,37 @@ def _first_line(spark: "SparkSession", file: str) -> Optional[str]:
         spark.sparkContext._jsc.hadoopConfiguration()).getCodec(p)
     if codec is not None:
         stream = codec.createInputStream(stream)
-    reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
+    reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, ENCODINGS.get(encoding, "UTF-8")))
     try:
-        return reader.readLine()
+        line = reader.readLine()
+        return None if line is None else line.lstrip("\ufeff")
     finally:
         reader.close()
+
+
+def _first_header(spark: "SparkSession", files: list[str], encoding: str) -> Optional[str]:
+    """The first line of the first file that has one: empty files (a rotated log not yet
+    written) say nothing about the layout and must not stop the others."""
+    for f in files:
+        line = _first_line(spark, f, encoding)
+        if line is not None and line.strip():
+            return line
+    return None
+
+
+def parquet_schema(spark: "SparkSession", files: list[str]):
+    """The schema of a Parquet source, merged over its files: a file with extra or missing columns
+    (schema drift) is read with nulls where it has no value, so its rows are quarantined for the
+    missing field instead of failing the batch. Raises ConfigError when files disagree on a
+    column's type."""
+    from pyspark.errors import PySparkException
+
+    try:
+        return spark.read.option("mergeSchema", "true").parquet(*files).schema
+    except PySparkException as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"the Parquet files of this source disagree on a column's type ({first[:300]}); "
+                          "ingest them as separate sources (--glob), or rewrite them with one type") from None
 
 
 def _ensure_table(spark: "SparkSession", cfg, name: str, schema: str, keys: list[str],
@@ -710,6 +793,45 @@ class _BatchWriter:
     def __init__(self, ctx, source: Source, layout: Layout, bounds: tuple[float, float]):
         self.ctx, self.source, self.layout, self.bounds = ctx, source, layout, bounds
         self.batches: list[dict] = []
+        self._layouts: dict[str, Layout] = {}
+
+    def _layout_for(self, header: Optional[str]) -> Layout:
+        """The layout of a file whose first line is ``header``: the source's own when it matches,
+        else one resolved from this header (columns added, dropped or reordered over time)."""
+        if header is None or header == self.layout.header_line:
+            return self.layout
+        if header not in self._layouts:
+            lay = resolve_layout(self.source.conf, header, strict=False)
+            missing = [f for f in REQUIRED_FIELDS if f not in lay.mapping]
+            log.warning("a file's header differs from the source's (%r, not %r): its rows are read by their own "
+                        "header%s", header[:200], (self.layout.header_line or "")[:200],
+                        f"; it lacks {', '.join(missing)}, so they go to quarantine" if missing else "")
+            self._layouts[header] = lay
+        return self._layouts[header]
+
+    def prepare(self, batch: "DataFrame") -> "DataFrame":
+        """The batch's validated rows, each file parsed with its own header when the source has
+        headers: a file whose header differs (schema drift) must not be read by another file's
+        column order, which would silently swap fields that happen to line up."""
+        if self.layout.format != "csv" or self.layout.header_line is None:
+            return prepare(batch, self.layout, *self.bounds)
+        from pyspark.sql import functions as F
+
+        spark = batch.sparkSession
+        files = sorted(r[0] for r in batch.select("source_file").distinct().collect())
+        groups: dict[int, tuple[Layout, list[str]]] = {}
+        for f in files:
+            lay = self._layout_for(_first_line(spark, f, self.layout.encoding))
+            groups.setdefault(id(lay), (lay, []))[1].append(f)
+        if len(groups) <= 1:
+            lay = next(iter(groups.values()))[0] if groups else self.layout
+            return prepare(batch, lay, *self.bounds)
+        parts = [prepare(batch.where(F.col("source_file").isin(*fs)), lay, *self.bounds)
+                 for lay, fs in groups.values()]
+        out = parts[0]
+        for part in parts[1:]:
+            out = out.unionByName(part)
+        return out
 
     def __call__(self, batch: "DataFrame", batch_id: int) -> None:
         from pyspark import StorageLevel
@@ -719,7 +841,7 @@ class _BatchWriter:
 
         cfg, run_id, spark = self.ctx.cfg, self.ctx.run_id, batch.sparkSession
         t0 = time.perf_counter()
-        rows = prepare(batch, self.layout, *self.bounds).persist(StorageLevel.MEMORY_AND_DISK)
+        rows = self.prepare(batch).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             per_file = (
                 rows.groupBy("source_file")
@@ -773,12 +895,12 @@ def checkpoint_path(cfg, source: Source) -> str:
     return f"{cfg.path(cfg.storage.checkpoint_dir).rstrip('/')}/ingest/{source.stream_id}"
 
 
-def _stream(spark: "SparkSession", source: Source, layout: Layout, max_files: int) -> "DataFrame":
+def _stream(spark: "SparkSession", source: Source, layout: Layout, max_files: int, schema=None) -> "DataFrame":
     from pyspark.sql import functions as F
 
     reader = spark.readStream.option("maxFilesPerTrigger", max_files)
     if layout.format == "parquet":
-        schema = spark.read.parquet(*source.files).schema
+        schema = schema or parquet_schema(spark, source.files)
         df = reader.schema(schema).parquet(source.pattern)
         return df.select(*[F.col(f"`{c}`") for c in schema.names],
                          F.col("_metadata.file_path").alias("source_file"))
@@ -793,7 +915,7 @@ def source_conf(ingest: IngestConf, args: argparse.Namespace) -> SourceConf:
     over: dict[str, Any] = {}
     if getattr(args, "source", None):
         over["path"] = args.source
-    for key in ("format", "adapter", "ts_unit", "file_glob"):
+    for key in ("format", "adapter", "ts_unit", "file_glob", "encoding"):
         v = getattr(args, key, None)
         if v:
             over[key] = v
@@ -831,7 +953,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "e.g. --column user_id=visitorid, or to a Spark SQL expression over the source "
                         "columns, e.g. --column \"ts=expr:concat_ws(' ', day, time)\" (repeatable)")
     p.add_argument("--ts-unit", dest="ts_unit", choices=TS_UNITS,
-                   help="timestamp unit: auto (numbers > 1e11 are ms), s, ms, iso")
+                   help="timestamp unit: auto (epoch seconds below 1e11, ms below 1e14, us below 1e17, else ns; "
+                        "text is ISO-8601), s, ms, us, ns, iso")
+    p.add_argument("--encoding", choices=tuple(ENCODINGS),
+                   help="text encoding of CSV / JSON files (ingest.source.encoding, default utf-8); a line not "
+                        "valid in it is quarantined as 'invalid <encoding>'")
     p.add_argument("--glob", dest="file_glob", metavar="PATTERN",
                    help="files to read inside the source folder (ingest.source.file_glob, default *)")
     p.add_argument("--delimiter", metavar="SEP",
@@ -844,6 +970,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated field texts read as missing (ingest.source.null_values, default "
                         "NA,N/A,null,NULL,\\N,None,nan); empty and whitespace-only fields always are; "
                         "'' for none but those")
+    p.add_argument("--dry-run", action="store_true",
+                   help="write nothing: print the resolved mapping, the first rows as they would land and the "
+                        "count per quarantine reason on a sample of the source")
+    p.add_argument("--sample", type=int, default=10000, metavar="N",
+                   help="--dry-run: lines (or Parquet rows) read from the source (default 10000)")
 
 
 def check_layout(spark: "SparkSession", layout: Layout, parquet_schema=None) -> None:
@@ -868,23 +999,83 @@ def check_layout(spark: "SparkSession", layout: Layout, parquet_schema=None) -> 
                           f"columns by name (known here: {', '.join(layout.columns) or 'use fields[...]'})") from None
 
 
+def _read_sample(spark: "SparkSession", source: Source, layout: Layout, n: int, schema=None) -> "DataFrame":
+    """The first ``n`` lines (or rows) of the source, read as the stream reads them."""
+    from pyspark.sql import functions as F
+
+    if layout.format == "parquet":
+        df = spark.read.schema(schema).parquet(*source.files)
+        df = df.select(*[F.col(f"`{c}`") for c in schema.names], F.col("_metadata.file_path").alias("source_file"))
+    else:
+        df = spark.read.format("text").load(source.files)
+        df = df.select("value", F.col("_metadata.file_path").alias("source_file"))
+    return df.limit(n)
+
+
+def dry_run(spark: "SparkSession", cfg, src: SourceConf, sample: int) -> dict:
+    """``ingest --dry-run``: what a run would do with the source, on its first ``sample`` lines,
+    writing nothing (no table, no checkpoint): the resolved mapping, the first rows as they would
+    land in bronze_events, and the count per quarantine reason."""
+    from pyspark.sql import functions as F
+
+    source = discover(spark, src)
+    out: dict[str, Any] = {"dry_run": True, "source": source.pattern, "files": len(source.files)}
+    first = None if src.format == "parquet" or not source.files else _first_header(spark, source.files, src.encoding)
+    if not source.files or (src.format != "parquet" and first is None):
+        print(f"dry run: no file under {source.pattern} has a line yet; a run would ingest nothing")
+        return {**out, "rows_sampled": 0}
+    pq_schema = parquet_schema(spark, source.files) if src.format == "parquet" else None
+    layout = resolve_layout(src, first, pq_schema.names if pq_schema is not None else None)
+    check_layout(spark, layout, pq_schema)
+    writer = _BatchWriter(None, source, layout, ts_bounds(cfg.ingest))
+    rows = writer.prepare(_read_sample(spark, source, layout, sample, pq_schema)).cache()
+    try:
+        reasons = {r["reason"]: int(r["count"]) for r in rows.where(F.col("reason").isNotNull())
+                   .groupBy("reason").count().orderBy(F.desc("count")).collect()}
+        n = rows.count()
+        shown = ["user_id", "item_id", "event_type", "ts", "value", "category", "source_session_id", "extra"]
+        head = [r.asDict() for r in to_bronze(rows.where(F.col("reason").isNull()), "dry-run")
+                .orderBy("source_file", "ts").select(*shown).limit(10).collect()]
+    finally:
+        rows.unpersist()
+    print(f"dry run of {source.pattern}: {len(source.files)} file(s); format {layout.format}, adapter {layout.adapter}, "
+          f"delimiter {layout.delimiter!r}, encoding {layout.encoding}, ts unit {layout.ts_unit}")
+    print(f"columns: {', '.join(layout.columns) or '(per JSON line)'}")
+    print("mapping: " + ", ".join(f"{k} <- {v}" for k, v in layout.mapping.items()))
+    print(f"sample: {n} row(s); {n - sum(reasons.values())} would land in bronze_events, "
+          f"{sum(reasons.values())} in quarantine_events")
+    for reason, c in reasons.items():
+        print(f"  quarantine {reason!r}: {c}")
+    print("first rows as they would land:")
+    for r in head:
+        print("  " + " | ".join(f"{k}={r[k]}" for k in shown if r[k] not in (None, {})))
+    print("nothing was written")
+    return {**out, "rows_sampled": n, "would_land": n - sum(reasons.values()), "quarantine": reasons,
+            "mapping": layout.mapping}
+
+
 def run(ctx, args: argparse.Namespace) -> dict:
     from ebbtide import tables
 
     cfg = ctx.cfg
     src = source_conf(cfg.ingest, args)
     spark = ctx.spark
+    if getattr(args, "dry_run", False):
+        return dry_run(spark, cfg, src, getattr(args, "sample", 10000))
     tables.ensure_database(spark, cfg)
     source = discover(spark, src)
     summary: dict[str, Any] = {
         "source": source.pattern, "stream_id": source.stream_id, "batches": 0, "files": 0,
         "rows_read": 0, "bronze_new": 0, "quarantined": 0, "duplicates": 0,
     }
+    first = None if src.format == "parquet" or not source.files else _first_header(spark, source.files, src.encoding)
     if not source.files:
         log.warning("no files match %s; nothing to ingest", source.pattern)
+    elif src.format != "parquet" and first is None:
+        # Left unread, so they are read once they have lines (the checkpoint would skip them).
+        log.warning("the %d file(s) matching %s are all empty; nothing to ingest", len(source.files), source.pattern)
     else:
-        first = None if src.format == "parquet" else _first_line(spark, source.files[0])
-        pq_schema = spark.read.parquet(source.files[0]).schema if src.format == "parquet" else None
+        pq_schema = parquet_schema(spark, source.files) if src.format == "parquet" else None
         layout = resolve_layout(src, first, pq_schema.names if pq_schema is not None else None)
         check_layout(spark, layout, pq_schema)
         log.info("ingesting %s (%d file(s) present; format %s, adapter %s, mapping %s)",
@@ -893,7 +1084,7 @@ def run(ctx, args: argparse.Namespace) -> dict:
         ckpt = checkpoint_path(cfg, source)
         with step(log, f"ingest stream (checkpoint {ckpt})"):
             query = (
-                _stream(spark, source, layout, cfg.ingest.max_files_per_trigger)
+                _stream(spark, source, layout, cfg.ingest.max_files_per_trigger, pq_schema)
                 .writeStream.queryName(f"ingest_{source.stream_id}")
                 .trigger(availableNow=True)
                 .option("checkpointLocation", ckpt)

@@ -395,6 +395,39 @@ def test_an_empty_source_creates_empty_tables(ctx, tmp_path):
         run_ingest(ctx, "--source", str(tmp_path / "nowhere"))
 
 
+def test_each_file_is_read_by_its_own_header(ctx, tmp_path, capsys):
+    # Columns added and reordered over time, an empty file (sorting first) and a header-only file.
+    folder = tmp_path / "drift"
+    write_lines(folder / "a-empty.csv", [])
+    write_lines(folder / "b.csv", ["user_id,item_id,ts", "d-u1,d-i1,1700000000"])
+    write_lines(folder / "c.csv", ["ts,item_id,user_id,device", "1700000001,d-i2,d-u2,ios"])
+    write_lines(folder / "d.csv", ["ts,item_id,device", "1700000002,d-i3,web"])
+    write_lines(folder / "e-header-only.csv", ["user_id,item_id,ts"])
+
+    dry = run_ingest(ctx, "--source", str(folder), "--dry-run")
+    assert (dry["rows_sampled"], dry["would_land"], dry["quarantine"]) == (3, 2, {ingest.R_MISSING_USER: 1})
+    assert "nothing was written" in capsys.readouterr().out
+    assert not tables.exists(ctx.spark, ctx.cfg, ingest.BRONZE) or not [
+        r for r in bronze(ctx) if r["user_id"].startswith("d-")]
+
+    s = run_ingest(ctx, "--source", str(folder))
+    assert (s["rows_read"], s["bronze_new"], s["quarantined"]) == (3, 2, 1)
+    rows = {r["user_id"]: r for r in bronze(ctx) if r["user_id"].startswith("d-")}
+    assert rows["d-u2"]["item_id"] == "d-i2" and rows["d-u2"]["extra"] == {"device": "ios"}
+    assert rows["d-u2"]["ts"] == utc(2023, 11, 14, 22, 13, 21)
+
+
+def test_a_rerun_with_other_reading_settings_reads_the_files_again(ctx, tmp_path):
+    src = write_lines(tmp_path / "millis" / "log.csv", ["user_id,item_id,ts", "p-u1,p-i1,1700000000000"])
+    first = run_ingest(ctx, "--source", str(src), "--ts-unit", "s")   # ms read as seconds: out of range
+    assert (first["rows_read"], first["quarantined"]) == (1, 1)
+    fixed = run_ingest(ctx, "--source", str(src), "--ts-unit", "ms")
+    assert fixed["stream_id"] != first["stream_id"]
+    assert (fixed["rows_read"], fixed["bronze_new"]) == (1, 1)
+    again = run_ingest(ctx, "--source", str(src), "--ts-unit", "ms")
+    assert again["rows_read"] == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # real data
 # ---------------------------------------------------------------------------------------------

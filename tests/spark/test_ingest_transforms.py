@@ -88,6 +88,9 @@ TIMESTAMPS = [
     ("1710052200", "auto", utc(2024, 3, 10, 6, 30)),
     ("1710052200.25", "auto", utc(2024, 3, 10, 6, 30, 0, 250000)),
     ("1710052200123", "auto", utc(2024, 3, 10, 6, 30, 0, 123000)),
+    ("1710052200123456", "auto", utc(2024, 3, 10, 6, 30, 0, 123456)),
+    ("1710052200123456789", "auto", utc(2024, 3, 10, 6, 30, 0, 123457)),
+    ("2024-03-10", "auto", utc(2024, 3, 10)),                               # a date alone: midnight UTC
     ("2024-03-10T01:30:00-05:00", "auto", utc(2024, 3, 10, 6, 30)),
     ("2024-03-10T12:00:00+05:30", "auto", utc(2024, 3, 10, 6, 30)),
     ("2024-03-10T06:30:00Z", "auto", utc(2024, 3, 10, 6, 30)),
@@ -95,6 +98,8 @@ TIMESTAMPS = [
     ("1710052200", "s", utc(2024, 3, 10, 6, 30)),
     ("1710052200123", "ms", utc(2024, 3, 10, 6, 30, 0, 123000)),
     ("2024-03-10T08:30:00+02:00", "iso", utc(2024, 3, 10, 6, 30)),
+    ("1710052200123456", "us", utc(2024, 3, 10, 6, 30, 0, 123456)),
+    ("1710052200123456000", "ns", utc(2024, 3, 10, 6, 30, 0, 123456)),
 ]
 
 
@@ -147,13 +152,15 @@ def test_event_id_is_the_source_id_else_a_hash_of_the_whole_source_row(spark):
         "u1,i1,1710052200,1,ios",
         "u1,i1,1710052200,1,ios",                # the same row again: the same event
         "u1,i1,1710052200,1,web",                # differs only in a column the contract does not name
-        "u1,i1,1710052200000,1,ios",             # the same instant spelled in ms is another row
+        "u1,i1,1710052200000,1,ios",             # the same instant spelled in ms: the same event
+        "u1,i1,2024-03-10T06:30:00Z,1,ios",      # ... and in ISO-8601
+        "u1,i1,1710052201,1,ios",                # a second later is another event
         "u1,i1,1710052200,1,",                   # an empty column
         'u1,i1,1710052200,1,""',                 # an empty text is not a missing one
     ]
     ids = [r["event_id"] for r in ingest.to_bronze(prepare(spark, lines, layout), "run").collect()]
-    assert ids[0] == ids[1]
-    assert len(set(ids[1:])) == 5
+    assert ids[0] == ids[1] == ids[3] == ids[4]
+    assert len(set(ids)) == 5
     assert all(len(i) == 64 for i in ids)
     src_ids = ingest.to_bronze(prepare(spark, ['{"event_id": "e-7", "user_id": "u", "item_id": "i", "ts": 1700000000}'],
                                        JSON), "run").collect()
@@ -244,3 +251,21 @@ def test_parquet_rows_keep_their_instants_and_raw_json(spark):
     assert (row["user_id"], row["value"], row["extra"]) == ("7", 4.0, {"note": "x"})
     assert row["ts"] == datetime(2024, 3, 10, 6, 30)
     assert '"user_id":7' in row["raw"]
+
+
+def test_a_quote_left_open_is_quarantined_fragment_by_fragment(spark):
+    # A quoted field holding a line break reaches a line reader as two lines; neither is parsed by
+    # guessing, both keep their text.
+    rows = prepare(spark, ['u1,i1,1700000000,"5', ' stars"', 'u2,i2,1700000000,"a, b"']).collect()
+    assert [r["reason"] for r in rows] == [ingest.R_UNBALANCED_QUOTE, ingest.R_UNBALANCED_QUOTE, ingest.R_BAD_VALUE]
+    assert rows[1]["raw"] == ' stars"'
+
+
+def test_bytes_that_are_not_the_encoding_are_quarantined_and_kept(spark):
+    latin1 = "u-jos\u00e9,i1,1700000000,1".encode("latin-1")
+    df = spark.createDataFrame([(bytearray(latin1), "file:/src/a.csv")], "value binary, source_file string")
+    df = df.selectExpr("cast(value as string) as value", "source_file")  # as the text source hands it over
+    (bad,) = ingest.prepare(df, CSV, *BOUNDS).collect()
+    assert bad["reason"] == "invalid utf-8" and bad["raw"] == "u-jos\u00e9,i1,1700000000,1"
+    (good,) = ingest.prepare(df, dataclasses.replace(CSV, encoding="latin-1"), *BOUNDS).collect()
+    assert good["reason"] is None and good["user_id"] == "u-jos\u00e9"
