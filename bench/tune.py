@@ -73,7 +73,7 @@ def search(args) -> None:
 
     from ebbtide.model.config import ModelConf, TrainConf
     from ebbtide.model.network import EbbtideNet
-    from ebbtide.model.train import lr_factor
+    from ebbtide.model.train import lr_factor, set_objective
 
     dev = torch.device(args.device)
     if dev.type == "cuda":
@@ -103,8 +103,7 @@ def search(args) -> None:
         g = torch.Generator(device="cpu").manual_seed(tc.seed)
         net = EbbtideNet(mc, n_items, n_event_types).to(dev)
         net.return_min_gap_s = float(z["session_gap_s"])
-        net.every_position = tc.objective == "every_position"
-        net.label_smoothing = tc.label_smoothing
+        set_objective(net, tc)
         opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         steps = max(1, int(n_train * tc.epoch_share) // tc.batch_size)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tc, steps))

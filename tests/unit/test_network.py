@@ -226,6 +226,19 @@ def test_every_position_loss_labels_each_slot_with_the_next_item(encoder):
                 total += torch.nn.functional.cross_entropy(logits[ok], labels[ok, j], reduction="sum")
                 n += int(ok.sum())
     assert torch.allclose(dense, total / n, atol=1e-5)
+    # label_positions: the same sum over the last slots only.
+    with torch.no_grad():
+        net.label_positions = 2
+        tail, _ = net.loss(batch)
+        total, n = 0.0, 0
+        for j in (4, 5):
+            state = net._states(enc, torch.tensor([j]), elapsed[:, j : j + 1])[:, 0]
+            logits = net._full_logits(net._item_vectors(state, batch["item_idx"][:, j]))
+            ok = (batch["item_idx"][:, j] > 0) & (labels[:, j] >= 2)
+            if ok.any():
+                total += torch.nn.functional.cross_entropy(logits[ok], labels[ok, j], reduction="sum")
+                n += int(ok.sum())
+    assert torch.allclose(tail, total / n, atol=1e-5)
 
 
 def test_per_user_decay_rates_start_at_the_global_rates():

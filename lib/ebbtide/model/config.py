@@ -69,6 +69,11 @@ class TrainConf:
     # With every_position, consecutive windows of a user overlap in all but one label, so a small
     # share already shows each label about max_len x share times.
     epoch_share: float = 0.2
+    # every_position: label only the last this many positions of each window (0 = all). Consecutive
+    # windows overlap, so each label is still seen about label_positions x epoch_share times per
+    # epoch, while the full-catalogue softmax runs on that many rows per window instead of max_len:
+    # what makes every_position affordable for a catalogue of tens of thousands of items.
+    label_positions: int = 0
     # constant, or cosine: linear warm-up over warmup_share of all steps, then cosine decay to
     # min_lr_share x lr at the last epoch.
     lr_schedule: Literal["constant", "cosine"] = "cosine"

@@ -240,6 +240,9 @@ class EbbtideNet(nn.Module):
         # Set by the trainer (train.objective): False = one next-item label per window (its target);
         # True = a label at every position of the window (`loss`).
         self.every_position = False
+        # Set by the trainer (train.label_positions): with every_position, only the last this many
+        # positions of each window carry a label (0 = all of them).
+        self.label_positions = 0
         # Set by the trainer (train.label_smoothing).
         self.label_smoothing = 0.0
         nn.init.normal_(self.item_emb.weight, std=d ** -0.5)
@@ -406,6 +409,9 @@ class EbbtideNet(nn.Module):
             labels = torch.cat([items[:, 1:], target.view(b, 1)], dim=1)  # (B, L)
             t_next = torch.cat([enc["gap"][:, 1:], t_next_s.view(b, 1)], dim=1) if self.use_time else torch.zeros(b, l, device=items.device)
             ok = enc["mask"] & (labels >= FIRST_REAL_INDEX)
+            if self.label_positions:
+                # Windows are right-aligned: the last positions hold the freshest context.
+                ok = ok & (torch.arange(l, device=items.device) >= l - self.label_positions)
             # Positions of the batch that have a label at all, so the read-out runs only where needed.
             positions = torch.nonzero(ok.any(0)).flatten()
             states = self._states(enc, positions, t_next[:, positions])  # (B, Q, H)

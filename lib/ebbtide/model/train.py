@@ -224,6 +224,14 @@ def _atomic_torch_save(obj, path: str) -> None:
     os.replace(tmp, path)
 
 
+def set_objective(net, tc) -> None:
+    """The network's training-only switches (the predictor never reads them), from train.*: one
+    place for the trainer and the validation search (bench/tune.py)."""
+    net.every_position = tc.objective == "every_position"
+    net.label_positions = int(tc.label_positions)
+    net.label_smoothing = float(tc.label_smoothing)
+
+
 def lr_factor(tc, steps_per_epoch: int):
     """The learning-rate multiplier per optimizer step (torch's LambdaLR): 1 for `constant`; for
     `cosine` a linear warm-up over warmup_share of the run's steps, then a half cosine down to
@@ -341,8 +349,7 @@ def train_fn(spec: TrainSpec) -> dict:
     np.random.seed(tc.seed)
     net = EbbtideNet(mc, spec.n_items, spec.n_event_types)
     net.return_min_gap_s = float(spec.session_gap_s)
-    net.every_position = tc.objective == "every_position"
-    net.label_smoothing = float(tc.label_smoothing)
+    set_objective(net, tc)
     if spec.item_counts is not None and hasattr(net, "set_item_counts"):
         net.set_item_counts(torch.as_tensor(spec.item_counts))
     net.to(device)
