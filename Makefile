@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # checkout that last ran setup, so each target puts its own lib/ first (Spark's Python workers inherit it).
 export PYTHONPATH := $(CURDIR)/lib$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup demo test test-fast bench-sessionize bench-train bench-model bench-score results results-quick clean help
+.PHONY: setup demo test test-fast bench-sessionize bench-train bench-model bench-score bad-input chaos results results-quick clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -34,6 +34,12 @@ bench-model: setup  ## EbbtideNet training step vs a plain cuDNN-style nn.LSTM s
 
 bench-score: setup  ## Spark scoring against the bare matrix product + top-k
 	@$(PY) bench/bench_score.py
+
+bad-input: setup  ## every kind of broken input in tests/data/bad_input through `ebbtide ingest`: nothing lost, no traceback (ARGS=--subprocess ...)
+	@$(PY) bench/bad_input.py $(ARGS)
+
+chaos: setup  ## kill -9 each job at seeded random moments, rerun, compare with an uninterrupted run (CHAOS_TRIALS, CHAOS_SEED, CHAOS_FULL)
+	@$(PY) bench/chaos.py $(ARGS)
 
 results: setup  ## docs/results.md + .json: ebbtide, its no-time ablation, baselines and RecBole (resumes; ARGS=--fresh)
 	@$(PY) scripts/results.py $(ARGS)

@@ -768,13 +768,19 @@ def parquet_schema(spark: "SparkSession", files: list[str]):
     (schema drift) is read with nulls where it has no value, so its rows are quarantined for the
     missing field instead of failing the batch. Raises ConfigError when files disagree on a
     column's type."""
+    from py4j.protocol import Py4JJavaError
     from pyspark.errors import PySparkException
 
     try:
         return spark.read.option("mergeSchema", "true").parquet(*files).schema
-    except PySparkException as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"the Parquet files of this source disagree on a column's type ({first[:300]}); "
+    except (PySparkException, Py4JJavaError) as e:
+        text = str(e)
+        if "CANNOT_MERGE" not in text and "merge" not in text.lower():
+            raise
+        # Spark names the two schemas on the lines after its headline: show them, not the headline.
+        schemas = re.findall(r'"STRUCT<[^"]*>"', text)
+        shown = " vs ".join(schemas[:2]) if schemas else text.strip().splitlines()[0][:300]
+        raise ConfigError(f"the Parquet files of this source disagree on a column's type ({shown}); "
                           "ingest them as separate sources (--glob), or rewrite them with one type") from None
 
 
