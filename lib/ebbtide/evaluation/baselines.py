@@ -18,6 +18,7 @@ import numpy as np
 
 from ebbtide.evaluation.metrics import N_SPECIAL
 from ebbtide.evaluation.protocols import DAY_S
+from ebbtide.model.calibration import rfm_features  # one definition for these baselines and the model's churn calibration
 
 LN2 = np.log(2.0)
 _TIE_BREAK = 1e-6
@@ -187,24 +188,6 @@ class LastItemMarkov:
 # ---------------------------------------------------------------------------------------
 # Churn baselines
 # ---------------------------------------------------------------------------------------
-
-
-def rfm_features(batch: dict[str, np.ndarray], elapsed_s: np.ndarray) -> np.ndarray:
-    """Recency, frequency and 'monetary' stand-ins from the window alone: log days since the
-    last event, log window length, log sessions in the window, log mean gap and log span."""
-    gap = np.asarray(batch["gap_s"], dtype=np.float64)
-    real = np.asarray(batch["item_idx"]) > 0
-    n = np.maximum(real.sum(1), 1)
-    span = (gap * real).sum(1)
-    sessions = (np.asarray(batch["session_start"]) * real).sum(1)
-    mean_gap = span / np.maximum(n - 1, 1)
-    return np.column_stack([
-        np.log1p(np.asarray(elapsed_s, dtype=np.float64) / DAY_S),
-        np.log1p(n),
-        np.log1p(sessions),
-        np.log1p(mean_gap / DAY_S),
-        np.log1p(span / DAY_S),
-    ])
 
 
 class _LogisticChurn:

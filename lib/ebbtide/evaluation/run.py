@@ -102,6 +102,20 @@ def rank_scorer(scorer, batch, elapsed_s, targets, n_items, ks, candidates=None,
     return res
 
 
+class _HeadOnly:
+    """A model scorer's churn figures before its calibration (the ``*_raw`` keys)."""
+
+    def __init__(self, scorer):
+        self.scorer, self.name = scorer, f"{scorer.name}_head"
+
+    def has_head(self, batch, elapsed_s) -> bool:
+        return any(k.endswith("_raw") for k in self.scorer.churn(batch, elapsed_s))
+
+    def churn(self, batch, elapsed_s):
+        p = self.scorer.churn(batch, elapsed_s)
+        return {k[: -len("_raw")]: v for k, v in p.items() if k.endswith("_raw")}
+
+
 def churn_scorer_metrics(scorer, batch, elapsed_s, labels: dict[int, np.ndarray], returned, return_after_s, n_bins,
                          recent: Optional[np.ndarray] = None):
     """Churn metrics per horizon; with the bool ``recent`` (users active within RECENT_DAYS of the
@@ -194,7 +208,7 @@ def _n_items(spark, cfg, ex) -> int:
     return int(max(row[0] or 1, row[1] or 1)) + 1
 
 
-def _cutoffs(spark, cfg, ex) -> dict[str, float]:
+def cutoffs_of(spark, cfg, ex) -> dict[str, float]:
     """T1 / T2 in epoch seconds: the ones the sequences stage recorded on the table, else the
     first target time of the valid / test split (no event lies between the two)."""
     from ebbtide.evaluation import protocols as P
@@ -336,7 +350,7 @@ def run(ctx, args) -> dict:
 
     # -- churn snapshots: evaluation as of the split's cut, fit inside the train period ---
     with step(log, "churn snapshots"):
-        cuts = _cutoffs(spark, cfg, ex)
+        cuts = cutoffs_of(spark, cfg, ex)
         t1 = cuts["valid_start"]
         cut = t1 if split == "valid" else cuts["test_start"]
         snap_cols = [*P.ARRAY_FEATURES, "length", "last_ts", "user_id", "elapsed_s", "returned", "return_after_s"]
@@ -386,6 +400,13 @@ def run(ctx, args) -> dict:
             for sc in [s for s, *_ in model_scorers] + churn_scorers:
                 churn[sc.name], curves[sc.name] = churn_scorer_metrics(sc, sb, se, labels, ret, after, ec.calibration_bins, recent)
                 roles.setdefault(sc.name, ("baseline", "", ""))
+            for sc, role, *_ in model_scorers:
+                # A calibrated model also reports its return-time head alone, so the report shows
+                # what the calibration adds.
+                head = _HeadOnly(sc)
+                if head.has_head({k: v[:1] for k, v in sb.items()}, se[:1]):
+                    churn[head.name], _ = churn_scorer_metrics(head, sb, se, labels, ret, after, ec.calibration_bins, recent)
+                    roles[head.name] = ("diagnostic", "", "")
 
     # -- report -----------------------------------------------------------------------------
     figures = {}

@@ -74,6 +74,9 @@ class TrainConf:
     # epoch, while the full-catalogue softmax runs on that many rows per window instead of max_len:
     # what makes every_position affordable for a catalogue of tens of thousands of items.
     label_positions: int = 0
+    # After training, stack the return-time head's probabilities with recency and frequency in a
+    # logistic fit on a train-period churn snapshot (ebbtide.model.calibration).
+    churn_calibration: bool = True
     # constant, or cosine: linear warm-up over warmup_share of all steps, then cosine decay to
     # min_lr_share x lr at the last epoch.
     lr_schedule: Literal["constant", "cosine"] = "cosine"

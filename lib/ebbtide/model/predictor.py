@@ -65,6 +65,16 @@ def save(
     return folder
 
 
+def set_churn_calibration(folder: str, calibration: Optional[dict]) -> None:
+    """Record the churn calibration (ebbtide.model.calibration) in a saved predictor's meta.json."""
+    path = os.path.join(_find_predictor_dir(folder), META_FILE)
+    with open(path) as f:
+        meta = json.load(f)
+    meta["churn_calibration"] = calibration
+    with open(path, "w") as f:
+        json.dump(meta, f, indent=2, default=str)
+
+
 def _find_predictor_dir(root: str) -> str:
     if os.path.exists(os.path.join(root, META_FILE)):
         return root
@@ -219,7 +229,10 @@ class Predictor:
                 for k in keys:
                     if k in r:
                         out[k][s] = r[k].double().cpu().numpy()
-        return out
+        from ebbtide.model import calibration
+
+        # Models trained before the calibration (or with train.churn_calibration off) have none.
+        return calibration.apply(self.meta.get("churn_calibration"), out, batch_np, e)
 
     def category_interest(self, batch_np: dict, elapsed_s: np.ndarray) -> np.ndarray:
         """Decayed interest (n, len(self.categories)) per category, as of elapsed_s."""
