@@ -679,12 +679,11 @@ def run(ctx, args) -> dict:
         examples = indexed_training_examples(
             indexed, sc.max_len, t1, t2, end, sc.max_examples_per_user, num_partitions=parts
         ).withColumn("run_id", F.lit(ctx.run_id)).withColumn("processed_at", F.current_timestamp())
-        tables.write(examples, cfg, EXAMPLES, "overwrite", partition_by=["split"], comment=_COMMENTS[EXAMPLES])
-        fq = tables.full_name(cfg, EXAMPLES)
-        spark.sql(
-            f"ALTER TABLE {fq} SET TBLPROPERTIES ('{PROP_VALID_START}' = '{_iso(t1)}', "
-            f"'{PROP_TEST_START}' = '{_iso(t2)}', '{PROP_END}' = '{_iso(end)}')"
-        )
+        # The cut-offs are committed with the rows they split (one REPLACE commit): a separate
+        # ALTER TABLE after the write left, when a crash fell between the two, the new rows
+        # described by the previous build's cut-offs (evaluation would read them silently).
+        tables.write(examples, cfg, EXAMPLES, "overwrite", partition_by=["split"], comment=_COMMENTS[EXAMPLES],
+                     properties={PROP_VALID_START: _iso(t1), PROP_TEST_START: _iso(t2), PROP_END: _iso(end)})
 
     with step(log, f"rebuild {USER_SEQUENCES}"):
         seqs = indexed_user_windows(indexed, sc.max_len, num_partitions=parts).withColumn(

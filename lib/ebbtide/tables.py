@@ -18,6 +18,7 @@ see :func:`set_aside_if_orphaned`.
 from __future__ import annotations
 
 import os
+import random
 import re
 import time
 from typing import TYPE_CHECKING, Iterable, Literal, Optional
@@ -182,20 +183,63 @@ def write(
     partition_by: Optional[Iterable[str]] = None,
     replace_where: Optional[str] = None,
     comment: Optional[str] = None,
+    properties: Optional[dict[str, str]] = None,
 ) -> None:
-    """Write ``df`` to table ``name`` in one Delta commit. See the module doc for the modes."""
-    from delta.tables import DeltaTable
+    """Write ``df`` to table ``name`` in one Delta commit. See the module doc for the modes.
 
-    spark = df.sparkSession
-    path = table_path(cfg, name)
-    parts = list(partition_by or [])
-    is_new = not DeltaTable.isDeltaTable(spark, path)
+    ``properties`` (overwrite only): table properties that describe the rows, committed in the
+    same commit as the rows (see :func:`_replace_with_properties`).
+    """
     if mode not in ("overwrite", "append", "merge", "replace_where"):
         raise ValueError(f"unknown write mode {mode!r}")
     if mode == "merge" and not keys:
         raise ValueError("merge needs keys")
     if mode == "replace_where" and not replace_where:
         raise ValueError("replace_where mode needs a predicate")
+    if properties and mode != "overwrite":
+        raise ValueError("properties go with overwrite only (one commit for the rows and what describes them)")
+    # Two runs writing the same slice at once (two `score` runs for one date): Delta lets the first
+    # commit win and fails the other with a concurrent-modification error. Every mode but append
+    # gives the same table when written again, so the loser writes again on the new snapshot
+    # (last writer wins) instead of failing the run.
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace_where, comment, properties)
+            break
+        except Exception as e:  # noqa: BLE001 - only Delta's concurrency errors are retried
+            if mode == "append" or attempt == CONFLICT_ATTEMPTS or not is_concurrent_write_error(e):
+                raise
+            log.warning("%s: another writer committed first (%s); writing again, attempt %d of %d",
+                        full_name(cfg, name), _conflict_name(e), attempt + 1, CONFLICT_ATTEMPTS)
+            time.sleep(random.uniform(0.2, 1.0) * attempt)
+    log.info("wrote %s (%s)", full_name(cfg, name), mode)
+
+
+# Delta's optimistic-concurrency failures (io.delta.exceptions / org.apache.spark.sql.delta).
+_CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+              "ConcurrentTransactionException", "ConcurrentWriteException", "MetadataChangedException",
+              "ProtocolChangedException")
+CONFLICT_ATTEMPTS = 5
+
+
+def _conflict_name(e: BaseException) -> str:
+    text = f"{type(e).__name__} {e}"
+    return next((c for c in _CONFLICTS if c in text), type(e).__name__)
+
+
+def is_concurrent_write_error(e: BaseException) -> bool:
+    """Whether a write failed because another transaction committed to the table first."""
+    text = f"{type(e).__name__} {str(e)[:2000]}"
+    return any(c in text for c in _CONFLICTS)
+
+
+def _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace_where, comment, properties) -> None:
+    from delta.tables import DeltaTable
+
+    spark = df.sparkSession
+    path = table_path(cfg, name)
+    parts = list(partition_by or [])
+    is_new = not DeltaTable.isDeltaTable(spark, path)
     if is_new:
         set_aside_if_orphaned(cfg, name)
         _create(spark, path, df.schema, parts, comment)
@@ -208,6 +252,8 @@ def write(
         if update_matched:
             m = m.whenMatchedUpdateAll()
         m.whenNotMatchedInsertAll().execute()
+    elif properties:
+        _replace_with_properties(df, path, parts, properties, comment)
     elif mode == "replace_where":
         w = _writer(df, "overwrite", parts)
         if not is_new:
@@ -220,7 +266,6 @@ def write(
         w.save(path)
 
     register(spark, cfg, name)
-    log.info("wrote %s (%s)", full_name(cfg, name), mode)
 
 
 def _create(spark: "SparkSession", path: str, schema, parts: list[str], comment: Optional[str]) -> None:
@@ -234,6 +279,59 @@ def _create(spark: "SparkSession", path: str, schema, parts: list[str], comment:
     if comment:
         b = b.comment(comment)
     b.execute()
+
+
+def _replace_with_properties(df: "DataFrame", path: str, parts: list[str], properties: dict[str, str],
+                             comment: Optional[str]) -> None:
+    """Overwrite the rows and set ``properties`` in ONE commit: a REPLACE TABLE AS SELECT.
+
+    An overwrite followed by ``ALTER TABLE SET TBLPROPERTIES`` is two commits; a crash between them
+    left the new rows described by the previous build's properties (gold_training_examples with
+    the last run's split cut-offs). REPLACE writes the new metadata (schema, partitioning, comment,
+    properties) and the rows together; history and time travel stay. Delta gives the replaced
+    table a new table id and warns about it in the committing session: for a table that is
+    rebuilt whole on every run that is expected, so those two warnings are held back here.
+    """
+    from pyspark.sql import functions as F
+
+    w = df.writeTo(f"delta.`{path}`").using("delta")
+    if parts:
+        w = w.partitionedBy(*[F.col(c) for c in parts])
+    for k, v in sorted(properties.items()):
+        w = w.tableProperty(k, str(v))
+    if comment:
+        w = w.tableProperty("comment", comment)
+    with _log_level(df.sparkSession, ("org.apache.spark.sql.delta.OptimisticTransaction",
+                                      "org.apache.spark.sql.delta.DeltaLog"), "ERROR"):
+        w.createOrReplace()
+        # The session's next read of the table refreshes its snapshot, which warns the same way.
+        df.sparkSession.read.format("delta").load(path).schema
+
+
+class _log_level:
+    """Temporarily set JVM log4j loggers to a level (local sessions; a no-op where unavailable)."""
+
+    def __init__(self, spark: "SparkSession", names: Iterable[str], level: str):
+        self.spark, self.names, self.level, self.saved = spark, list(names), level, {}
+
+    def __enter__(self):
+        try:
+            jvm = self.spark.sparkContext._jvm
+            lm = jvm.org.apache.logging.log4j.LogManager
+            cfg = jvm.org.apache.logging.log4j.core.config.Configurator
+            for n in self.names:
+                self.saved[n] = lm.getLogger(n).getLevel()
+                cfg.setLevel(n, jvm.org.apache.logging.log4j.Level.toLevel(self.level))
+        except Exception:  # noqa: BLE001 - Spark Connect or another logging backend: leave levels alone
+            self.saved = {}
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved:
+            cfg = self.spark.sparkContext._jvm.org.apache.logging.log4j.core.config.Configurator
+            for n, lvl in self.saved.items():
+                cfg.setLevel(n, lvl)
+        return False
 
 
 def _nullable(schema):

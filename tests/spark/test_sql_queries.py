@@ -109,6 +109,41 @@ def test_views_show_the_newest_date(spark, db):
     assert spark.sql("SELECT count(*) FROM latest_recommendations").first()[0] == 4
 
 
+def test_views_show_a_day_only_once_both_tables_have_it(spark, tmp_path):
+    """`ebbtide score` publishes gold_recommendations, then gold_churn_decay. Each view used to
+    follow its own table's newest date, so between the two commits latest_recommendations showed
+    the new day and latest_churn_decay the previous one (a half-published day, found by the chaos
+    bench's reader). Both views now show the newest day published in both tables."""
+    from ebbtide.scoring.catalog import create_views
+
+    name = f"v_{abs(hash(tmp_path)) % 10**8}"
+    before = spark.catalog.currentDatabase()
+    spark.sql(f"CREATE DATABASE {name}")
+    spark.catalog.setCurrentDatabase(name)
+    try:
+        for s in statements(SQL / "01_score_tables.sql"):
+            spark.sql(s)
+        recs = [(d, "u1", 1, "a", 1.0, "ebbtide", 1, "r", AT) for d in (D1, D2)]
+        spark.createDataFrame(recs, spark.table("gold_recommendations").schema).write.insertInto("gold_recommendations")
+        churn = [(D1, "u1", 1.0, 0.5, 0.9, 3.0, 2.0, "low", [], "ebbtide", 1, "r", AT)]
+        spark.createDataFrame(churn, spark.table("gold_churn_decay").schema).write.insertInto("gold_churn_decay")
+
+        def shown():
+            return {v: {r[0] for r in spark.sql(f"SELECT DISTINCT score_date FROM {v}").collect()}
+                    for v in ("latest_recommendations", "latest_churn_decay")}
+
+        for s in statements(SQL / "02_score_views.sql"):
+            spark.sql(s)
+        assert shown() == {"latest_recommendations": {D1}, "latest_churn_decay": {D1}}  # D2: recommendations only
+        assert create_views(spark, name) == [f"{name}.latest_recommendations", f"{name}.latest_churn_decay"]
+        assert shown() == {"latest_recommendations": {D1}, "latest_churn_decay": {D1}}
+        churn2 = [(D2, "u1", 1.0, 0.5, 0.9, 3.0, 2.0, "low", [], "ebbtide", 1, "r", AT)]
+        spark.createDataFrame(churn2, spark.table("gold_churn_decay").schema).write.insertInto("gold_churn_decay")
+        assert shown() == {"latest_recommendations": {D2}, "latest_churn_decay": {D2}}
+    finally:
+        spark.catalog.setCurrentDatabase(before)
+
+
 def test_q01_recommendations_for_a_user(spark, db):
     (rows,) = run_query(spark, "q01_recommendations_for_user.sql", {"target_user": "u1"})
     assert [(r.rank, r.item_id, r.category) for r in rows] == [(1, "b", "comedy"), (2, "a", "drama"), (3, "d", "horror")]

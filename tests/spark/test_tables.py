@@ -101,3 +101,30 @@ def test_every_write_mode_creates_a_new_table_then_writes_its_rows(spark, cfg):
         assert tables.version(spark, cfg, name) == 1, name         # the create, then the rows
     detail = spark.sql(f"DESCRIBE DETAIL {tables.full_name(cfg, 'by_overwrite')}").first()
     assert list(detail["partitionColumns"]) == ["d"]
+
+
+def test_overwrite_with_properties_commits_rows_and_properties_together(spark, cfg):
+    """gold_training_examples' split cut-offs used to follow the rows in an ALTER TABLE commit of
+    their own: a crash between the two left new rows described by the previous build's cut-offs.
+    Now the rows and the properties that describe them are one commit, build after build."""
+    import json
+
+    import pytest
+
+    name = "described"
+    log_dir = Path(tables.table_path(cfg, name)) / "_delta_log"
+    for build, rows in enumerate([[(1, "train"), (2, "test")], [(3, "train"), (4, "valid")]], start=1):
+        df = spark.createDataFrame(rows, "x int, split string")
+        tables.write(df, cfg, name, "overwrite", partition_by=["split"], comment="examples",
+                     properties={"ebbtide.build": str(build)})
+        v = tables.version(spark, cfg, name)
+        actions = [json.loads(line) for line in (log_dir / f"{v:020d}.json").read_text().splitlines()]
+        meta = [a["metaData"] for a in actions if "metaData" in a]
+        assert meta and meta[0]["configuration"]["ebbtide.build"] == str(build)  # in the commit that ...
+        assert sum(1 for a in actions if "add" in a) == len(rows)              # ... adds the rows
+        assert meta[0]["description"] == "examples" and meta[0]["partitionColumns"] == ["split"]
+        got = sorted((r["x"], r["split"]) for r in tables.read(spark, cfg, name).collect())
+        assert got == sorted(rows)
+    assert tables.version(spark, cfg, name) == 2  # create, then one commit per build
+    with pytest.raises(ValueError, match="overwrite only"):
+        tables.write(df, cfg, name, "append", properties={"ebbtide.build": "3"})

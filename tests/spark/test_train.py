@@ -172,6 +172,44 @@ def test_two_processes_end_with_identical_weights(spark, data_root, tmp_path, la
     assert _steps(_client(cfg), out["mlflow_run_id"], "train_loss") == [1]
 
 
+def test_run_killed_after_registering_does_not_register_again(spark, data_root, tmp_path):
+    """A kill after the model version was registered but before the run was marked finished
+    (state.json still "running") resumed the run and registered the same model a second time."""
+    from ebbtide.model.train import STATE_FILE
+
+    common = ("train.epochs=1", "train.max_steps_per_epoch=3")
+    first, cfg = _train(spark, data_root, tmp_path, *common)
+    assert first["model_version"] == 1
+    (state_file,) = Path(tmp_path, "checkpoints").glob(f"*/{STATE_FILE}")
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps(dict(state, status="running")))  # what the kill left
+    c = _client(cfg)
+    c.delete_registered_model_alias("ebbtide", "challenger")         # killed before the alias, even
+
+    again, _ = _train(spark, data_root, tmp_path, *common)
+    assert again["mlflow_run_id"] == first["mlflow_run_id"] and again["model_version"] == 1
+    versions = c.search_model_versions("name = 'ebbtide'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert str(c.get_model_version_by_alias("ebbtide", "challenger").version) == "1"
+    assert c.get_run(first["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def test_rerunning_a_finished_run_reattaches_instead_of_training_again(spark, data_root, tmp_path):
+    """`ebbtide train` run again on the same config and data (a scheduler retrying a job whose
+    kill came just after it finished) trained and registered the same model a second time."""
+    common = ("train.epochs=1", "train.max_steps_per_epoch=3")
+    first, cfg = _train(spark, data_root, tmp_path, *common)
+    again, _ = _train(spark, data_root, tmp_path, *common)
+    assert again["mlflow_run_id"] == first["mlflow_run_id"] and again["model_version"] == first["model_version"] == 1
+    assert again["param_checksums"] == first["param_checksums"] and again["epochs_completed"] == 1
+    c = _client(cfg)
+    assert [str(v.version) for v in c.search_model_versions("name = 'ebbtide'")] == ["1"]
+    assert len(c.search_runs([c.get_experiment_by_name("ebbtide").experiment_id])) == 1
+    assert c.get_run(first["mlflow_run_id"]).info.status == "FINISHED"
+    fresh, _ = _train(spark, data_root, tmp_path, *common, argv=["--no-resume"])  # asked for: a new run
+    assert fresh["mlflow_run_id"] != first["mlflow_run_id"] and fresh["model_version"] == 2
+
+
 @pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_in_the_same_mlflow_run(data_root, tmp_path):
     from conftest import make_config

@@ -236,6 +236,25 @@ def log_and_register_model(cfg: "Config", run_id: str, predictor_dir: str, tags:
     return {"model_name": m.model_name, "model_version": int(version.version), "model_uri": uri, "alias": m.alias}
 
 
+def registered_version_of_run(cfg: "Config", run_id: str, tags: Mapping[str, Any] = {}) -> Optional[dict]:
+    """The model version a training run already registered, with the alias and tags set (again):
+    a run killed after registering but before it was marked finished resumes here instead of
+    registering the same model a second time. None when the run registered nothing yet."""
+    m = cfg.section("mlflow")
+    c = client(tracking_uri(cfg), registry_uri(cfg))
+    versions = [mv for mv in c.search_model_versions(f"run_id = '{run_id}'") if mv.name == m.model_name]
+    if not versions:
+        return None
+    mv = min(versions, key=lambda v: int(v.version))
+    c.set_registered_model_alias(m.model_name, m.alias, mv.version)
+    for k, v in tags.items():
+        c.set_model_version_tag(m.model_name, mv.version, k, str(v))
+    log.info("run %s already registered %s version %s: alias %s set, nothing registered again",
+             run_id, m.model_name, mv.version, m.alias)
+    return {"model_name": m.model_name, "model_version": int(mv.version),
+            "model_uri": f"models:/{m.model_name}@{m.alias}", "alias": m.alias}
+
+
 def _pip_requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 

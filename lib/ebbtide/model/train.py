@@ -537,7 +537,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="override train.batch_size (per process)")
     p.add_argument("--max-steps-per-epoch", type=int, help="override train.max_steps_per_epoch (0 = whole split)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override train.device")
-    p.add_argument("--no-resume", action="store_true", help="start a new run even if an unfinished one of this config exists")
+    p.add_argument("--no-resume", action="store_true", help="start a new run even if one of this config and data exists (else an unfinished one is "
+                   "resumed and a finished one re-attached, its registered version reused)")
     p.add_argument("--examples-version", type=int, help="Delta version of gold_training_examples to train on (default: latest)")
     p.add_argument("--no-register", action="store_true", help="skip logging and registering the model (metrics and artifacts only; for quick checks)")
 
@@ -655,6 +656,31 @@ def _item_counts(spark, cfg: "Config", version: int, n_items: int) -> list:
     return counts
 
 
+def fit_churn_calibration(spark, cfg: "Config", version: int, predictor_dir: str) -> Optional[dict]:
+    """Fit ebbtide.model.calibration on the users as of T1 - the longest churn horizon, with their
+    returns observed until T1 (the same train-period snapshot the churn baselines are fitted on),
+    scored by the freshly trained predictor."""
+    from ebbtide import tables
+    from ebbtide.evaluation import protocols as P
+    from ebbtide.model import calibration, feed
+    from ebbtide.evaluation.run import cutoffs_of
+    from ebbtide.model.predictor import Predictor
+
+    ex = tables.read(spark, cfg, feed.EXAMPLES_TABLE, version)
+    t1 = cutoffs_of(spark, cfg, ex)["valid_start"]
+    horizons = tuple(int(d) for d in cfg.section("evaluate").churn_horizons_days)
+    cols = [*P.ARRAY_FEATURES, "length", "last_ts", "user_id", "elapsed_s", "returned", "return_after_s"]
+    snap = P.churn_snapshot(ex, t1 - max(horizons) * P.DAY_S, observe_until_s=t1).select(*cols).orderBy("user_id").toPandas()
+    if snap.empty:
+        return None
+    batch, elapsed = P.to_batch(snap), snap["elapsed_s"].to_numpy()
+    pred = Predictor.load(predictor_dir)
+    pred.meta.pop("churn_calibration", None)  # the head's own figures
+    head = pred.churn(batch, elapsed)
+    labels = {d: P.churn_labels(snap["returned"].to_numpy(), snap["return_after_s"].to_numpy(), d) for d in horizons}
+    return calibration.fit(head, batch, elapsed, labels)
+
+
 def run(ctx: "Context", args: argparse.Namespace) -> dict:
     import tempfile
 
@@ -691,10 +717,18 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
         "ebbtide.fingerprint": fp,
         "ebbtide.pipeline_run_id": ctx.run_id,
     }
-    if tc.resume and state and state.get("status") == "running":
+    # A finished run of this fingerprint trained this very model (same config, data snapshot and world
+    # size): a rerun re-attaches to it and its registered version instead of training and registering
+    # a duplicate (the chaos bench reran train after a kill that came just after it finished).
+    finished = bool(state) and state.get("status") == "finished" and os.path.exists(os.path.join(ckpt_dir, LAST_CKPT))
+    if tc.resume and state and (state.get("status") == "running" or finished):
         run_id = state["mlflow_run_id"]
         registry.reopen_run(cfg, run_id, {"ebbtide.resumed_by": ctx.run_id})
-        log.info("resuming unfinished run %s from %s", run_id, ckpt_dir)
+        if finished:
+            log.info("run %s already trained this configuration on this data: re-attaching to it "
+                     "(--no-resume trains a new one)", run_id)
+        else:
+            log.info("resuming unfinished run %s from %s", run_id, ckpt_dir)
     else:
         if os.path.isdir(ckpt_dir):
             shutil.rmtree(ckpt_dir)
@@ -752,10 +786,23 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
             session_gap_s=cfg.sessionize.gap_minutes * 60.0,
             lineage={"mlflow_run_id": run_id, "best_epoch": r0["best_epoch"], "tables": versions},
         )
+        if tc.churn_calibration:
+            with step(log, "churn calibration on a train-period snapshot"):
+                calib = fit_churn_calibration(spark, cfg, version, pdir)
+                predictor.set_churn_calibration(pdir, calib)
+                if calib:
+                    log.info("churn calibration: %s", ", ".join(
+                        f"{d}d on {c['rows']} users ({c['positives']} returned)" for d, c in calib["horizons"].items()))
+                else:
+                    log.warning("churn calibration skipped: too few users in the train-period snapshot; "
+                                "the return-time head is served as it is")
         model = {}
         if not args.no_register:
-            model = registry.log_and_register_model(
-                cfg, run_id, pdir, {"mlflow_run_id": run_id, tc.early_stopping_metric: r0["best_metric"], **tags}
+            version_tags = {"mlflow_run_id": run_id, tc.early_stopping_metric: r0["best_metric"], **tags}
+            # A resumed run may have registered its model before it was killed: registering again
+            # would add a second version of the same model (found by the chaos bench).
+            model = registry.registered_version_of_run(cfg, run_id, version_tags) or registry.log_and_register_model(
+                cfg, run_id, pdir, version_tags
             )
     registry.set_tags(cfg, run_id, {"ebbtide.best_epoch": r0["best_epoch"], "ebbtide.model_version": model.get("model_version", "")})
     registry.end_run(cfg, run_id, "FINISHED")

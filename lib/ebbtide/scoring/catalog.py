@@ -59,19 +59,25 @@ VIEWS = {
 
 
 def view_sql(database: str, view: str) -> str:
+    """The view of the newest score date published in BOTH tables. A run publishes the two tables
+    one commit after the other; a view on its own table's newest date showed the new day in
+    latest_recommendations while latest_churn_decay still showed the previous one (a reader saw a
+    half-published day between the two commits, found by the chaos bench's reader)."""
     table = f"{database}.{VIEWS[view]}"
+    both = " INTERSECT ".join(f"SELECT score_date FROM {database}.{t}" for t in (RECOMMENDATIONS, CHURN_DECAY))
     return (
         f"CREATE OR REPLACE VIEW {database}.{view} "
-        f"COMMENT 'The newest score_date of {VIEWS[view]}' AS "
-        f"SELECT * FROM {table} WHERE score_date = (SELECT max(score_date) FROM {table})"
+        f"COMMENT 'The newest score_date published in both gold_recommendations and gold_churn_decay' AS "
+        f"SELECT * FROM {table} WHERE score_date = (SELECT max(score_date) FROM ({both}))"
     )
 
 
 def create_views(spark, database: str) -> list[str]:
-    """(Re)create the latest_* views over whichever score tables exist."""
+    """(Re)create the latest_* views once both score tables exist (each view reads both)."""
+    if not all(spark.catalog.tableExists(f"{database}.{t}") for t in VIEWS.values()):
+        return []
     made = []
-    for view, table in VIEWS.items():
-        if spark.catalog.tableExists(f"{database}.{table}"):
-            spark.sql(view_sql(database, view))
-            made.append(f"{database}.{view}")
+    for view in VIEWS:
+        spark.sql(view_sql(database, view))
+        made.append(f"{database}.{view}")
     return made
