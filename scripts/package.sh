@@ -14,6 +14,9 @@
 #                         (venv-pack links bin/python there; default: this machine's prefix)
 #   --out DIR             where the wheel and the archive link go (default: dist)
 set -euo pipefail
+# The Makefile puts the checkout's lib/ on PYTHONPATH; packaging must see only what it installs
+# (pip would take lib/ebbtide.egg-info there for an installed ebbtide and skip the wheel).
+unset PYTHONPATH
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${EBBTIDE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ebbtide}
