@@ -6,8 +6,8 @@ For each job (ingest, sessionize, sequences, train, evaluate, score) and each tr
    puts under ``storage.root``) is restored to the reference snapshot taken before the job;
 2. the job starts as its own process group (``start_new_session``): ``ebbtide.cli.main`` in a fresh
    Python with its own Spark JVM (and, for train, its training processes). At a seeded uniform
-   fraction of the job's duration (the median of its reference run and its reruns so far) the whole
-   group gets SIGKILL; processes that left the
+   fraction of the job's duration (the median of its reference run and of earlier trial runs that
+   ended before their kill) the whole group gets SIGKILL; processes that left the
    group (pyspark's daemon makes its own) are found by an environment token and killed too, and the
    trial checks that none of them survives;
 3. the job is run again (the recovery) in a new process, then, for the first trial of each job (every
@@ -489,10 +489,13 @@ class Proc:
         while grace and time.time() < deadline and _token_processes(self.token):
             time.sleep(0.2)
         in_group = _token_processes(self.token, self.p.pid)
-        try:
-            os.killpg(self.p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        # Only a group that still holds one of this run's processes: once they are all gone, the
+        # number may already name another process group (process ids are reused).
+        if in_group:
+            try:
+                os.killpg(self.p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         try:
             self.p.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -773,8 +776,8 @@ class Chaos:
                 raise SystemExit(f"chaos: trial {k} workers did not start; see {killed.marker.parent}/output.log")
             restore(self.snap_before(t["job"]), self.root)
             # The kill moment: a seeded fraction of the job's duration, estimated as the median of its
-            # reference run and its reruns so far (the machine's load moves it; a fixed figure would
-            # let the job finish before most kills, or kill it before it starts writing).
+            # reference run and of the trial runs that ended before their kill (the machine's load
+            # moves it; reruns are not counted: the next trial's processes start beside them).
             t["w_est_s"] = round(statistics.median(self.durations[t["job"]]), 2)
             t["kill_at_s"] = round(t["u"] * t["w_est_s"], 2)
             go = killed.start()
@@ -796,11 +799,8 @@ class Chaos:
             budget = self.args.timeout + 5 * sum(self.seconds[j] for j, _ in self.chain_steps)
             done, res = self.finish(recover, budget)
             self.judge(t, done, res, recover)
-            first = (res.get("steps") or [{}])[0]
             if t["finished_before_kill"]:  # a whole uninterrupted run, timed under today's load
                 self.durations[t["job"]].append(round(ended, 2))
-            elif first.get("rc") == 0:
-                self.durations[t["job"]].append(first["seconds"])
             t["seconds"] = round(time.time() - t0, 1)
             self.results["trials"].append(t)
             self.save()

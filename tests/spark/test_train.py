@@ -241,3 +241,13 @@ def test_run_killed_mid_epoch_resumes_in_the_same_mlflow_run(data_root, tmp_path
         assert _steps(c, run_id, key) == [1, 2, 3], key
     assert c.get_run(run_id).info.status == "FINISHED"
     assert len(c.search_runs([runs[0].info.experiment_id])) == 1
+
+    # ... and ends on the weights of an uninterrupted run (the first step after a resume ran at the
+    # rate of step 0, so it did not; found by the chaos bench).
+    straight = [PY, "-m", "ebbtide.cli", "train", "--launcher", "local", "--no-register"]
+    for s in _overrides(data_root, tmp_path / "straight", "train.epochs=3", "train.max_steps_per_epoch=4",
+                        "spark.master=local[2]", f"storage.root={data_root[0]}"):
+        straight += ["--set", s]
+    third = subprocess.run(straight, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert json.loads(third.stdout.strip().splitlines()[-1])["param_checksums"] == out["param_checksums"]

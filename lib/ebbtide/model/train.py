@@ -387,6 +387,12 @@ def train_fn(spec: TrainSpec) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tc, steps))
     if state and state.get("scheduler"):
         sched.load_state_dict(state["scheduler"])
+        # Building the scheduler set the optimizer's rate to that of step 0, and load_state_dict
+        # restores the step count, not the rate: the first step after a resume ran at the step-0
+        # rate, so a resumed run ended on other weights than an uninterrupted one (found by the
+        # chaos bench). Put back the rate the checkpointed step had.
+        for group, lr_now in zip(opt.param_groups, sched.get_last_lr()):
+            group["lr"] = lr_now
     fault_epoch, fault_step = (int(x) for x in spec.fault_at.split(":")) if spec.fault_at else (-1, -1)
 
     if rank == 0:
