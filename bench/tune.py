@@ -94,6 +94,9 @@ def search(args) -> None:
     n_train = len(tr["length"])
     grid = json.loads(Path(args.grid).read_text())
     out = open(args.out, "a") if args.out else None
+    ref = {"reference": "markov", "data": Path(args.data).stem,
+           "val_ndcg@10": round(_markov_ndcg(tr, va, va_rows, n_items, args.eval_batch), 5)}
+    print(json.dumps(ref), flush=True)
     for i, trial in enumerate(_trials(grid)):
         model_kw = {k.split(".", 1)[1]: v for k, v in trial.items() if k.startswith("model.")}
         train_kw = {k.split(".", 1)[1]: v for k, v in trial.items() if k.startswith("train.")}
@@ -142,6 +145,34 @@ def search(args) -> None:
         if out:
             out.write(json.dumps(rec) + "\n")
             out.flush()
+
+
+def _markov_ndcg(tr, va, rows, n_items: int, batch_size: int) -> float:
+    """The bar on the same rows and metric: a first-order Markov chain (counts of item -> next item
+    over the train windows, the target included; popularity breaks ties and ranks unseen rows)."""
+    import torch
+
+    nxt = torch.cat([tr["item_idx"][:, 1:], tr["target_item"].view(-1, 1)], dim=1)
+    cur = tr["item_idx"]
+    ok = (cur >= 2) & (nxt >= 2)
+    counts = torch.zeros(n_items, n_items)
+    counts.index_put_((cur[ok].cpu(), nxt[ok].cpu()), torch.ones(int(ok.sum())), accumulate=True)
+    pop = counts.sum(0)
+    pop = pop / pop.sum().clamp_min(1)
+
+    class _Markov:
+        def item_scores(self, b, _elapsed):
+            s = counts[b["item_idx"][:, -1].cpu()] + pop
+            s[:, :2] = float("-inf")
+            return s.to(b["item_idx"].device)
+
+        def eval(self):
+            pass
+
+        def train(self):
+            pass
+
+    return _valid_ndcg(_Markov(), va, rows, batch_size)
 
 
 def _valid_ndcg(net, va, rows, batch_size: int, k: int = 10) -> float:

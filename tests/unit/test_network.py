@@ -272,6 +272,48 @@ def test_learns_the_successor_of_the_last_item(encoder):
     assert (top1 == batch["target_item"]).float().mean() >= 0.8
 
 
+@pytest.mark.parametrize("transitions", ["last", "decayed"])
+def test_transitions_start_at_zero_so_the_network_starts_as_without_them(transitions):
+    batch = make_batch(b=16)
+    nets = []
+    for t in ("none", transitions):
+        torch.manual_seed(0)
+        nets.append(EbbtideNet(tiny_conf(encoder="time_lstm", transitions=t), N_ITEMS, N_EVENT_TYPES).eval())
+    with torch.no_grad():
+        a, b = (n.item_scores(batch, batch["time_to_next_s"]) for n in nets)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("encoder", ["time_lstm", "attention", "lstm"])
+def test_decayed_transitions_add_the_read_out_weighted_successor_vectors(encoder):
+    """scores(T) - scores(T = 0) = E_item . sum_j w_j T[item_j], with w_j the read-out's weight on
+    event j at the scoring time, averaged over heads; encoders without a read-out use T[last item]."""
+    torch.manual_seed(0)
+    net = EbbtideNet(tiny_conf(encoder=encoder, transitions="decayed"), N_ITEMS, N_EVENT_TYPES).eval()
+    batch = make_batch(b=8, seed=2)
+    elapsed = batch["time_to_next_s"]
+    with torch.no_grad():
+        before = net.item_scores(batch, elapsed)
+        net.transition.weight.normal_()
+        net.transition.weight[0].zero_()
+        after = net.item_scores(batch, elapsed)
+        items = batch["item_idx"]
+        if net.time_aware:
+            _, w = net._state_at(net._run_encoder(batch), elapsed, return_weights=True)  # (B, heads, L)
+            expect = (w.mean(1).unsqueeze(-1) * net.transition(items)).sum(1)
+        else:
+            expect = net.transition(items[:, -1])
+        delta = expect @ net.item_emb.weight.T
+    real = slice(2, None)
+    assert not torch.allclose(after[:, real], before[:, real])
+    assert torch.allclose(after[:, real] - before[:, real], delta[:, real], atol=1e-4)
+
+
+def test_bad_transitions_name_is_refused():
+    with pytest.raises(ValueError, match="model.transitions"):
+        EbbtideNet(tiny_conf(transitions="bigram"), N_ITEMS, N_EVENT_TYPES)
+
+
 def test_rows_without_a_next_item_only_train_the_return_time():
     torch.manual_seed(0)
     net = EbbtideNet(tiny_conf(), N_ITEMS, N_EVENT_TYPES)

@@ -26,6 +26,12 @@ class ModelConf:
     dropout: float = 0.3
     # Add the last item's embedding (linearly mapped) to the user vector: a direct "what follows X" path.
     last_item_skip: bool = True
+    # Item-to-item transitions: a free vector per item, T[j] = "what tends to follow j" in the item
+    # space (rank item_dim, yet it can hold any successor map, which a linear map of the item's own
+    # embedding cannot). none | last: T of the last item | decayed: T of every event in the window,
+    # weighted by the decayed read-out (time_lstm / attention; the others use the last item), so an
+    # older event's successors fade with its age at the user's own rate. Zero-initialised.
+    transitions: Literal["none", "last", "decayed"] = "none"
     # Zero-initialised gates on the side inputs, the decayed read-out and the elapsed time: the
     # network starts as a plain item sequence model and learns how much time is worth.
     time_gates: bool = True

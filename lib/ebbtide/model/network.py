@@ -233,6 +233,14 @@ class EbbtideNet(nn.Module):
         # the strongest single signal in these logs (a last-item Markov chain is a hard baseline),
         # and a direct path learns it in a few epochs instead of through the recurrence.
         self.last_item_skip = nn.Linear(d, d, bias=False) if mcfg.last_item_skip else None
+        self.transitions = getattr(mcfg, "transitions", "none")
+        if self.transitions not in ("none", "last", "decayed"):
+            raise ValueError(f"model.transitions must be none, last or decayed, got {self.transitions!r}")
+        if self.transitions != "none":
+            # Zero at the start: the ranking starts as without transitions and learns what they add.
+            # (Built from a given weight: no draw from the random stream, so the rest of the
+            # network is initialised exactly as without transitions.)
+            self.transition = nn.Embedding(self.n_items, d, padding_idx=0, _weight=torch.zeros(self.n_items, d))
         self.item_bias = nn.Parameter(torch.zeros(self.n_items))
         self.hazard = heads.HazardHead(h)
         # Set by the trainer to sessionize.gap_minutes x 60 (see `loss`); 0 fits every gap.
@@ -357,11 +365,29 @@ class EbbtideNet(nn.Module):
             return state[:, 0], (w[:, :, 0] if w is not None else None)
         return out[:, 0]
 
-    def _item_vectors(self, state: Tensor, last_items: Tensor) -> Tensor:
+    def _item_vectors(self, state: Tensor, last_items: Tensor, trans: Tensor | None = None) -> Tensor:
         z = self.to_item_space(self.drop(state))
         if self.last_item_skip is not None:
             z = z + self.last_item_skip(self.item_emb(last_items))
+        if trans is not None:
+            z = z + trans
         return z
+
+    @property
+    def _decayed_transitions(self) -> bool:
+        return self.transitions == "decayed" and self.time_aware
+
+    def _transition(self, enc: dict[str, Tensor], last_items: Tensor, weights: Tensor | None) -> Tensor | None:
+        """The transition term in item space for each query: T[last item], or with `decayed` the
+        read-out's event weights (B, heads, Q, L) or (B, heads, L), averaged over heads, applied to
+        T of every event in the window."""
+        if self.transitions == "none":
+            return None
+        if not self._decayed_transitions or weights is None:
+            return self.transition(last_items)
+        w = weights.float().mean(dim=1).to(self.transition.weight.dtype)  # (B, Q, L) or (B, L)
+        t = self.transition(enc["items"])  # (B, L, D)
+        return torch.bmm(w.unsqueeze(1), t).squeeze(1) if w.dim() == 2 else torch.bmm(w, t)
 
     def _full_logits(self, z: Tensor) -> Tensor:
         logits = F.linear(z, self.item_emb.weight, self.item_bias)  # tied: items score by their input embedding
@@ -414,13 +440,15 @@ class EbbtideNet(nn.Module):
                 ok = ok & (torch.arange(l, device=items.device) >= l - self.label_positions)
             # Positions of the batch that have a label at all, so the read-out runs only where needed.
             positions = torch.nonzero(ok.any(0)).flatten()
-            states = self._states(enc, positions, t_next[:, positions])  # (B, Q, H)
-            z = self._item_vectors(states, items[:, positions])
+            states, weights = self._states(enc, positions, t_next[:, positions], return_weights=True)  # (B, Q, H)
+            last_items = items[:, positions]
+            z = self._item_vectors(states, last_items, self._transition(enc, last_items, weights))
             sel = ok[:, positions]
             item_loss = self._next_item_loss(z[sel], labels[:, positions][sel]) / sel.sum().clamp_min(1)
         else:
             valid = target >= FIRST_REAL_INDEX
-            z = self._item_vectors(self._state_at(enc, self._elapsed(t_next_s, b)), items[:, -1])
+            state, weights = self._state_at(enc, self._elapsed(t_next_s, b), return_weights=True)
+            z = self._item_vectors(state, items[:, -1], self._transition(enc, items[:, -1], weights))
             item_loss = self._next_item_loss(z[valid], target[valid]) / valid.sum().clamp_min(1)
 
         # A return is the start of a new session: an event minutes after the last one continues the
@@ -453,8 +481,9 @@ class EbbtideNet(nn.Module):
         """Scores (B, n_items) over the whole catalogue, as of `elapsed_s` seconds after each user's
         last event; pad and OOV are -inf. Only the time_lstm encoder makes them depend on elapsed_s."""
         enc = self._run_encoder(batch)
-        state = self._state_at(enc, self._elapsed(elapsed_s, enc["last"].shape[0]))
-        return self._full_logits(self._item_vectors(state, enc["items"][:, -1])).float()
+        state, weights = self._state_at(enc, self._elapsed(elapsed_s, enc["last"].shape[0]), return_weights=True)
+        last_items = enc["items"][:, -1]
+        return self._full_logits(self._item_vectors(state, last_items, self._transition(enc, last_items, weights))).float()
 
     def return_time(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Return-time figures as of the last event (elapsed 0); see `return_time_at`."""
