@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The nightly chain through spark-submit: ingest -> sessionize -> sequences -> score, stopping at the
-# first failure. Usage: deploy/spark-submit/nightly.sh SOURCE_PATH [SCORE_DATE] (default: today, UTC)
+# The nightly chain through spark-submit: ingest -> sessionize -> sequences -> score -> monitor, stopping
+# at the first failure. Usage: deploy/spark-submit/nightly.sh SOURCE_PATH [SCORE_DATE] (default: today, UTC)
+# monitor checks the day before SCORE_DATE (the last complete day) and fails the chain on an alert.
 # Same settings as submit.sh (EBBTIDE_SUBMIT_MODE, EBBTIDE_ENV_ARCHIVE, ...); EBBTIDE_SOURCE_FORMAT
 # sets the raw format (default parquet); EBBTIDE_STAGE_OPTS adds options to every stage (e.g.
 # "--set storage.root=/data/ebbtide").
@@ -13,3 +14,4 @@ read -r -a OPTS <<< "${EBBTIDE_STAGE_OPTS:-}"
 "$HERE/submit.sh" sessionize "${OPTS[@]}"
 "$HERE/submit.sh" sequences "${OPTS[@]}"
 "$HERE/submit.sh" score --score-date "$SCORE_DATE" "${OPTS[@]}"
+"$HERE/submit.sh" monitor --day-before "$SCORE_DATE" --fail-on-alert "${OPTS[@]}"

@@ -21,7 +21,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-STAGES="ingest sessionize sequences train evaluate score sql synth"
+STAGES="ingest sessionize sequences train evaluate score monitor sql synth"
 
 usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; echo "stages: $STAGES"; }
 [ $# -ge 1 ] || { usage >&2; exit 2; }

@@ -34,6 +34,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "train": ("ebbtide.model.train", "train the time-aware LSTM (local, horovod or torch-distributor) and register it"),
     "evaluate": ("ebbtide.evaluation.run", "score the challenger against baselines and the champion; gate promotion"),
     "score": ("ebbtide.scoring.run", "nightly scoring -> gold_recommendations + gold_churn_decay"),
+    "monitor": ("ebbtide.monitor.run", "one day's input drift, outputs and realized outcomes -> ops_monitoring + a report"),
     "sql": ("ebbtide.sql", "run SQL against ebbtide's tables (the catalog holds every table by name)"),
 }
 
@@ -46,6 +47,7 @@ TABLE_STAGES: dict[str, str] = {
     "ops_evaluations": "evaluate",
     "gold_recommendations": "score", "gold_churn_decay": "score",
     "latest_recommendations": "score", "latest_churn_decay": "score",
+    "ops_monitoring": "monitor",
 }
 
 EXIT_RUNTIME, EXIT_USAGE = 1, 2

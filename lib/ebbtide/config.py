@@ -211,7 +211,9 @@ def register_section(name: str):
 
 # Modules that define a stage's section; importing one registers it. They must stay light
 # (no torch, no pyspark at import time) so that config loading is instant.
-STAGE_CONFIG_MODULES = ("ebbtide.model.config", "ebbtide.evaluation.config", "ebbtide.scoring.config")
+STAGE_CONFIG_MODULES = (
+    "ebbtide.model.config", "ebbtide.evaluation.config", "ebbtide.scoring.config", "ebbtide.monitor.config",
+)
 
 
 def _load_registered_sections() -> None:

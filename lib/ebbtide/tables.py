@@ -6,7 +6,8 @@ idempotent for the same input:
 
 - ``overwrite``: replace the whole table (one atomic Delta commit);
 - ``replace_where``: replace exactly the rows matching a predicate, e.g. one score date;
-- ``merge``: insert rows whose ``keys`` are new (and optionally update matched rows);
+- ``merge``: insert rows whose ``keys`` are new (and optionally update matched rows, and delete
+  the target rows of a slice that the new rows no longer hold: ``delete_unmatched``);
 - ``append``: only for logs whose rows carry a run id (ops tables).
 
 A new table is first created by a metadata-only commit (no Spark job, no data file), so a
@@ -180,12 +181,18 @@ def write(
     *,
     keys: Optional[Iterable[str]] = None,
     update_matched: bool = False,
+    delete_unmatched: Optional[str] = None,
     partition_by: Optional[Iterable[str]] = None,
     replace_where: Optional[str] = None,
     comment: Optional[str] = None,
     properties: Optional[dict[str, str]] = None,
 ) -> None:
     """Write ``df`` to table ``name`` in one Delta commit. See the module doc for the modes.
+
+    ``delete_unmatched`` (merge only): a predicate on the target's columns, qualified by the
+    target alias ``t`` (e.g. ``t.monitor_date = DATE'2025-03-10'``); target rows that match it and
+    have no match in ``df`` are deleted in the same commit, so a rerun that writes a slice again
+    with ``update_matched`` replaces that slice exactly (rows it no longer produces go).
 
     ``properties`` (overwrite only): table properties that describe the rows, committed in the
     same commit as the rows (see :func:`_replace_with_properties`).
@@ -194,6 +201,8 @@ def write(
         raise ValueError(f"unknown write mode {mode!r}")
     if mode == "merge" and not keys:
         raise ValueError("merge needs keys")
+    if delete_unmatched and mode != "merge":
+        raise ValueError("delete_unmatched goes with merge only")
     if mode == "replace_where" and not replace_where:
         raise ValueError("replace_where mode needs a predicate")
     if properties and mode != "overwrite":
@@ -204,7 +213,8 @@ def write(
     # (last writer wins) instead of failing the run.
     for attempt in range(1, CONFLICT_ATTEMPTS + 1):
         try:
-            _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace_where, comment, properties)
+            _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace_where, comment, properties,
+                        delete_unmatched)
             break
         except Exception as e:  # noqa: BLE001 - only Delta's concurrency errors are retried
             if mode == "append" or attempt == CONFLICT_ATTEMPTS or not is_concurrent_write_error(e):
@@ -233,7 +243,8 @@ def is_concurrent_write_error(e: BaseException) -> bool:
     return any(c in text for c in _CONFLICTS)
 
 
-def _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace_where, comment, properties) -> None:
+def _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace_where, comment, properties,
+                delete_unmatched=None) -> None:
     from delta.tables import DeltaTable
 
     spark = df.sparkSession
@@ -251,7 +262,10 @@ def _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace
         m = target.alias("t").merge(df.alias("s"), cond)
         if update_matched:
             m = m.whenMatchedUpdateAll()
-        m.whenNotMatchedInsertAll().execute()
+        m = m.whenNotMatchedInsertAll()
+        if delete_unmatched:
+            m = m.whenNotMatchedBySourceDelete(delete_unmatched)
+        m.execute()
     elif properties:
         _replace_with_properties(df, path, parts, properties, comment)
     elif mode == "replace_where":

@@ -93,7 +93,10 @@ def _dag(job: dict) -> dict[str, set[str]]:
 
 def test_nightly_job_is_the_etl_chain(bundle):
     job = bundle["resources"]["jobs"]["ebbtide_nightly"]
-    assert _dag(job) == {"ingest": set(), "sessionize": {"ingest"}, "sequences": {"sessionize"}, "score": {"sequences"}}
+    assert _dag(job) == {"ingest": set(), "sessionize": {"ingest"}, "sequences": {"sessionize"}, "score": {"sequences"},
+                         "monitor": {"score"}}
+    monitor = next(t for t in job["tasks"] if t["task_key"] == "monitor")["python_wheel_task"]["parameters"]
+    assert "--fail-on-alert" in monitor and "--day-before" in monitor
     assert job["schedule"]["quartz_cron_expression"] and job["schedule"]["timezone_id"] == "UTC"
     clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job["job_clusters"]}
     version = bundle["variables"]["spark_version"]["default"]
@@ -143,7 +146,7 @@ def test_every_wheel_task_calls_a_real_stage_with_valid_arguments(bundle):
             assert args.env == "databricks"
             build_parser().parse_args([stage, "--env", "databricks"])
             n += 1
-    assert n == 6
+    assert n == 7
 
 
 def test_wheel_library_is_what_package_sh_builds(bundle):
@@ -210,7 +213,7 @@ def test_emr_steps():
         args = _parse_stage_args(stage, argv)
         assert args.env == "emr"
         stages.append(stage)
-    assert stages == ["ingest", "sessionize", "sequences", "train", "evaluate", "score"]
+    assert stages == ["ingest", "sessionize", "sequences", "train", "evaluate", "score", "monitor"]
     train = next(s for s in steps if "train" in s["Name"])
     confs = dict(c.split("=", 1) for c in _split_submit(train["Args"])[0]["--conf"])
     assert confs["spark.task.resource.gpu.amount"] == "1"
