@@ -268,16 +268,16 @@ def mlflow_state(cfg) -> dict:
     listed apart."""
     import hashlib
 
-    from ebbtide.model import registry
+    from ebbtide import mlflow_uris
 
-    uri = registry.tracking_uri(cfg)
+    uris = mlflow_uris.from_config(cfg)
+    uri = uris.tracking
     db = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
     if db and not os.path.exists(db):
         return {"runs": {}, "versions": {}, "unfinished": [], "n": 0}
     from mlflow.entities import ViewType
-    from mlflow.tracking import MlflowClient
 
-    c = MlflowClient(tracking_uri=uri, registry_uri=registry.registry_uri(cfg))
+    c = mlflow_uris.client(uris)
     runs: list[str] = []
     versions: list[str] = []
     unfinished: list[str] = []

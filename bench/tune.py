@@ -36,6 +36,7 @@ def export(args) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from ebbtide import storage
     from ebbtide.cli import Context
     from ebbtide.config import load_config
     from ebbtide.model import feed, train
@@ -46,7 +47,8 @@ def export(args) -> None:
     _, _, _, n_items, n_event_types = train._read_vocabs(ctx.spark, cfg, version)
     out = {"n_items": n_items, "n_event_types": n_event_types, "session_gap_s": cfg.sessionize.gap_minutes * 60.0}
     for split in ("train", "valid"):
-        t = pa.concat_tables([pq.read_table(feed._local_path(f), columns=list(ARRAYS)) for f in files[split]])
+        t = pa.concat_tables([pq.read_table(path, columns=list(ARRAYS), filesystem=fs)
+                              for fs, path in map(storage.filesystem_and_path, files[split])])
         for c in ARRAYS:
             col = t.column(c).combine_chunks()
             arr = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1) if str(col.type).startswith("list") \

@@ -46,7 +46,8 @@ def run(ctx, args) -> dict:
         raise ValueError("give a query, e.g. ebbtide sql \"SHOW TABLES\", or -f FILE.sql")
     text = Path(args.file).read_text() if args.file else args.query
     spark = ctx.spark
-    spark.catalog.setCurrentDatabase(ctx.cfg.storage.database)
+    # USE takes a schema and a Unity Catalog catalog.schema alike.
+    spark.sql(f"USE {ctx.cfg.storage.database}")
     rows = 0
     for stmt in split_statements(text):
         df = spark.sql(stmt)

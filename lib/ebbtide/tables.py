@@ -24,6 +24,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Iterable, Literal, Optional
 
+from ebbtide import storage
 from ebbtide.config import Config
 from ebbtide.log import get_logger
 
@@ -69,7 +70,8 @@ def version(spark: "SparkSession", cfg: Config, name: str) -> int:
 
 
 def parquet_files(spark: "SparkSession", cfg: Config, name: str, version: Optional[int] = None) -> list[str]:
-    """The Parquet files of one Delta snapshot (what Petastorm reads), as file:// URLs."""
+    """The Parquet files of one Delta snapshot (what Petastorm reads), as URLs in the warehouse's
+    scheme (file:, dbfs:, s3:, s3a:, abfss:...): open them with ebbtide.storage."""
     df = read(spark, cfg, name, version)
     return sorted(df.inputFiles())
 
@@ -124,8 +126,8 @@ def set_aside_if_orphaned(cfg: Config, name: str, grace_s: float = 0.0) -> Optio
     touched less than ``grace_s`` seconds ago is left alone (it may be a table being created).
     Only local warehouses are checked: on object stores creation is a single PUT of 0.json.
     """
-    folder = table_path(cfg, name)
-    if _is_remote(folder) or not os.path.isdir(os.path.join(folder, "_delta_log")) or has_commit(folder):
+    folder = storage.local_path(table_path(cfg, name))
+    if folder is None or not os.path.isdir(os.path.join(folder, "_delta_log")) or has_commit(folder):
         return None
     if grace_s > 0 and time.time() - _newest_mtime(folder) < grace_s:
         return None
@@ -142,10 +144,6 @@ def set_aside_if_orphaned(cfg: Config, name: str, grace_s: float = 0.0) -> Optio
         folder, target, full_name(cfg, name),
     )
     return target
-
-
-def _is_remote(path: str) -> bool:
-    return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", path)) and not path.startswith("file:")
 
 
 def register_all(spark: "SparkSession", cfg: Config, grace_s: float = ORPHAN_GRACE_S) -> list[str]:

@@ -264,9 +264,7 @@ def _args(**kw):
 
 @pytest.mark.slow
 def test_evaluate_baselines_only_writes_table_report_and_mlflow_idempotently(ctx, spark, cfg):
-    from mlflow import MlflowClient
-
-    from ebbtide import tables
+    from ebbtide import mlflow_uris, tables
     from ebbtide.evaluation import run as R
 
     out = R.run(ctx, _args(baselines_only=True))
@@ -305,8 +303,7 @@ def test_evaluate_baselines_only_writes_table_report_and_mlflow_idempotently(ctx
     assert os.path.exists(rep) and "| markov |" in open(rep).read()
     assert os.path.exists(os.path.join(os.path.dirname(rep), "calibration.png"))
     assert os.path.exists(os.path.join(os.path.dirname(rep), "decay_curves.png"))
-    uri = cfg.path(cfg.section("mlflow").tracking_uri)
-    run = MlflowClient(tracking_uri=uri).get_run(out["mlflow_run_id"])
+    run = mlflow_uris.client(mlflow_uris.from_config(cfg)).get_run(out["mlflow_run_id"])
     assert run.data.metrics["markov.ndcg_at_10"] == pytest.approx(nd["markov"])
     assert run.data.metrics["markov.request_time_ndcg_at_10"] == pytest.approx(rt["markov"])
 
@@ -363,16 +360,14 @@ class OracleStandIn(RandomStandIn):
 @pytest.mark.slow
 def test_evaluate_gate_promotes_a_strong_model_then_refuses_a_weak_one(ctx, spark, cfg, monkeypatch):
     import mlflow
-    from mlflow import MlflowClient
 
-    from ebbtide import tables
+    from ebbtide import mlflow_uris, tables
     from ebbtide.evaluation import run as R
     from ebbtide.evaluation.gate import alias_version
 
-    uri = cfg.path(cfg.section("mlflow").tracking_uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    uris = mlflow_uris.from_config(cfg)
+    client = mlflow_uris.client(uris)
+    mlflow_uris.configure(uris)
     exp = client.create_experiment("registry-fixture", artifact_location=Path(cfg.path("{root}/art")).as_uri())
 
     class Constant(mlflow.pyfunc.PythonModel):
@@ -389,7 +384,7 @@ def test_evaluate_gate_promotes_a_strong_model_then_refuses_a_weak_one(ctx, spar
     weak, strong = versions
     stand_ins = {weak: RandomStandIn(), strong: OracleStandIn(_ROWS)}
 
-    def load(model_uri, tracking_uri=None):
+    def load(model_uri, uris=None):
         ref = model_uri[len("models:/ebbtide"):]
         v = alias_version(client, "ebbtide", ref[1:]) if ref.startswith("@") else ref.lstrip("/")
         return stand_ins[v]

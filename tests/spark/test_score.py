@@ -71,7 +71,7 @@ class TinyPredictor:
         return ITEM_IDS[np.asarray(idx)]
 
 
-def tiny_loader(uri, tracking_uri=""):
+def tiny_loader(uri, uris=None):
     from ebbtide.scoring.inference import PredictorScorer
 
     return PredictorScorer(TinyPredictor(broken="broken" in uri))
@@ -126,7 +126,7 @@ def score(ctx, cfg, date=D, uri="tiny://ok"):
     from ebbtide.scoring.run import ModelRef, score_and_publish
 
     c = Context(cfg, run_id=ctx.run_id + date.isoformat(), _spark=ctx.spark)
-    return score_and_publish(c, date, ModelRef(uri, "tiny", 7, ""), loader=tiny_loader)
+    return score_and_publish(c, date, ModelRef(uri, "tiny", 7, None), loader=tiny_loader)
 
 
 def partition(spark, cfg, name, date=D, drop=("run_id", "scored_at")):

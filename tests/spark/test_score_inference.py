@@ -66,7 +66,7 @@ def test_model_is_loaded_once_per_worker(items):
     path, _ = items
     loads = []
 
-    def loader(uri, tracking_uri=""):
+    def loader(uri, uris=None):
         loads.append(uri)
         return inference.EmbeddingScorer(uri)
 

@@ -62,9 +62,9 @@ def cfg(tmp_path, spark):
 
 
 def test_score_with_a_trained_and_registered_champion(spark, cfg, tmp_path):
-    from ebbtide import sequences, tables
+    from ebbtide import mlflow_uris, sequences, tables
     from ebbtide.cli import Context, run_stage
-    from ebbtide.model import registry, train
+    from ebbtide.model import train
 
     ctx = Context(cfg, _spark=spark)
     events = spark.createDataFrame(silver_events(), SILVER_DDL)
@@ -76,7 +76,7 @@ def test_score_with_a_trained_and_registered_champion(spark, cfg, tmp_path):
     version = trained["model_version"]
     # What the evaluation gate does on promotion.
     name = cfg.section("mlflow").model_name
-    registry.client(registry.tracking_uri(cfg)).set_registered_model_alias(name, "champion", version)
+    mlflow_uris.client(mlflow_uris.from_config(cfg)).set_registered_model_alias(name, "champion", version)
 
     out = run_stage("score", ["--score-date", SCORE_DATE.isoformat()], ctx)
     active = (

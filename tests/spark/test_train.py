@@ -59,9 +59,9 @@ def _train(spark, data_root, tmp_path, *extra, argv=()):
 
 
 def _client(cfg):
-    from ebbtide.model import registry
+    from ebbtide import mlflow_uris
 
-    return registry.client(registry.tracking_uri(cfg))
+    return mlflow_uris.client(mlflow_uris.from_config(cfg))
 
 
 def _steps(client, run_id, key):

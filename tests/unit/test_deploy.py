@@ -172,6 +172,12 @@ def test_databricks_overlay_exists_and_takes_the_platform_session():
     assert (ROOT / "conf" / "databricks.yaml").exists()
     cfg = load_config(env="databricks")
     assert cfg.spark.use_platform_session and not cfg.spark.add_delta_jars
+    # Checkpoints on the Unity Catalog volume every node mounts; tables named catalog.schema.table.
+    root = cfg.path("{root}")
+    assert root.startswith("/Volumes/")
+    for template in (cfg.storage.checkpoint_dir, cfg.section("train").checkpoint_dir):
+        assert cfg.path(template).startswith(root + "/"), template
+    assert cfg.storage.database.count(".") == 1 and cfg.section("mlflow").registry_uri == "databricks-uc"
 
 
 # ------------------------------------------------------------------------------------------
@@ -226,7 +232,12 @@ def test_emr_overlay_loads_and_overrides_parse():
     argv = _split_submit(steps[0]["Args"])[2]
     sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
     cfg = load_config(env="emr", overrides=sets)
-    assert cfg.storage.warehouse_dir.startswith("s3://")
+    root = cfg.path("{root}")
+    assert root.startswith("s3://")
+    # Every node reaches what the stages store: tables, streaming and training checkpoints.
+    for template in (cfg.storage.warehouse_dir, cfg.storage.checkpoint_dir, cfg.section("train").checkpoint_dir):
+        assert cfg.path(template).startswith(root + "/"), template
+    assert cfg.section("mlflow").tracking_uri.startswith("http")
     assert cfg.spark.use_platform_session
 
 

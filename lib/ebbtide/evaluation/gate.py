@@ -2,7 +2,8 @@
 
 ``decide`` is a pure function of metric values, so every promote/refuse case is a unit test.
 ``apply_decision`` is the thin MLflow part: it moves the alias, tags the model version with
-the decision and logs it on a run. Nothing else in the package touches the model registry.
+the decision and logs it on a run. Nothing else in the package moves the champion alias. The
+client comes from :func:`ebbtide.mlflow_uris.client`, with the configured registry URI.
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 from ebbtide.log import get_logger
@@ -139,27 +139,6 @@ def apply_decision(
         client.set_tag(run_id, "gate.reason", tags["gate.reason"][:4900])
     log.info("gate for %s v%s: %s", model_name, challenger_version, decision.summary)
     return result
-
-
-def mlflow_client(cfg):
-    """A client on the configured tracking store (registry on the same store)."""
-    from mlflow import MlflowClient
-
-    m = cfg.section("mlflow")
-    uri = cfg.path(m.tracking_uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def ensure_experiment(client, cfg) -> str:
-    m = cfg.section("mlflow")
-    exp = client.get_experiment_by_name(m.experiment)
-    if exp is not None:
-        return exp.experiment_id
-    art = cfg.path(m.artifact_root)
-    if "://" not in art:
-        os.makedirs(art, exist_ok=True)
-        art = Path(art).as_uri()
-    return client.create_experiment(m.experiment, artifact_location=art)
 
 
 def resolve_registered(client, model_uri: str) -> Optional[dict[str, str]]:

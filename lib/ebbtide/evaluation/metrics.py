@@ -382,15 +382,26 @@ def sample_negatives(
 
 
 def save_negatives(path: str, negatives: np.ndarray, example_ids: Sequence[str]) -> None:
-    np.savez_compressed(path, negatives=negatives, example_ids=np.asarray(example_ids, dtype=object))
+    """Persist the negatives at a local path or a storage URL (see ebbtide.storage)."""
+    import io
+
+    from ebbtide import storage
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, negatives=negatives, example_ids=np.asarray(example_ids, dtype=object))
+    storage.write_bytes(path, buf.getvalue())
 
 
 def load_negatives(path: str, example_ids: Sequence[str]) -> Optional[np.ndarray]:
     """The persisted negatives if they were drawn for exactly these examples, else None."""
-    try:
-        z = np.load(path, allow_pickle=True)
-    except FileNotFoundError:
+    import io
+
+    from ebbtide import storage
+
+    data = storage.read_bytes(path)
+    if data is None:
         return None
+    z = np.load(io.BytesIO(data), allow_pickle=True)
     if len(z["example_ids"]) != len(example_ids) or not np.array_equal(z["example_ids"], np.asarray(example_ids, dtype=object)):
         return None
     return z["negatives"]

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from typing import Any, Optional
 
 import numpy as np
 
-from ebbtide import tables
+from ebbtide import mlflow_uris, storage, tables
 from ebbtide.log import get_logger, step
 
 log = get_logger("evaluate")
@@ -222,7 +223,7 @@ def cutoffs_of(spark, cfg, ex) -> dict[str, float]:
         return {"valid_start": P.split_start(ex, "valid"), "test_start": P.split_start(ex, "test")}
 
 
-def _load_predictor(uri: str, tracking_uri: Optional[str] = None):
+def _load_predictor(uri: str, uris: Optional[mlflow_uris.MlflowUris] = None):
     try:
         from ebbtide.model.predictor import Predictor
     except ImportError as e:
@@ -230,7 +231,7 @@ def _load_predictor(uri: str, tracking_uri: Optional[str] = None):
             f"cannot import ebbtide.model.predictor ({e}); run with --baselines-only to evaluate the baselines alone"
         ) from None
     try:
-        return Predictor.load(uri, tracking_uri=tracking_uri)
+        return Predictor.load(uri, uris)
     except Exception as e:  # noqa: BLE001 - any load failure is reported with the fix
         raise ValueError(
             f"cannot load the model {uri}: {type(e).__name__}: {e}. Train and register it (`ebbtide train`), "
@@ -269,24 +270,27 @@ def run(ctx, args) -> dict:
     model_uri = args.model_uri or ec.model_uri
     ks = tuple(ec.ks)
     horizons = tuple(int(d) for d in ec.churn_horizons_days)
-    out_dir = os.path.join(cfg.path(ec.report_dir), f"{split}-{protocol}")
+    report_url = storage.join(cfg.path(ec.report_dir), f"{split}-{protocol}")
+    # The report and its figures are written to a local folder; a report_dir on an object store
+    # gets a copy of it at the end.
+    out_dir = storage.local_path(report_url) or tempfile.mkdtemp(prefix="ebbtide-report-")
     os.makedirs(out_dir, exist_ok=True)
 
     # -- the model(s) first: a model that cannot load fails before any Spark work ---------
-    client = gate.mlflow_client(cfg)
-    tracking = cfg.path(cfg.section("mlflow").tracking_uri)
+    uris = mlflow_uris.from_config(cfg)
+    client = mlflow_uris.client(uris)
     challenger = champion = None
     model_scorers: list[tuple[Any, str, str, str]] = []  # scorer, role, version, uri
     if not args.baselines_only:
         challenger = gate.resolve_registered(client, model_uri)
-        model_scorers.append((B.PredictorScorer(_load_predictor(model_uri, tracking), "ebbtide"), "challenger",
+        model_scorers.append((B.PredictorScorer(_load_predictor(model_uri, uris), "ebbtide"), "challenger",
                               challenger["version"] if challenger else "", model_uri))
         if challenger and not args.no_champion:
             champ_version = gate.alias_version(client, challenger["name"], ec.champion_alias)
             if champ_version and champ_version != challenger["version"]:
                 champ_uri = f"models:/{challenger['name']}/{champ_version}"
                 champion = {"name": challenger["name"], "version": champ_version, "uri": champ_uri}
-                model_scorers.append((B.PredictorScorer(_load_predictor(champ_uri, tracking), "champion"), "champion",
+                model_scorers.append((B.PredictorScorer(_load_predictor(champ_uri, uris), "champion"), "champion",
                                       champ_version, champ_uri))
 
     ex = tables.read(spark, cfg, "gold_training_examples")
@@ -323,8 +327,7 @@ def run(ctx, args) -> dict:
 
     with step(log, "sampled negatives (request-time view)"):
         rt = views["request_time"]
-        neg_path = os.path.join(cfg.path("{root}/evaluation"), f"negatives-{split}-{protocol}-{ec.sampled_seed}.npz")
-        os.makedirs(os.path.dirname(neg_path), exist_ok=True)
+        neg_path = storage.join(cfg.path("{root}/evaluation"), f"negatives-{split}-{protocol}-{ec.sampled_seed}.npz")
         ids = rt["pdf"]["example_id"].tolist()
         negatives = load_negatives(neg_path, ids)
         if negatives is not None and not candidates[negatives].all():
@@ -444,7 +447,7 @@ def run(ctx, args) -> dict:
     # One dict per scorer: the headline view's metrics under their plain names (so
     # ``{scorer}.ndcg_at_10`` and the training run's ``test_ndcg_at_10`` keep their meaning), the
     # other views' prefixed with the view, and churn.
-    exp_id = gate.ensure_experiment(client, cfg)
+    exp_id = mlflow_uris.ensure_experiment(client, cfg)
     all_metrics: dict[str, dict[str, float]] = {}
     for v, by_scorer in ranking.items():
         for name, met in by_scorer.items():
@@ -459,6 +462,9 @@ def run(ctx, args) -> dict:
          "exclude_history": ec.exclude_history},
         out_dir, model_run_id=(challenger or {}).get("run_id") or None, model_key="ebbtide", split=split,
     )
+    if not storage.is_local(report_url):
+        storage.copy_dir(out_dir, report_url)
+        report_path = storage.join(report_url, os.path.basename(report_path))
     gate_result = None
     if decision is not None:
         gate_result = gate.apply_decision(client, challenger["name"], challenger["version"], decision,

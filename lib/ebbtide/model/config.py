@@ -123,8 +123,9 @@ class TrainConf:
 @register_section("mlflow")
 @dataclass(frozen=True)
 class MlflowConf:
+    # Read by ebbtide.mlflow_uris: store URIs (databricks, http://...) as written, a bare path as a folder.
     tracking_uri: str = "sqlite:///{root}/mlflow.db"
-    # Empty: the tracking URI also holds the model registry.
+    # Empty: the tracking URI also holds the model registry; databricks-uc: Unity Catalog.
     registry_uri: str = ""
     artifact_root: str = "{root}/mlartifacts"
     experiment: str = "ebbtide"

@@ -15,8 +15,12 @@ Every rank must run the same number of steps per epoch (each step is a collectiv
 row groups rarely split evenly. So the training reader loops over its shard without end and the
 epoch takes exactly ``steps_per_epoch(total_rows, batch, world)`` batches from it.
 
-Only pyarrow, petastorm and torch are imported at module level: the GPU benchmark runs this module
-on a machine without Spark. The functions that need Spark take the session as an argument.
+Files are paths or URLs as Spark lists them (``file:``, ``dbfs:/``, ``s3://``, ``abfss://``...):
+ebbtide.storage opens them, for pyarrow and for Petastorm alike.
+
+Only pyarrow, petastorm and torch are needed (ebbtide.storage imports pyarrow only): the GPU
+benchmark runs this module on a machine without Spark. The functions that need Spark take the
+session as an argument.
 """
 from __future__ import annotations
 
@@ -25,9 +29,11 @@ import hashlib
 import re
 import urllib.parse
 import warnings
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
+
+from ebbtide import storage
 
 if TYPE_CHECKING:
     import torch
@@ -77,30 +83,24 @@ def snapshot_files(spark: "SparkSession", cfg: "Config", version: Optional[int] 
     return v, files_by_split(tables.parquet_files(spark, cfg, EXAMPLES_TABLE, v))
 
 
-def _local_path(url: str) -> str:
-    p = urllib.parse.urlparse(url)
-    return urllib.parse.unquote(p.path) if p.scheme in ("file", "") else url
+def row_group_rows(files: Sequence[str], storage_options: Optional[Mapping[str, str]] = None) -> list[int]:
+    """Rows of every row group, in file order (read from the Parquet footers only).
 
-
-def row_group_rows(files: Sequence[str]) -> list[int]:
-    """Rows of every row group, in file order (read from the Parquet footers only)."""
+    ``files`` are paths or URLs as Spark lists them; ``storage_options`` are Hadoop S3 settings
+    (ebbtide.storage.options_from_spark), as for every reader below."""
     import pyarrow.parquet as pq
-    from pyarrow import fs as pafs
 
     rows: list[int] = []
     for f in files:
-        if urllib.parse.urlparse(f).scheme in ("file", ""):
-            md = pq.ParquetFile(_local_path(f)).metadata
-        else:
-            filesystem, path = pafs.FileSystem.from_uri(f)
-            with filesystem.open_input_file(path) as fh:
-                md = pq.ParquetFile(fh).metadata
+        filesystem, path = storage.filesystem_and_path(f, storage_options)
+        with filesystem.open_input_file(path) as fh:
+            md = pq.ParquetFile(fh).metadata
         rows.extend(md.row_group(i).num_rows for i in range(md.num_row_groups))
     return rows
 
 
-def count_rows(files: Sequence[str]) -> int:
-    return int(sum(row_group_rows(files)))
+def count_rows(files: Sequence[str], storage_options: Optional[Mapping[str, str]] = None) -> int:
+    return int(sum(row_group_rows(files, storage_options)))
 
 
 def steps_per_epoch(total_rows: int, batch_size: int, world_size: int, max_steps: int = 0, share: float = 1.0) -> int:
@@ -109,8 +109,9 @@ def steps_per_epoch(total_rows: int, batch_size: int, world_size: int, max_steps
     return min(steps, max_steps) if max_steps > 0 else steps
 
 
-def check_shardable(files: Sequence[str], world_size: int, what: str = "train") -> None:
-    n = len(row_group_rows(files))
+def check_shardable(files: Sequence[str], world_size: int, what: str = "train",
+                    storage_options: Optional[Mapping[str, str]] = None) -> None:
+    n = len(row_group_rows(files, storage_options))
     if n < world_size:
         raise ValueError(
             f"the {what} split has {n} Parquet row group(s) but {world_size} processes need one each: "
@@ -165,6 +166,7 @@ def open_loader(
     shuffle_rows: int = 0,
     loop: bool = False,
     columns: Sequence[str] = FEED_COLUMNS,
+    storage_options: Optional[Mapping[str, str]] = None,
 ) -> Iterator[Iterator[dict]]:
     """A Petastorm ``BatchedDataLoader`` over this rank's shard, as an iterator of dicts of tensors.
 
@@ -180,8 +182,10 @@ def open_loader(
     es = epoch_seed(seed, epoch)
     # The shuffling buffer draws its permutations from torch's global generator.
     torch.manual_seed(es)
+    urls, filesystem = storage.petastorm_source(files, storage_options)
     reader = make_batch_reader(
-        list(files),
+        urls,
+        filesystem=filesystem,
         schema_fields=_schema_fields(columns),
         reader_pool_type="thread" if loop else "dummy",
         workers_count=max(1, workers),
@@ -202,7 +206,8 @@ def open_loader(
         reader.join()
 
 
-def in_memory_batches(files: Sequence[str], batch_size: int, n_batches: int, columns: Sequence[str] = FEED_COLUMNS) -> list[dict]:
+def in_memory_batches(files: Sequence[str], batch_size: int, n_batches: int, columns: Sequence[str] = FEED_COLUMNS,
+                      storage_options: Optional[Mapping[str, str]] = None) -> list[dict]:
     """The first n_batches batches of the files as model tensors, held in memory (the benchmark's bare-model baseline)."""
     import pyarrow.parquet as pq
     import torch
@@ -211,7 +216,8 @@ def in_memory_batches(files: Sequence[str], batch_size: int, n_batches: int, col
     parts = []
     got = 0
     for f in files:
-        t = pq.read_table(_local_path(f), columns=list(columns))
+        filesystem, path = storage.filesystem_and_path(f, storage_options)
+        t = pq.read_table(path, columns=list(columns), filesystem=filesystem)
         parts.append(t)
         got += t.num_rows
         if got >= need:

@@ -116,21 +116,23 @@ def _horovodrun(spec: "TrainSpec", tc: "TrainConf") -> list[dict]:
     exe = shutil.which("horovodrun") or os.path.join(os.path.dirname(sys.executable), "horovodrun")
     if not os.path.exists(exe):
         raise RuntimeError("horovodrun not found: install Horovod (`make setup`) or use --launcher torch-distributor")
-    spec_path = os.path.join(spec.checkpoint_dir, "spec.pkl")
-    result_path = os.path.join(spec.checkpoint_dir, "result.pkl")
-    with open(spec_path, "wb") as f:
-        pickle.dump(spec, f)
-    if os.path.exists(result_path):
-        os.remove(result_path)
+    from ebbtide import storage
+
+    # Under the checkpoint folder, which every host reaches (a shared mount or a storage URL).
+    spec_path = storage.join(spec.checkpoint_dir, "spec.pkl")
+    result_path = storage.join(spec.checkpoint_dir, "result.pkl")
+    opts = spec.storage_options
+    storage.write_bytes(spec_path, pickle.dumps(spec), opts)
+    storage.remove_file(result_path, opts)
     hosts = tc.hosts or f"localhost:{tc.num_proc}"
     cmd = [exe, "-np", str(tc.num_proc), "-H", hosts, "--gloo", "--start-timeout", str(tc.start_timeout_s),
            sys.executable, "-m", "ebbtide.model.launchers", spec_path, result_path]
     log.info("running %s", " ".join(cmd))
     rc = subprocess.call(cmd)
-    if rc != 0 or not os.path.exists(result_path):
+    result = storage.read_bytes(result_path, opts)
+    if rc != 0 or result is None:
         raise RuntimeError(f"horovodrun exited with status {rc}; see the ranks' output above")
-    with open(result_path, "rb") as f:
-        return [pickle.load(f)]
+    return [pickle.loads(result)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,20 +143,20 @@ def main(argv: list[str] | None = None) -> int:
     """
     import dataclasses
 
+    from ebbtide import storage
     from ebbtide.model.train import train_fn
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not 1 <= len(argv) <= 2 or argv[0] in ("-h", "--help"):
         print(main.__doc__)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    with open(argv[0], "rb") as f:
-        spec = pickle.load(f)
+    data = storage.read_bytes(argv[0])
+    if data is None:
+        raise FileNotFoundError(f"no training spec at {argv[0]}")
+    spec = pickle.loads(data)
     result = train_fn(dataclasses.replace(spec, backend="horovod"))
     if result["rank"] == 0 and len(argv) == 2:
-        tmp = argv[1] + ".tmp"
-        with open(tmp, "wb") as f:
-            pickle.dump(result, f)
-        os.replace(tmp, argv[1])
+        storage.write_bytes(argv[1], pickle.dumps(result), spec.storage_options)
     return 0
 
 

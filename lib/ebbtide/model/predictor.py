@@ -13,9 +13,12 @@ import dataclasses
 import json
 import os
 import warnings
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ebbtide.mlflow_uris import MlflowUris
 
 # The pyfunc takes a DataFrame and validates it through its logged signature, not through type hints.
 warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
@@ -116,10 +119,11 @@ class Predictor:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, model_uri_or_dir: str, tracking_uri: Optional[str] = None, device: str = "cpu") -> "Predictor":
+    def load(cls, model_uri_or_dir: str, uris: "Optional[MlflowUris]" = None, device: str = "cpu") -> "Predictor":
         """From a predictor folder, a downloaded pyfunc folder, or a models:/ / runs:/ URI.
 
-        URIs resolve through `tracking_uri`, else MLFLOW_TRACKING_URI (and MLFLOW_REGISTRY_URI).
+        URIs resolve through the tracking store and registry in `uris`, else this process's
+        MLflow settings (MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI).
         """
         import pandas as pd
         import torch
@@ -130,9 +134,9 @@ class Predictor:
         if os.path.isdir(model_uri_or_dir):
             root = model_uri_or_dir
         else:
-            from ebbtide.model import registry
+            from ebbtide.mlflow_uris import download_model
 
-            root = registry.download_model(model_uri_or_dir, tracking=tracking_uri)
+            root = download_model(model_uri_or_dir, uris)
         folder = _find_predictor_dir(root)
         with open(os.path.join(folder, META_FILE)) as f:
             meta = json.load(f)

@@ -1,4 +1,4 @@
-"""Every MLflow call of ebbtide: tracking URI, experiment, runs, per-epoch metrics, artifacts, the pyfunc, the registry.
+"""Training's MLflow calls: experiment, runs, per-epoch metrics, artifacts, the pyfunc, the registry.
 
 One experiment (``mlflow.experiment``) holds every training run. A run gets the full resolved config
 as flattened params, the Delta versions of its input tables as tags, one metric point per epoch
@@ -8,20 +8,20 @@ artifacts, and the model as a pyfunc registered as a new version with the ``mlfl
 Runs are driven through ``MlflowClient`` with explicit run ids rather than the fluent active-run
 state, because the process that creates a run (the driver) is not the one that logs its epochs
 (rank 0, possibly in a Spark task or a torchrun child), and a resumed run must reopen the same id.
+The URIs and the client come from :mod:`ebbtide.mlflow_uris`.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import tempfile
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
+from ebbtide import mlflow_uris
 from ebbtide.log import get_logger
+from ebbtide.mlflow_uris import MlflowUris
 
 if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
-
     from ebbtide.config import Config
 
 log = get_logger("model.registry")
@@ -32,60 +32,12 @@ DELTA_TAG = "ebbtide.delta."
 
 
 # --------------------------------------------------------------------------------------------
-# Where things live
-# --------------------------------------------------------------------------------------------
-
-
-def tracking_uri(cfg: "Config") -> str:
-    return _resolve_uri(cfg, cfg.section("mlflow").tracking_uri)
-
-
-def registry_uri(cfg: "Config") -> str:
-    m = cfg.section("mlflow")
-    return _resolve_uri(cfg, m.registry_uri) if m.registry_uri else tracking_uri(cfg)
-
-
-def artifact_root(cfg: "Config") -> str:
-    return cfg.path(cfg.section("mlflow").artifact_root)
-
-
-def _resolve_uri(cfg: "Config", template: str) -> str:
-    uri = template.format(root=cfg.path("{root}")) if "{root}" in template else template
-    if uri.startswith("sqlite:///"):
-        os.makedirs(os.path.dirname(uri[len("sqlite:///"):]) or ".", exist_ok=True)
-    return uri
-
-
-def configure(cfg: "Config") -> None:
-    """Point this process's MLflow at the configured tracking server and registry."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    mlflow.set_registry_uri(registry_uri(cfg))
-
-
-def client(uri: str, registry: Optional[str] = None) -> "MlflowClient":
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri, registry_uri=registry or uri)
-
-
-def ensure_experiment(cfg: "Config") -> str:
-    c = client(tracking_uri(cfg), registry_uri(cfg))
-    name = cfg.section("mlflow").experiment
-    exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    root = artifact_root(cfg)
-    if "://" not in root:
-        os.makedirs(root, exist_ok=True)
-    # One artifact folder per experiment under the configured root (not ./mlruns of the cwd).
-    return c.create_experiment(name, artifact_location=os.path.join(root, name) if "://" not in root else f"{root.rstrip('/')}/{name}")
-
-
-# --------------------------------------------------------------------------------------------
 # Runs, params, metrics
 # --------------------------------------------------------------------------------------------
+
+
+def _client(cfg: "Config"):
+    return mlflow_uris.client(mlflow_uris.from_config(cfg))
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -106,19 +58,20 @@ def start_run(cfg: "Config", run_name: str, params: Mapping[str, str], tags: Map
     """Create a run in the experiment, log params (in the store's batch limits) and tags; return its id."""
     from mlflow.entities import Param
 
-    exp_id = ensure_experiment(cfg)
-    c = client(tracking_uri(cfg), registry_uri(cfg))
+    uris = mlflow_uris.from_config(cfg)
+    c = mlflow_uris.client(uris)
+    exp_id = mlflow_uris.ensure_experiment(c, cfg)
     run = c.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
     items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):
         c.log_batch(run.info.run_id, params=items[i : i + 100])
-    log.info("MLflow run %s in experiment %s (%s)", run.info.run_id, cfg.section("mlflow").experiment, tracking_uri(cfg))
+    log.info("MLflow run %s in experiment %s (%s)", run.info.run_id, cfg.section("mlflow").experiment, uris.tracking)
     return run.info.run_id
 
 
 def reopen_run(cfg: "Config", run_id: str, tags: Mapping[str, str] = {}) -> None:
     """Mark a run RUNNING again (a resumed training) and update tags."""
-    c = client(tracking_uri(cfg), registry_uri(cfg))
+    c = _client(cfg)
     c.get_run(run_id)  # fails clearly when the run is gone
     c.update_run(run_id, status="RUNNING")
     for k, v in tags.items():
@@ -126,16 +79,16 @@ def reopen_run(cfg: "Config", run_id: str, tags: Mapping[str, str] = {}) -> None
 
 
 def end_run(cfg: "Config", run_id: str, status: str = "FINISHED") -> None:
-    client(tracking_uri(cfg), registry_uri(cfg)).set_terminated(run_id, status=status)
+    _client(cfg).set_terminated(run_id, status=status)
 
 
 def set_tags(cfg: "Config", run_id: str, tags: Mapping[str, Any]) -> None:
-    c = client(tracking_uri(cfg), registry_uri(cfg))
+    c = _client(cfg)
     for k, v in tags.items():
         c.set_tag(run_id, k, str(v))
 
 
-def log_epoch(uri: str, run_id: str, epoch: int, metrics: Mapping[str, float]) -> None:
+def log_epoch(uris: MlflowUris, run_id: str, epoch: int, metrics: Mapping[str, float]) -> None:
     """One point per metric at step = epoch (called by rank 0 only)."""
     import time
 
@@ -144,16 +97,16 @@ def log_epoch(uri: str, run_id: str, epoch: int, metrics: Mapping[str, float]) -
     ts = int(time.time() * 1000)
     ms = [Metric(k, float(v), ts, int(epoch)) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
     if ms:
-        client(uri).log_batch(run_id, metrics=ms)
+        mlflow_uris.client(uris).log_batch(run_id, metrics=ms)
 
 
-def logged_epochs(uri: str, run_id: str, key: str = "train_loss") -> list[int]:
+def logged_epochs(uris: MlflowUris, run_id: str, key: str = "train_loss") -> list[int]:
     """Epochs (steps) that already have a point of `key` in the run."""
-    return sorted(m.step for m in client(uri).get_metric_history(run_id, key))
+    return sorted(m.step for m in mlflow_uris.client(uris).get_metric_history(run_id, key))
 
 
 def metric_history(cfg: "Config", run_id: str, key: str) -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in client(tracking_uri(cfg)).get_metric_history(run_id, key))
+    return sorted((m.step, m.value) for m in _client(cfg).get_metric_history(run_id, key))
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,7 +115,7 @@ def metric_history(cfg: "Config", run_id: str, key: str) -> list[tuple[int, floa
 
 
 def log_artifact_files(cfg: "Config", run_id: str, files: Iterable[str], artifact_path: Optional[str] = None) -> None:
-    c = client(tracking_uri(cfg), registry_uri(cfg))
+    c = _client(cfg)
     for f in files:
         c.log_artifact(run_id, f, artifact_path)
 
@@ -208,7 +161,7 @@ def log_and_register_model(cfg: "Config", run_id: str, predictor_dir: str, tags:
     from ebbtide.model.predictor import Predictor
 
     m = cfg.section("mlflow")
-    configure(cfg)
+    mlflow_uris.configure(mlflow_uris.from_config(cfg))
     pred = Predictor.load(predictor_dir)
     example = pred.input_example()
     params = {"k": int(m.top_k)}
@@ -227,7 +180,7 @@ def log_and_register_model(cfg: "Config", run_id: str, predictor_dir: str, tags:
             pip_requirements=_pip_requirements(),
         )
     version = mlflow.register_model(info.model_uri, m.model_name)
-    c = client(tracking_uri(cfg), registry_uri(cfg))
+    c = _client(cfg)
     c.set_registered_model_alias(m.model_name, m.alias, version.version)
     for k, v in tags.items():
         c.set_model_version_tag(m.model_name, version.version, k, str(v))
@@ -241,7 +194,7 @@ def registered_version_of_run(cfg: "Config", run_id: str, tags: Mapping[str, Any
     a run killed after registering but before it was marked finished resumes here instead of
     registering the same model a second time. None when the run registered nothing yet."""
     m = cfg.section("mlflow")
-    c = client(tracking_uri(cfg), registry_uri(cfg))
+    c = _client(cfg)
     versions = [mv for mv in c.search_model_versions(f"run_id = '{run_id}'") if mv.name == m.model_name]
     if not versions:
         return None
@@ -267,23 +220,10 @@ def _pip_requirements() -> list[str]:
     return reqs
 
 
-def download_model(uri: str, cfg: "Optional[Config]" = None, tracking: Optional[str] = None) -> str:
-    """A models:/ or runs:/ URI -> a local folder holding the logged pyfunc (MLmodel, artifacts/...)."""
-    import mlflow
-
-    if cfg is not None:
-        configure(cfg)
-    elif tracking:
-        mlflow.set_tracking_uri(tracking)
-        mlflow.set_registry_uri(tracking)
-    dst = tempfile.mkdtemp(prefix="ebbtide-model-")
-    return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
-
-
 def model_version_of(cfg: "Config", name: str, alias: str) -> Optional[int]:
     from mlflow.exceptions import MlflowException
 
     try:
-        return int(client(tracking_uri(cfg), registry_uri(cfg)).get_model_version_by_alias(name, alias).version)
+        return int(_client(cfg).get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None

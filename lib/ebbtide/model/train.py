@@ -25,7 +25,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
@@ -35,6 +34,7 @@ from ebbtide.log import get_logger, step
 if TYPE_CHECKING:
     from ebbtide.cli import Context
     from ebbtide.config import Config
+    from ebbtide.mlflow_uris import MlflowUris
 
 log = get_logger("model.train")
 
@@ -60,14 +60,16 @@ class TrainSpec:
     train_files: list
     valid_files: list
     train_rows: int
-    checkpoint_dir: str
-    tracking_uri: str
+    checkpoint_dir: str  # a local folder or a storage URL (ebbtide.storage) that every rank reaches
+    mlflow: "MlflowUris"
     mlflow_run_id: str
     backend: str = "local"  # local | horovod | ddp
     item_counts: Optional[list] = None
     # sessionize.gap_minutes in seconds: the return-time head is fitted to gaps at least this long.
     session_gap_s: float = 0.0
     fault_at: str = ""
+    # The driver's Hadoop S3 settings (storage.options_from_spark): workers reach the same store.
+    storage_options: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
 
@@ -216,14 +218,6 @@ def param_checksum(model) -> str:
     return h.hexdigest()
 
 
-def _atomic_torch_save(obj, path: str) -> None:
-    import torch
-
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def set_objective(net, tc) -> None:
     """The network's training-only switches (the predictor never reads them), from train.*: one
     place for the trainer and the validation search (bench/tune.py)."""
@@ -259,7 +253,8 @@ def _metric_is_better(name: str, new: float, best: Optional[float]) -> bool:
     return new < best if "loss" in name else new > best
 
 
-def evaluate(net, files: list, *, k: int, batch_size: int, device, autocast_ctx, max_rows: int = 0, workers: int = 2) -> dict:
+def evaluate(net, files: list, *, k: int, batch_size: int, device, autocast_ctx, max_rows: int = 0, workers: int = 2,
+             storage_options: Optional[dict] = None) -> dict:
     """Full-ranking HR@K / NDCG@K (targets >= 2, scored at the time of the next visit) and mean loss.
 
     A target tied with other items counts as ranked below them (no credit for ties).
@@ -271,7 +266,8 @@ def evaluate(net, files: list, *, k: int, batch_size: int, device, autocast_ctx,
     net.eval()
     hits = ndcg = n_ranked = 0.0
     loss_sum = rows = 0.0
-    with torch.no_grad(), feed.open_loader(files, batch_size=batch_size, shuffle=False, loop=False, workers=workers) as it:
+    with torch.no_grad(), feed.open_loader(files, batch_size=batch_size, shuffle=False, loop=False, workers=workers,
+                                           storage_options=storage_options) as it:
         for raw in it:
             b = feed.to_model_batch(raw, device)
             n = int(b["length"].shape[0])
@@ -313,6 +309,7 @@ def train_fn(spec: TrainSpec) -> dict:
     import numpy as np
     import torch
 
+    from ebbtide import storage
     from ebbtide.log import setup_logging
     from ebbtide.model import feed, registry
     from ebbtide.model.config import ModelConf, TrainConf
@@ -357,10 +354,10 @@ def train_fn(spec: TrainSpec) -> dict:
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=tc.weight_decay)
 
     # ---- resume: every rank loads the same checkpoint (the folder is shared storage on a cluster)
-    ckpt_path = os.path.join(spec.checkpoint_dir, LAST_CKPT)
-    state = None
-    if tc.resume and os.path.exists(ckpt_path):
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+    opts = spec.storage_options
+    ckpt_path = storage.join(spec.checkpoint_dir, LAST_CKPT)
+    state = storage.torch_load(ckpt_path, opts, map_location=device, weights_only=False) if tc.resume else None
+    if state is not None:
         if state.get("mlflow_run_id") != spec.mlflow_run_id:
             raise RuntimeError(
                 f"checkpoint {ckpt_path} belongs to MLflow run {state.get('mlflow_run_id')}, not {spec.mlflow_run_id}; "
@@ -396,14 +393,13 @@ def train_fn(spec: TrainSpec) -> dict:
     fault_epoch, fault_step = (int(x) for x in spec.fault_at.split(":")) if spec.fault_at else (-1, -1)
 
     if rank == 0:
-        os.makedirs(spec.checkpoint_dir, exist_ok=True)
         if state:
             log.info("resuming MLflow run %s after epoch %d", spec.mlflow_run_id, state["epoch"])
             # Epochs checkpointed but not logged (killed between the two) are logged now, once.
-            have = set(registry.logged_epochs(spec.tracking_uri, spec.mlflow_run_id))
+            have = set(registry.logged_epochs(spec.mlflow, spec.mlflow_run_id))
             for h in history:
                 if h["epoch"] not in have:
-                    registry.log_epoch(spec.tracking_uri, spec.mlflow_run_id, h["epoch"], _mlflow_metrics(h))
+                    registry.log_epoch(spec.mlflow, spec.mlflow_run_id, h["epoch"], _mlflow_metrics(h))
         log.info(
             "training on %s: %d process(es), %d steps/epoch of %d, lr %.4g, epochs %d..%d, backend %s",
             device, world, steps, tc.batch_size, lr, start_epoch, tc.epochs, spec.backend,
@@ -422,7 +418,7 @@ def train_fn(spec: TrainSpec) -> dict:
         sums = [0.0, 0.0, 0.0, 0.0]  # loss, next_item, return_time, batches
         with feed.open_loader(
             spec.train_files, batch_size=tc.batch_size, rank=rank, world_size=world, seed=tc.seed, epoch=epoch,
-            workers=tc.reader_workers, shuffle_rows=tc.shuffle_rows, loop=True,
+            workers=tc.reader_workers, shuffle_rows=tc.shuffle_rows, loop=True, storage_options=opts,
         ) as it:
             for s in range(steps):
                 batch = feed.to_model_batch(next(it), device)
@@ -465,6 +461,7 @@ def train_fn(spec: TrainSpec) -> dict:
             val = evaluate(
                 net, spec.valid_files, k=tc.eval_k, batch_size=tc.eval_batch_size, device=device,
                 autocast_ctx=autocast_ctx, max_rows=tc.max_valid_rows, workers=tc.reader_workers,
+                storage_options=opts,
             )
             row.update(val)
         row["wall_s"] = time.perf_counter() - wall0
@@ -476,12 +473,12 @@ def train_fn(spec: TrainSpec) -> dict:
         if _metric_is_better(metric, value, best):
             best, best_epoch, bad_epochs = value, epoch, 0
             if rank == 0:
-                _atomic_torch_save(net.state_dict(), os.path.join(spec.checkpoint_dir, BEST_WEIGHTS))
+                storage.torch_save(net.state_dict(), storage.join(spec.checkpoint_dir, BEST_WEIGHTS), opts)
         else:
             bad_epochs += 1
         stopped = bad_epochs >= tc.early_stopping_patience
         if rank == 0:
-            _atomic_torch_save(
+            storage.torch_save(
                 {
                     "epoch": epoch, "model": net.state_dict(), "optimizer": opt.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else None,
@@ -490,9 +487,9 @@ def train_fn(spec: TrainSpec) -> dict:
                     "history": history, "mlflow_run_id": spec.mlflow_run_id,
                     "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
                 },
-                ckpt_path,
+                ckpt_path, opts,
             )
-            registry.log_epoch(spec.tracking_uri, spec.mlflow_run_id, epoch, _mlflow_metrics(row))
+            registry.log_epoch(spec.mlflow, spec.mlflow_run_id, epoch, _mlflow_metrics(row))
             log.info(
                 "epoch %d/%d: loss %.4f, %s %.4f (best %.4f at epoch %d), %.0f seq/s",
                 epoch, tc.epochs, row["train_loss"], metric, value, best if best is not None else float("nan"),
@@ -593,19 +590,20 @@ def fingerprint(cfg: "Config", versions: dict, world: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _read_json(path: str) -> Optional[dict]:
+def _read_json(path: str, options: Optional[dict] = None) -> Optional[dict]:
+    from ebbtide import storage
+
+    data = storage.read_bytes(path, options)
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
+        return None if data is None else json.loads(data)
+    except json.JSONDecodeError:
         return None
 
 
-def _write_json(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
+def _write_json(path: str, obj: dict, options: Optional[dict] = None) -> None:
+    from ebbtide import storage
+
+    storage.write_bytes(path, json.dumps(obj, indent=2, default=str).encode(), options)
 
 
 def _read_vocabs(spark, cfg: "Config", examples_version: int):
@@ -692,21 +690,23 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
 
     import yaml
 
+    from ebbtide import mlflow_uris, storage
     from ebbtide.model import feed, launchers, predictor, registry
 
     cfg = _with_overrides(ctx.cfg, args)
     tc, mc, mlc = cfg.section("train"), cfg.section("model"), cfg.section("mlflow")
     spark = ctx.spark
     world = world_size_of(tc)
+    opts = storage.options_from_spark(spark)
 
     with step(log, "pinning the training snapshot"):
         version, split_files = feed.snapshot_files(spark, cfg, args.examples_version)
         for s in ("train", "valid"):
             if not split_files.get(s):
                 raise ValueError(f"{feed.EXAMPLES_TABLE} version {version} has no {s!r} rows; check sequences.split in the config")
-        feed.check_shardable(split_files["train"], world)
+        feed.check_shardable(split_files["train"], world, storage_options=opts)
         items, events, versions, n_items, n_event_types = _read_vocabs(spark, cfg, version)
-        train_rows = feed.count_rows(split_files["train"])
+        train_rows = feed.count_rows(split_files["train"], opts)
         log.info(
             "%s v%d: %d train rows in %d files, %d valid files; %d items, %d event types",
             feed.EXAMPLES_TABLE, version, train_rows, len(split_files["train"]), len(split_files["valid"]), n_items, n_event_types,
@@ -714,8 +714,9 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
     counts = _item_counts(spark, cfg, version, n_items) if getattr(mc, "sampled_proposal", "") == "popularity" and n_items > mc.full_softmax_max_items else None
 
     fp = fingerprint(cfg, versions, world)
-    ckpt_dir = os.path.join(cfg.path(tc.checkpoint_dir), fp)
-    state = _read_json(os.path.join(ckpt_dir, STATE_FILE))
+    ckpt_dir = storage.join(cfg.path(tc.checkpoint_dir), fp)
+    state_path = storage.join(ckpt_dir, STATE_FILE)
+    state = _read_json(state_path, opts)
     tags = {
         **{f"{registry.DELTA_TAG}{t}": v for t, v in versions.items()},
         "ebbtide.launcher": tc.launcher,
@@ -726,7 +727,7 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
     # A finished run of this fingerprint trained this very model (same config, data snapshot and world
     # size): a rerun re-attaches to it and its registered version instead of training and registering
     # a duplicate (the chaos bench reran train after a kill that came just after it finished).
-    finished = bool(state) and state.get("status") == "finished" and os.path.exists(os.path.join(ckpt_dir, LAST_CKPT))
+    finished = bool(state) and state.get("status") == "finished" and storage.exists(storage.join(ckpt_dir, LAST_CKPT), opts)
     if tc.resume and state and (state.get("status") == "running" or finished):
         run_id = state["mlflow_run_id"]
         registry.reopen_run(cfg, run_id, {"ebbtide.resumed_by": ctx.run_id})
@@ -736,11 +737,9 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
         else:
             log.info("resuming unfinished run %s from %s", run_id, ckpt_dir)
     else:
-        if os.path.isdir(ckpt_dir):
-            shutil.rmtree(ckpt_dir)
-        os.makedirs(ckpt_dir, exist_ok=True)
+        storage.remove_tree(ckpt_dir, opts)
         run_id = registry.start_run(cfg, run_name=f"train-{ctx.run_id}", params=registry.flatten(cfg.as_dict()), tags=tags)
-        _write_json(os.path.join(ckpt_dir, STATE_FILE), {"status": "running", "mlflow_run_id": run_id, "fingerprint": fp})
+        _write_json(state_path, {"status": "running", "mlflow_run_id": run_id, "fingerprint": fp}, opts)
 
     spec = TrainSpec(
         model=dataclasses.asdict(mc),
@@ -751,11 +750,12 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
         valid_files=split_files["valid"],
         train_rows=train_rows,
         checkpoint_dir=ckpt_dir,
-        tracking_uri=registry.tracking_uri(cfg),
+        mlflow=mlflow_uris.from_config(cfg),
         mlflow_run_id=run_id,
         item_counts=counts,
         session_gap_s=cfg.sessionize.gap_minutes * 60.0,
         fault_at=os.environ.get(FAULT_ENV, ""),
+        storage_options=opts,
     )
     try:
         with step(log, f"training with launcher {tc.launcher} ({world} process(es))"):
@@ -777,9 +777,7 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
         registry.log_artifact_files(cfg, run_id, [conf_path, png])
         registry.log_artifact_files(cfg, run_id, [vocab_dir])
 
-        import torch
-
-        best_weights = torch.load(os.path.join(ckpt_dir, BEST_WEIGHTS), map_location="cpu", weights_only=True)
+        best_weights = storage.torch_load(storage.join(ckpt_dir, BEST_WEIGHTS), opts, map_location="cpu", weights_only=True)
         pdir = predictor.save(
             os.path.join(tmp, "predictor"),
             best_weights,
@@ -812,7 +810,7 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
             )
     registry.set_tags(cfg, run_id, {"ebbtide.best_epoch": r0["best_epoch"], "ebbtide.model_version": model.get("model_version", "")})
     registry.end_run(cfg, run_id, "FINISHED")
-    _write_json(os.path.join(ckpt_dir, STATE_FILE), {"status": "finished", "mlflow_run_id": run_id, "fingerprint": fp})
+    _write_json(state_path, {"status": "finished", "mlflow_run_id": run_id, "fingerprint": fp}, opts)
     return {
         "mlflow_run_id": run_id,
         "experiment": mlc.experiment,

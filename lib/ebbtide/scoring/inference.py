@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
+from ebbtide.mlflow_uris import MlflowUris
+
 # The sequence features a scorer reads, as in gold_training_examples / gold_user_sequences.
 FEATURES = ("item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start", "length")
 _FEATURE_DTYPES = {
@@ -207,21 +209,21 @@ class EmbeddingScorer:
         return self._ids[idx]
 
 
-def load_predictor(uri: str, tracking_uri: str = "") -> PredictorScorer:
-    """Workers are fresh processes: the driver tells them where the registry is."""
+def load_predictor(uri: str, uris: Optional[MlflowUris] = None) -> PredictorScorer:
+    """Workers are fresh processes: the driver tells them where the tracking store and registry are."""
     from ebbtide.model.predictor import Predictor
 
-    return PredictorScorer(Predictor.load(uri, tracking_uri=tracking_uri or None))
+    return PredictorScorer(Predictor.load(uri, uris or None))
 
 
-def load_embeddings(uri: str, tracking_uri: str = "") -> EmbeddingScorer:
+def load_embeddings(uri: str, uris: Optional[MlflowUris] = None) -> EmbeddingScorer:
     return EmbeddingScorer(uri)
 
 
-def cached_model(uri: str, loader: Callable[..., Any], tracking_uri: str = "") -> Any:
+def cached_model(uri: str, loader: Callable[..., Any], uris: Optional[MlflowUris] = None) -> Any:
     model = _MODELS.get(uri)
     if model is None:
-        model = loader(uri, tracking_uri)
+        model = loader(uri, uris)
         _MODELS[uri] = model
     return model
 
@@ -287,7 +289,7 @@ def recommend_fn(
     *,
     k: int,
     loader: Callable[..., Any] = load_predictor,
-    tracking_uri: str = "",
+    uris: Optional[MlflowUris] = None,
     exclude_consumed: bool = True,
     allow: Sequence[str] = (),
     deny: Sequence[str] = (),
@@ -300,7 +302,7 @@ def recommend_fn(
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         _set_threads(torch_threads)
-        scorer = cached_model(uri, loader, tracking_uri)
+        scorer = cached_model(uri, loader, uris)
         key = (uri, allow, deny)
         never = _BASE_MASKS.get(key)
         if never is None:
@@ -384,7 +386,7 @@ def churn_fn(
     uri: str,
     *,
     loader: Callable[..., Any] = load_predictor,
-    tracking_uri: str = "",
+    uris: Optional[MlflowUris] = None,
     top_fading: int = 5,
     fading_by: str = "category",
     batch_users: int = 512,
@@ -395,7 +397,7 @@ def churn_fn(
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         _set_threads(torch_threads)
-        scorer = cached_model(uri, loader, tracking_uri)
+        scorer = cached_model(uri, loader, uris)
         for big in batches:
             for batch in _sub_batches(big, scorer.n_items, batch_users, max_batch_mfloats):
                 if batch.num_rows == 0:

@@ -14,8 +14,9 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from ebbtide import tables
+from ebbtide import mlflow_uris, tables
 from ebbtide.log import get_logger, step
+from ebbtide.mlflow_uris import MlflowUris
 
 log = get_logger("score")
 
@@ -49,7 +50,7 @@ def _date(s: str) -> dt.date:
 
 
 # --------------------------------------------------------------------------------------
-# Model resolution (registry look-ups through ebbtide.model.registry)
+# Model resolution (registry look-ups through ebbtide.mlflow_uris)
 # --------------------------------------------------------------------------------------
 
 
@@ -58,22 +59,20 @@ class ModelRef:
     uri: str  # what the workers load: pinned to a version, so an alias moving mid-job is harmless
     name: str
     version: Optional[int]
-    tracking_uri: str
+    uris: Optional[MlflowUris]  # the workers download the model from here
 
 
 def resolve_model(cfg, model_uri: Optional[str] = None, model_version: Optional[int] = None) -> ModelRef:
-    from ebbtide.model import registry
-
     score = cfg.section("score")
     mlconf = cfg.section("mlflow")
-    tracking_uri = registry.tracking_uri(cfg)
-    client = registry.client(tracking_uri, registry.registry_uri(cfg))
+    uris = mlflow_uris.from_config(cfg)
+    client = mlflow_uris.client(uris)
     name = score.model_name or mlconf.model_name
     alias = score.model_alias
     if model_uri:
         m = re.match(r"^models:/([^/@]+)(?:/(\d+)|@([\w-]+))$", model_uri)
         if not m:
-            return ModelRef(model_uri, model_uri, None, tracking_uri)
+            return ModelRef(model_uri, model_uri, None, uris)
         name, ver, alias = m.group(1), m.group(2), m.group(3)
         if ver:
             model_version = int(ver)
@@ -85,11 +84,11 @@ def resolve_model(cfg, model_uri: Optional[str] = None, model_version: Optional[
     except Exception as e:  # MLflow raises its own RestException / MlflowException types
         what = f"version {model_version}" if model_version is not None else f"alias @{alias}"
         raise ValueError(
-            f"model {name!r} {what} not found in the registry at {tracking_uri}: {e}. Train and register "
+            f"model {name!r} {what} not found in the registry at {uris.registry}: {e}. Train and register "
             "a model first (`ebbtide train`, then `ebbtide evaluate` to promote a champion), or pass "
             "--model-version / --model-uri"
         ) from None
-    return ModelRef(f"models:/{name}/{mv.version}", name, int(mv.version), tracking_uri)
+    return ModelRef(f"models:/{name}/{mv.version}", name, int(mv.version), uris)
 
 
 # --------------------------------------------------------------------------------------
@@ -120,7 +119,7 @@ def build(ctx, score_date: dt.date, model: ModelRef, *, loader=None):
         if not allow:
             raise ValueError("score.allow_items / allow_source gave an empty allow list: nothing could be recommended")
     common = dict(
-        tracking_uri=model.tracking_uri, batch_users=sc.batch_users,
+        uris=model.uris, batch_users=sc.batch_users,
         max_batch_mfloats=sc.max_batch_mfloats, torch_threads=sc.torch_threads,
     )
     if loader is not None:
