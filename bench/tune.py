@@ -33,10 +33,6 @@ SMALL = {"item_idx": np.int32, "event_type_idx": np.int8, "hour_of_week": np.int
 
 
 def export(args) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ebbtide import storage
     from ebbtide.cli import Context
     from ebbtide.config import load_config
     from ebbtide.model import feed, train
@@ -47,17 +43,93 @@ def export(args) -> None:
     _, _, _, n_items, n_event_types = train._read_vocabs(ctx.spark, cfg, version)
     out = {"n_items": n_items, "n_event_types": n_event_types, "session_gap_s": cfg.sessionize.gap_minutes * 60.0}
     for split in ("train", "valid"):
-        t = pa.concat_tables([pq.read_table(path, columns=list(ARRAYS), filesystem=fs)
-                              for fs, path in map(storage.filesystem_and_path, files[split])])
-        for c in ARRAYS:
-            col = t.column(c).combine_chunks()
-            arr = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1) if str(col.type).startswith("list") \
-                else col.to_numpy(zero_copy_only=False)
-            out[f"{split}/{c}"] = arr.astype(SMALL[c])
+        for c, arr in read_arrays(files[split], ARRAYS).items():
+            out[f"{split}/{c}"] = arr
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **out)
     print(json.dumps({"exported": args.out, "examples_version": version, "n_items": n_items,
                       "train": int(len(out["train/length"])), "valid": int(len(out["valid/length"]))}))
+
+
+def read_arrays(files: list, columns) -> dict:
+    """Columns of gold_training_examples Parquet files (storage URLs) as numpy arrays: lists as 2-D
+    arrays, ARRAYS in their SMALL dtypes, timestamps as int64 epoch seconds (-1 where null)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from ebbtide import storage
+
+    t = pa.concat_tables([pq.read_table(path, columns=list(columns), filesystem=fs)
+                          for fs, path in map(storage.filesystem_and_path, files)])
+    out = {}
+    for c in columns:
+        col = t.column(c).combine_chunks()
+        if pa.types.is_timestamp(col.type):
+            secs = pc.divide(col.cast(pa.timestamp("us", tz=col.type.tz)).cast(pa.int64()), 1_000_000)
+            out[c] = pc.fill_null(secs, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+            continue
+        arr = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1) if str(col.type).startswith("list") \
+            else col.to_numpy(zero_copy_only=False)
+        out[c] = arr.astype(SMALL[c]) if c in SMALL else arr
+    return out
+
+
+def to_tensors(arrays: dict, dev) -> dict:
+    """The ARRAYS of one split as tensors on `dev` (indices long, times float32)."""
+    import torch
+
+    return {c: torch.as_tensor(np.asarray(arrays[c]).astype(np.float32 if c in ("gap_s", "time_to_next_s") else np.int64)).to(dev)
+            for c in ARRAYS}
+
+
+def fit(net, tc, tr: dict, va: dict, va_rows, dev, eval_batch: int, keep_best: bool = False) -> dict:
+    """Train `net` on the in-memory train tensors with the network's own loss, the trainer's
+    learning-rate schedule (`train.lr_factor`) and early stopping on `_valid_ndcg` (tc.epochs,
+    tc.epoch_share, tc.batch_size, tc.lr, tc.grad_clip, tc.early_stopping_patience, tc.seed).
+    Returns best (val NDCG@10), best_epoch, curve, train_s, wall_s, and with keep_best the best
+    epoch's state dict (best_state)."""
+    import torch
+
+    from ebbtide.model.train import lr_factor
+
+    g = torch.Generator(device="cpu").manual_seed(tc.seed)
+    n_train = len(tr["length"])
+    opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    steps = max(1, int(n_train * tc.epoch_share) // tc.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tc, steps))
+    best, best_epoch, bad, hist, best_state = -1.0, 0, 0, [], None
+    t0 = time.perf_counter()
+    train_s = 0.0
+    for epoch in range(1, tc.epochs + 1):
+        net.train()
+        te = time.perf_counter()
+        perm = torch.randperm(n_train, generator=g)[: steps * tc.batch_size].to(dev)
+        for s in range(steps):
+            idx = perm[s * tc.batch_size:(s + 1) * tc.batch_size]
+            batch = {k: v[idx] for k, v in tr.items()}
+            opt.zero_grad()
+            total, _ = net.loss(batch)
+            total.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+            opt.step()
+            sched.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        train_s += time.perf_counter() - te
+        ndcg = _valid_ndcg(net, va, va_rows, eval_batch)
+        hist.append(round(ndcg, 5))
+        if ndcg > best:
+            best, best_epoch, bad = ndcg, epoch, 0
+            if keep_best:
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            bad += 1
+        if bad >= tc.early_stopping_patience:
+            break
+    return {"best": best, "best_epoch": best_epoch, "curve": hist, "train_s": train_s,
+            "wall_s": time.perf_counter() - t0, "best_state": best_state}
 
 
 def _trials(grid: dict) -> list[dict]:
@@ -75,7 +147,7 @@ def search(args) -> None:
 
     from ebbtide.model.config import ModelConf, TrainConf
     from ebbtide.model.network import EbbtideNet
-    from ebbtide.model.train import lr_factor, set_objective
+    from ebbtide.model.train import set_objective
 
     dev = torch.device(args.device)
     if dev.type == "cuda":
@@ -87,13 +159,10 @@ def search(args) -> None:
     n_items, n_event_types = int(z["n_items"]), int(z["n_event_types"])
 
     def load(split):
-        d = {c: torch.as_tensor(z[f"{split}/{c}"].astype(np.float32 if c in ("gap_s", "time_to_next_s") else np.int64))
-             for c in ARRAYS}
-        return {k: v.to(dev) for k, v in d.items()}
+        return to_tensors({c: z[f"{split}/{c}"] for c in ARRAYS}, dev)
 
     tr, va = load("train"), load("valid")
     va_rows = torch.nonzero(va["target_item"] >= 2).flatten()
-    n_train = len(tr["length"])
     grid = json.loads(Path(args.grid).read_text())
     out = open(args.out, "a") if args.out else None
     ref = {"reference": "markov", "data": Path(args.data).stem,
@@ -105,44 +174,13 @@ def search(args) -> None:
         mc = dataclasses.replace(ModelConf(), **model_kw)
         tc = dataclasses.replace(TrainConf(), **train_kw)
         torch.manual_seed(tc.seed)
-        g = torch.Generator(device="cpu").manual_seed(tc.seed)
         net = EbbtideNet(mc, n_items, n_event_types).to(dev)
         net.return_min_gap_s = float(z["session_gap_s"])
         set_objective(net, tc)
-        opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-        steps = max(1, int(n_train * tc.epoch_share) // tc.batch_size)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tc, steps))
-        best, best_epoch, bad, hist = -1.0, 0, 0, []
-        t0 = time.perf_counter()
-        train_s = 0.0
-        for epoch in range(1, tc.epochs + 1):
-            net.train()
-            te = time.perf_counter()
-            perm = torch.randperm(n_train, generator=g)[: steps * tc.batch_size].to(dev)
-            for s in range(steps):
-                idx = perm[s * tc.batch_size:(s + 1) * tc.batch_size]
-                batch = {k: v[idx] for k, v in tr.items()}
-                opt.zero_grad()
-                total, _ = net.loss(batch)
-                total.backward()
-                if tc.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
-                opt.step()
-                sched.step()
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            train_s += time.perf_counter() - te
-            ndcg = _valid_ndcg(net, va, va_rows, args.eval_batch)
-            hist.append(round(ndcg, 5))
-            if ndcg > best:
-                best, best_epoch, bad = ndcg, epoch, 0
-            else:
-                bad += 1
-            if bad >= tc.early_stopping_patience:
-                break
-        rec = {"trial": i, "data": Path(args.data).stem, **trial, "val_ndcg@10": round(best, 5), "best_epoch": best_epoch,
-               "epochs_run": len(hist), "train_s": round(train_s, 1), "wall_s": round(time.perf_counter() - t0, 1),
-               "device": str(dev), "curve": hist}
+        r = fit(net, tc, tr, va, va_rows, dev, args.eval_batch)
+        rec = {"trial": i, "data": Path(args.data).stem, **trial, "val_ndcg@10": round(r["best"], 5),
+               "best_epoch": r["best_epoch"], "epochs_run": len(r["curve"]), "train_s": round(r["train_s"], 1),
+               "wall_s": round(r["wall_s"], 1), "device": str(dev), "curve": r["curve"]}
         print(json.dumps(rec), flush=True)
         if out:
             out.write(json.dumps(rec) + "\n")

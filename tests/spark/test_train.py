@@ -251,3 +251,86 @@ def test_run_killed_mid_epoch_resumes_in_the_same_mlflow_run(data_root, tmp_path
     third = subprocess.run(straight, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert third.returncode == 0, third.stderr[-3000:]
     assert json.loads(third.stdout.strip().splitlines()[-1])["param_checksums"] == out["param_checksums"]
+
+
+def test_warm_start_continues_the_parent_on_a_grown_catalogue(spark, tmp_path):
+    """Train and register a model on 40 item indices, grow the vocabulary to 50 (appended: the
+    first 40 keep their index), warm-start from the champion alias with lr 0: the old item rows
+    and every other weight are the parent's, the new rows fresh; the lineage is recorded."""
+    import numpy as np
+    from conftest import make_config
+
+    from ebbtide.config import ConfigError
+    from ebbtide.model.predictor import Predictor
+
+    root, db = tmp_path / "data", f"t_warm_{os.getpid()}"
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {db}")
+    data = (root, db)
+    wcfg = make_config(root, f"storage.database={db}", *FAST)
+    write_training_tables(spark, wcfg, root, n_items=40)
+    common = ("train.max_steps_per_epoch=3", "train.churn_calibration=false")
+    first, cfg = _train(spark, data, tmp_path, "train.epochs=1", *common)
+    assert first["model_version"] == 1 and first["warm_start_from"] is None
+    c = _client(cfg)
+    c.set_registered_model_alias("ebbtide", "champion", "1")
+
+    # The catalogue grows: items 40..49 appended after the parent's 2..39.
+    write_training_tables(spark, wcfg, root, n_items=50, seed=1)
+    # Another architecture is refused before any run is opened, naming the key.
+    with pytest.raises(ConfigError, match=r"model.hidden_dim \(32 in the parent, 48 now\)"):
+        _train(spark, data, tmp_path, "model.hidden_dim=48", *common, argv=["--warm-start", "models:/ebbtide@champion"])
+    assert len(c.search_runs([c.get_experiment_by_name("ebbtide").experiment_id])) == 1
+
+    warm, _ = _train(spark, data, tmp_path, "train.lr=0", "train.warm_start_epochs=2", *common,
+                     argv=["--warm-start", "models:/ebbtide@champion"])
+    assert warm["model_version"] == 2 and warm["epochs_completed"] == 2  # warm_start_epochs, not epochs
+    assert warm["warm_start_from"] == "models:/ebbtide/1" and warm["parent_model_version"] == 1
+    assert warm["warm_start"]["item_rows_copied"] == 40 and warm["warm_start"]["new_item_rows"] == 10
+    run = c.get_run(warm["mlflow_run_id"])
+    assert run.data.tags["warm_start_from"] == "models:/ebbtide/1"
+    assert run.data.tags["ebbtide.parent_run_id"] == first["mlflow_run_id"]
+    assert run.data.params["warm_start_from"] == "models:/ebbtide/1"
+    assert run.data.params["train.warmup_share"] == "0.0" and run.data.params["train.epochs"] == "2"
+    mv = c.get_model_version("ebbtide", "2")
+    assert mv.tags["parent_version"] == "1" and mv.tags["warm_start_from"] == "models:/ebbtide/1"
+    assert "parent_version" not in c.get_model_version("ebbtide", "1").tags
+    assert warm["param_checksums"] != first["param_checksums"]
+
+    from ebbtide import mlflow_uris
+
+    uris = mlflow_uris.from_config(cfg)
+    p1, p2 = Predictor.load("models:/ebbtide/1", uris), Predictor.load("models:/ebbtide/2", uris)
+    assert p2.meta["lineage"]["warm_start_from"]["model_version"] == 1
+    s1, s2 = p1.net.state_dict(), p2.net.state_dict()
+    assert s1["item_emb.weight"].shape == (40, 16) and s2["item_emb.weight"].shape == (50, 16)
+    # lr 0: what the warm run registered is what it started from.
+    assert torch_equal(s2["item_emb.weight"][:40], s1["item_emb.weight"])
+    assert torch_equal(s2["item_bias"][:40], s1["item_bias"]) and float(s1["item_bias"].abs().sum()) > 0
+    assert float(s2["item_bias"][40:].abs().sum()) == 0.0  # fresh: the bias starts at zero
+    assert float(s2["item_emb.weight"][40:].abs().sum()) > 0  # fresh: drawn like any new embedding
+    from ebbtide.model import warm_start
+
+    by_item = warm_start.ITEM_INDEXED + warm_start.RECOMPUTED
+    others = [k for k in s1 if k not in by_item]
+    assert len(others) > 20 and all(torch_equal(s1[k], s2[k]) for k in others)
+    # The vocabulary contract: the same item id keeps its index between the two versions.
+    ids = p1.item_ids(np.arange(2, 40))
+    assert (p2.item_index(ids) == p1.item_index(ids)).all() and (p2.item_index(ids) == np.arange(2, 40)).all()
+    assert list(p2.item_ids(np.arange(2, 40))) == list(ids)
+
+    # A moved vocabulary is refused: the items renumbered (i2 is no longer at index 2).
+    import pandas as pd
+
+    from ebbtide import tables
+
+    iv = tables.read(spark, wcfg, "gold_item_vocab").toPandas()
+    iv["item_id"] = np.roll(iv["item_id"].to_numpy(), 1)
+    tables.write(spark.createDataFrame(pd.DataFrame(iv)), wcfg, "gold_item_vocab", mode="overwrite")
+    with pytest.raises(ConfigError, match="no longer at their index"):
+        _train(spark, data, tmp_path, *common, argv=["--warm-start", "models:/ebbtide/1"])
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

@@ -108,6 +108,11 @@ class TrainConf:
     checkpoint_dir: str = "{root}/checkpoints/train"
     # Continue an unfinished run of the same config and data from its last epoch checkpoint.
     resume: bool = True
+    # Start from this model's weights (models:/NAME@ALIAS, models:/NAME/N, runs:/RUN_ID, a version
+    # number or a model folder; empty = a fresh initialisation): ebbtide.model.warm_start.
+    warm_start: str = ""
+    # Epochs of a warm-started run, instead of `epochs`; a warm start also skips the lr warm-up.
+    warm_start_epochs: int = 3
     # Petastorm reader threads per process; 1 makes the row order (and so the weights) reproducible.
     reader_workers: int = 2
     # Rows in each process's shuffling buffer (0 = row-group order only).

@@ -16,6 +16,13 @@ world size. A run killed at any point is started again with the same command: it
 MLflow run and continues after the last checkpointed epoch. Because the checkpoint is written
 before the epoch's metrics are logged, and a resumed rank 0 first logs the checkpointed epochs that
 MLflow lacks, every epoch appears exactly once in MLflow.
+
+Warm start (``--warm-start URI`` / ``train.warm_start``): the driver resolves the parent model to one
+version, refuses it unless its architecture matches and its vocabularies are a prefix of the
+current ones, and writes its weights next to the checkpoints; each worker copies them into its
+fresh network before the first step (``ebbtide.model.warm_start``). The run trains
+``train.warm_start_epochs`` epochs without lr warm-up, and records its parent (run param and tag
+``warm_start_from``, version tag ``parent_version``, the predictor's lineage, the fingerprint).
 """
 from __future__ import annotations
 
@@ -70,6 +77,9 @@ class TrainSpec:
     fault_at: str = ""
     # The driver's Hadoop S3 settings (storage.options_from_spark): workers reach the same store.
     storage_options: dict = field(default_factory=dict)
+    # Warm start: the parent's state dict (written by the driver next to the checkpoints), copied
+    # into the fresh network before the first step (ebbtide.model.warm_start); "" = none.
+    warm_start_weights: str = ""
     extra: dict = field(default_factory=dict)
 
 
@@ -377,6 +387,18 @@ def train_fn(spec: TrainSpec) -> dict:
     best_epoch = state.get("best_epoch", 0) if state else 0
     bad_epochs = state.get("bad_epochs", 0) if state else 0
     stopped = bool(state.get("stopped")) if state else False
+    # Warm start: the parent's weights replace the fresh draw (a resumed run has its own checkpoint).
+    warm = None
+    if spec.warm_start_weights and state is None:
+        from ebbtide.model import warm_start
+
+        parent_state = storage.torch_load(spec.warm_start_weights, opts, map_location="cpu", weights_only=True)
+        if parent_state is None:
+            raise FileNotFoundError(f"warm start: the parent's weights {spec.warm_start_weights} are gone; rerun `ebbtide train`")
+        warm = warm_start.transfer(net, parent_state)
+        if rank == 0:
+            log.info("warm start: %d parameters copied, %s rows copied, %d new item rows freshly initialised, %s recomputed",
+                     warm["copied"], warm["prefix_copied"], warm["new_item_rows"], warm["recomputed"] or "nothing")
 
     model, opt = pg.wrap(net, opt)
     metric = tc.early_stopping_metric
@@ -517,6 +539,7 @@ def train_fn(spec: TrainSpec) -> dict:
         "seq_per_s": float(np.mean(seq_per_s)) if seq_per_s else None,
         "device": str(device),
         "checkpoint_dir": spec.checkpoint_dir,
+        "warm_start": warm,
     }
     shared = pg.broadcast_object({k: v for k, v in result.items() if k not in ("rank", "param_checksum")})
     result.update(shared)
@@ -544,6 +567,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "resumed and a finished one re-attached, its registered version reused)")
     p.add_argument("--examples-version", type=int, help="Delta version of gold_training_examples to train on (default: latest)")
     p.add_argument("--no-register", action="store_true", help="skip logging and registering the model (metrics and artifacts only; for quick checks)")
+    p.add_argument("--warm-start", metavar="URI", help="start from this model's weights instead of a fresh initialisation "
+                   "(train.warm_start): models:/NAME@ALIAS (e.g. models:/ebbtide@champion), models:/NAME/N, runs:/RUN_ID, a "
+                   "version number or a model folder; \"\" = none. Same encoder and dims required, and the parent's "
+                   "vocabulary must be a prefix of the current one; trains train.warm_start_epochs epochs (unless --epochs) "
+                   "without lr warm-up; new items start fresh. Tags the run warm_start_from, the version parent_version")
 
 
 def _with_overrides(cfg: "Config", args: argparse.Namespace) -> "Config":
@@ -558,6 +586,7 @@ def _with_overrides(cfg: "Config", args: argparse.Namespace) -> "Config":
             "max_steps_per_epoch": args.max_steps_per_epoch,
             "device": args.device,
             "resume": False if args.no_resume else None,
+            "warm_start": getattr(args, "warm_start", None),
         }.items()
         if v is not None
     }
@@ -570,23 +599,27 @@ def world_size_of(tc) -> int:
     return 1 if tc.launcher == "local" else int(tc.num_proc)
 
 
-def fingerprint(cfg: "Config", versions: dict, world: int) -> str:
-    """What makes two invocations the same run: model + training config, data snapshot, world size."""
+def fingerprint(cfg: "Config", versions: dict, world: int, parent: str = "") -> str:
+    """What makes two invocations the same run: model + training config, data snapshot, world size,
+    and for a warm start the resolved parent (models:/NAME/N or a run), so that a warm and a cold
+    run, or warm starts from two versions that one alias pointed at, never share a checkpoint."""
     operational = {"launcher", "num_proc", "hosts", "resume", "reader_workers", "threads_per_proc", "start_timeout_s", "device"}
+    # The URI as written (an alias moves) and warm_start_epochs (already in `epochs` of a warm
+    # start's effective config) stand for nothing more: the resolved parent is what counts.
+    operational |= {"warm_start", "warm_start_epochs"}
     tc = {k: v for k, v in dataclasses.asdict(cfg.section("train")).items() if k not in operational}
     m = cfg.section("mlflow")
-    blob = json.dumps(
-        {
-            "model": dataclasses.asdict(cfg.section("model")),
-            "train": tc,
-            "versions": versions,
-            "world": world,
-            "storage": cfg.path(cfg.storage.warehouse_dir),
-            "mlflow": [m.experiment, m.model_name],
-        },
-        sort_keys=True,
-        default=str,
-    )
+    what = {
+        "model": dataclasses.asdict(cfg.section("model")),
+        "train": tc,
+        "versions": versions,
+        "world": world,
+        "storage": cfg.path(cfg.storage.warehouse_dir),
+        "mlflow": [m.experiment, m.model_name],
+    }
+    if parent:  # a cold run's fingerprint is what it was before warm starts existed
+        what["warm_start_from"] = parent
+    blob = json.dumps(what, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -691,9 +724,15 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
     import yaml
 
     from ebbtide import mlflow_uris, storage
-    from ebbtide.model import feed, launchers, predictor, registry
+    from ebbtide.model import feed, launchers, predictor, registry, warm_start
 
     cfg = _with_overrides(ctx.cfg, args)
+    parent_uri = cfg.section("train").warm_start.strip()
+    if parent_uri:
+        warm_start.check_reference(parent_uri)
+        # warm_start_epochs instead of epochs (an explicit --epochs wins) and no lr warm-up.
+        tc_warm = warm_start.effective_train_conf(cfg.section("train"), getattr(args, "epochs", None))
+        cfg = dataclasses.replace(cfg, extra={**cfg.extra, "train": tc_warm})
     tc, mc, mlc = cfg.section("train"), cfg.section("model"), cfg.section("mlflow")
     spark = ctx.spark
     world = world_size_of(tc)
@@ -711,9 +750,23 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
             "%s v%d: %d train rows in %d files, %d valid files; %d items, %d event types",
             feed.EXAMPLES_TABLE, version, train_rows, len(split_files["train"]), len(split_files["valid"]), n_items, n_event_types,
         )
+    parent = None
+    if parent_uri:
+        with step(log, f"checking the warm-start parent {parent_uri}"):
+            parent = warm_start.resolve_parent(cfg, parent_uri)
+            warm_start.check_model_config(parent.meta.get("model", {}), dataclasses.asdict(mc))
+            parent_items, parent_events = warm_start.parent_vocabularies(parent)
+            warm_start.check_vocab_prefix(parent_items, items, "item_id", "item_index", ITEM_VOCAB_TABLE)
+            warm_start.check_vocab_prefix(parent_events, events, "event_type", "event_type_index", EVENT_VOCAB_TABLE)
+            if int(parent.meta.get("n_items", 0)) > n_items:
+                raise warm_start.WarmStartError(
+                    f"cannot warm-start: the parent knows {parent.meta['n_items']} item indices, {ITEM_VOCAB_TABLE} "
+                    f"only {n_items}; the catalogue may only grow")
+            log.info("warm start from %s (%s): %d of %d items known to it, %d epochs without lr warm-up",
+                     parent.ref, parent.requested, int(parent.meta.get("n_items", 0)), n_items, tc.epochs)
     counts = _item_counts(spark, cfg, version, n_items) if getattr(mc, "sampled_proposal", "") == "popularity" and n_items > mc.full_softmax_max_items else None
 
-    fp = fingerprint(cfg, versions, world)
+    fp = fingerprint(cfg, versions, world, parent.ref if parent else "")
     ckpt_dir = storage.join(cfg.path(tc.checkpoint_dir), fp)
     state_path = storage.join(ckpt_dir, STATE_FILE)
     state = _read_json(state_path, opts)
@@ -724,6 +777,13 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
         "ebbtide.fingerprint": fp,
         "ebbtide.pipeline_run_id": ctx.run_id,
     }
+    parent_tags = {}
+    if parent is not None:
+        # Lineage: the run and its registered version name what they were trained from.
+        parent_tags = {"warm_start_from": parent.ref, "ebbtide.parent_run_id": parent.run_id or ""}
+        if parent.model_version is not None:
+            parent_tags["parent_version"] = parent.model_version
+        tags.update(parent_tags)
     # A finished run of this fingerprint trained this very model (same config, data snapshot and world
     # size): a rerun re-attaches to it and its registered version instead of training and registering
     # a duplicate (the chaos bench reran train after a kill that came just after it finished).
@@ -738,8 +798,17 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
             log.info("resuming unfinished run %s from %s", run_id, ckpt_dir)
     else:
         storage.remove_tree(ckpt_dir, opts)
-        run_id = registry.start_run(cfg, run_name=f"train-{ctx.run_id}", params=registry.flatten(cfg.as_dict()), tags=tags)
+        params = registry.flatten(cfg.as_dict())
+        if parent is not None:
+            params["warm_start_from"] = parent.ref
+        run_id = registry.start_run(cfg, run_name=f"train-{ctx.run_id}", params=params, tags=tags)
         _write_json(state_path, {"status": "running", "mlflow_run_id": run_id, "fingerprint": fp}, opts)
+    parent_weights = ""
+    if parent is not None:
+        # Next to the checkpoints: shared storage that every rank reaches (also on a resume that
+        # comes before the first checkpoint).
+        parent_weights = storage.join(ckpt_dir, warm_start.PARENT_WEIGHTS)
+        storage.torch_save(warm_start.parent_state_dict(parent), parent_weights, opts)
 
     spec = TrainSpec(
         model=dataclasses.asdict(mc),
@@ -756,6 +825,7 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
         session_gap_s=cfg.sessionize.gap_minutes * 60.0,
         fault_at=os.environ.get(FAULT_ENV, ""),
         storage_options=opts,
+        warm_start_weights=parent_weights,
     )
     try:
         with step(log, f"training with launcher {tc.launcher} ({world} process(es))"):
@@ -788,7 +858,8 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
             items,
             events,
             session_gap_s=cfg.sessionize.gap_minutes * 60.0,
-            lineage={"mlflow_run_id": run_id, "best_epoch": r0["best_epoch"], "tables": versions},
+            lineage={"mlflow_run_id": run_id, "best_epoch": r0["best_epoch"], "tables": versions,
+                     **({"warm_start_from": parent.lineage()} if parent is not None else {})},
         )
         if tc.churn_calibration:
             with step(log, "churn calibration on a train-period snapshot"):
@@ -829,4 +900,7 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
         "seq_per_s": r0["seq_per_s"],
         "param_checksums": r0["param_checksums"],
         "tables": versions,
+        "warm_start_from": parent.ref if parent is not None else None,
+        "parent_model_version": parent.model_version if parent is not None else None,
+        "warm_start": r0.get("warm_start"),
     }
