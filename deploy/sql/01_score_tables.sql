@@ -1,6 +1,8 @@
 -- Tables written by `ebbtide score` (the job creates them on its first run; this DDL is for
 -- platforms where tables are created ahead of the job, e.g. a Unity Catalog schema).
 -- Run in the ebbtide database: `ebbtide sql -f deploy/sql/01_score_tables.sql`.
+-- Columns added in later releases come last (`because`, `events_last_7d`, `activity_ratio`): a
+-- table created before them gains them, at its end, on the next `ebbtide score` publish.
 
 CREATE TABLE IF NOT EXISTS gold_recommendations (
   score_date    DATE      COMMENT 'the day scored: features use events before this date 00:00 UTC (partition)',
@@ -11,7 +13,9 @@ CREATE TABLE IF NOT EXISTS gold_recommendations (
   model_name    STRING    COMMENT 'registered model name (or the model URI when scored from a bare URI)',
   model_version INT       COMMENT 'registered model version, null when scored from a bare URI',
   run_id        STRING    COMMENT 'id of the scoring run that wrote the row',
-  scored_at     TIMESTAMP COMMENT 'UTC time the scoring run started'
+  scored_at     TIMESTAMP COMMENT 'UTC time the scoring run started',
+  because       ARRAY<STRUCT<item_id: STRING, ts: TIMESTAMP, weight: DOUBLE>>
+                          COMMENT 'up to score.because_top past events of the user that weighed most for this item in the model, most weight first: item_id, ts (event time), weight (share of the event in the positive attribution over the window of the user, 0..1); empty when the model cannot explain itself, null on rows scored before the column existed'
 )
 USING DELTA
 PARTITIONED BY (score_date)
@@ -31,7 +35,9 @@ CREATE TABLE IF NOT EXISTS gold_churn_decay (
   model_name              STRING    COMMENT 'registered model name (or the model URI when scored from a bare URI)',
   model_version           INT       COMMENT 'registered model version, null when scored from a bare URI',
   run_id                  STRING    COMMENT 'id of the scoring run that wrote the row',
-  scored_at               TIMESTAMP COMMENT 'UTC time the scoring run started'
+  scored_at               TIMESTAMP COMMENT 'UTC time the scoring run started',
+  events_last_7d          INT       COMMENT 'events of the user in the 7 days before score_date (among the last sequences.max_len)',
+  activity_ratio          DOUBLE    COMMENT 'events_last_7d over the usual pace of the user (events per 7 days in the window, first event to score_date, at least 7 days): 0 silent lately, < 1 slowing down, 1 as usual, > 1 more active'
 )
 USING DELTA
 PARTITIONED BY (score_date)

@@ -15,3 +15,14 @@ COMMENT 'The newest score_date published in both gold_recommendations and gold_c
 SELECT * FROM gold_churn_decay
 WHERE score_date = (SELECT max(score_date) FROM (
   SELECT score_date FROM gold_recommendations INTERSECT SELECT score_date FROM gold_churn_decay));
+
+-- One row per (recommendation, reason) over every score date: each `because` entry of
+-- gold_recommendations on its own row, reason 1 = most weight. OUTER, so a recommendation without
+-- reasons (scored before the column existed, or by a model that cannot explain itself) still
+-- shows, with nulls.
+CREATE OR REPLACE VIEW explained_recommendations
+COMMENT 'gold_recommendations with one row per because entry (reason 1 = most weight)' AS
+SELECT r.score_date, r.user_id, r.rank, r.item_id, r.score, b.pos + 1 AS reason,
+       b.event.item_id AS because_item_id, b.event.ts AS because_ts, b.event.weight AS because_weight,
+       r.model_name, r.model_version
+FROM gold_recommendations r LATERAL VIEW OUTER posexplode(r.because) b AS pos, event;

@@ -143,6 +143,15 @@ def gather_windows(ev: dict[str, np.ndarray], ends: np.ndarray, starts: np.ndarr
     return out
 
 
+def seconds_before_last(gap_s: np.ndarray) -> np.ndarray:
+    """Per slot of left-padded windows (rows, L): seconds from that slot's event to the window's
+    last event, the sum of the gaps after it. Windows carry no per-event times, only `gap_s` and
+    `last_ts`; an event's time is last_ts minus this (to the float32 precision of the gaps: a
+    fraction of a second over a window of weeks). Pad slots read the window's whole span."""
+    g = np.asarray(gap_s, dtype=np.float64)
+    return np.cumsum(g[:, ::-1], axis=1)[:, ::-1] - g
+
+
 def window_arrays(
     ends: np.ndarray,
     starts: np.ndarray,

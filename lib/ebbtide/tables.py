@@ -184,8 +184,14 @@ def write(
     replace_where: Optional[str] = None,
     comment: Optional[str] = None,
     properties: Optional[dict[str, str]] = None,
+    add_columns: bool = False,
 ) -> None:
     """Write ``df`` to table ``name`` in one Delta commit. See the module doc for the modes.
+
+    ``add_columns`` (replace_where / append): columns of ``df`` that the table lacks are added, at
+    its end, in the same commit (Delta's mergeSchema), with the comments ``df``'s schema carries;
+    rows written before read null there. Without it such a write fails, so a column is never added
+    by accident. Only adding: a column the table has and ``df`` lacks still fails the write.
 
     ``delete_unmatched`` (merge only): a predicate on the target's columns, qualified by the
     target alias ``t`` (e.g. ``t.monitor_date = DATE'2025-03-10'``); target rows that match it and
@@ -205,6 +211,8 @@ def write(
         raise ValueError("replace_where mode needs a predicate")
     if properties and mode != "overwrite":
         raise ValueError("properties go with overwrite only (one commit for the rows and what describes them)")
+    if add_columns and mode not in ("replace_where", "append"):
+        raise ValueError("add_columns goes with replace_where and append (overwrite replaces the schema anyway)")
     # Two runs writing the same slice at once (two `score` runs for one date): Delta lets the first
     # commit win and fails the other with a concurrent-modification error. Every mode but append
     # gives the same table when written again, so the loser writes again on the new snapshot
@@ -212,7 +220,7 @@ def write(
     for attempt in range(1, CONFLICT_ATTEMPTS + 1):
         try:
             _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace_where, comment, properties,
-                        delete_unmatched)
+                        delete_unmatched, add_columns)
             break
         except Exception as e:  # noqa: BLE001 - only Delta's concurrency errors are retried
             if mode == "append" or attempt == CONFLICT_ATTEMPTS or not is_concurrent_write_error(e):
@@ -242,7 +250,7 @@ def is_concurrent_write_error(e: BaseException) -> bool:
 
 
 def _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace_where, comment, properties,
-                delete_unmatched=None) -> None:
+                delete_unmatched=None, add_columns=False) -> None:
     from delta.tables import DeltaTable
 
     spark = df.sparkSession
@@ -270,11 +278,15 @@ def _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace
         w = _writer(df, "overwrite", parts)
         if not is_new:
             w = w.option("replaceWhere", replace_where)
+        if add_columns:
+            w = w.option("mergeSchema", "true")
         w.save(path)
     else:
         w = _writer(df, mode, parts)
         if mode == "overwrite":
             w = w.option("overwriteSchema", "true")
+        elif add_columns:
+            w = w.option("mergeSchema", "true")
         w.save(path)
 
     register(spark, cfg, name)

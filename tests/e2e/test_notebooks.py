@@ -135,6 +135,7 @@ def test_02_interest_decay(pipeline, kernel_dir, monkeypatch):
     text = _text(nb)
     assert "Spearman rank correlation" in text, "the planted-truth comparison did not run"
     assert "brier" in text, "the churn calibration did not run on the backfilled score date"
+    assert "weighed most" in text, "no top recommendation's reasons were shown"
     assert _images(nb) >= 4
 
 

@@ -228,6 +228,55 @@ def test_exclusions_and_churn_tiers(spark, cfg, ctx, tmp_path):
     assert set(recs[recs.user_id == "u1"].item_id) == {"m0", "m5", "m8"}
 
 
+OLD_RECS_DDL = ("score_date date, user_id string, rank int, item_id string, score double, model_name string, "
+                "model_version int, run_id string, scored_at timestamp")
+OLD_CHURN_DDL = (
+    "score_date date, user_id string, days_since_last_event double, p_return_7d double, p_return_30d double, "
+    "expected_days_to_return double, interest_half_life_days double, churn_risk string, "
+    "top_fading array<struct<item_or_category: string, decayed_interest: double, interest_at_last_event: double>>, "
+    "model_name string, model_version int, run_id string, scored_at timestamp"
+)
+
+
+@pytest.mark.slow
+def test_tables_written_before_the_new_columns_gain_them_on_the_next_publish(spark, cfg, ctx):
+    """Score tables of the previous release (no `because`, `events_last_7d`, `activity_ratio`) keep
+    working: every command starts by creating the views on them, and the next publish adds the
+    columns at the end, with their comments; the earlier date's rows read null there."""
+    from ebbtide import tables
+    from ebbtide.scoring import catalog, transform
+
+    write_inputs(spark, cfg)
+    prev, at = D - dt.timedelta(days=1), dt.datetime(2025, 3, 9, 1, tzinfo=dt.timezone.utc)
+    tables.write(spark.createDataFrame([(prev, "u1", 1, "m5", 1.0, "tiny", 6, "r0", at)], OLD_RECS_DDL),
+                 cfg, "gold_recommendations", "overwrite", partition_by=["score_date"])
+    tables.write(spark.createDataFrame([(prev, "u1", 0.5, 0.4, 0.9, 3.0, 2.0, "low", [], "tiny", 6, "r0", at)],
+                                       OLD_CHURN_DDL), cfg, "gold_churn_decay", "overwrite", partition_by=["score_date"])
+    db = cfg.storage.database
+    assert catalog.create_views(spark, db) == [f"{db}.latest_recommendations", f"{db}.latest_churn_decay"]
+
+    out = score(ctx, cfg)
+    assert f"{db}.explained_recommendations" in out["views"]
+    recs = tables.read(spark, cfg, "gold_recommendations")
+    churn = tables.read(spark, cfg, "gold_churn_decay")
+    assert recs.columns == transform.RECS_COLUMNS and churn.columns == transform.CHURN_COLUMNS
+    by_date = {(r.score_date, r.user_id): r for r in recs.where("rank = 1").collect()}
+    assert by_date[(prev, "u1")].because is None and by_date[(prev, "u1")].item_id == "m5"
+    assert by_date[(D, "u1")].because == []  # the tiny model cannot explain itself
+    days = {(r.score_date, r.user_id): (r.events_last_7d, r.activity_ratio) for r in churn.collect()}
+    assert days[(prev, "u1")] == (None, None)
+    # u1: two events within the week, the whole window inside it; u2: one of three, 3 events over
+    # the 8 days 15 hours since its first; u5: none.
+    assert days[(D, "u1")] == (2, pytest.approx(1.0))
+    assert days[(D, "u2")] == (1, pytest.approx(1 / (3 / ((8 + 15 / 24) / 7))))
+    assert days[(D, "u5")] == (0, 0.0)
+    for name in ("gold_recommendations", "gold_churn_decay"):
+        desc = {r.col_name: r.comment for r in spark.sql(f"DESCRIBE TABLE {db}.{name}").collect()}
+        for col in ("because",) if name == "gold_recommendations" else ("events_last_7d", "activity_ratio"):
+            assert desc[col] == catalog.COLUMN_COMMENTS[name][col]
+    assert spark.sql(f"SELECT count(*) FROM {db}.explained_recommendations WHERE score_date = '{prev}'").first()[0] == 1
+
+
 def test_failing_quality_gate_publishes_nothing(spark, cfg, ctx):
     from ebbtide import tables
     from ebbtide.scoring.quality import QualityGateError

@@ -92,3 +92,38 @@ def test_fading_lists_largest_losses_first_and_only_losses():
     assert rows[1] == []
     g_names, g_then, g_now = inference.group_mass(then, now, np.array(["x", "x", None], dtype=object))
     assert list(g_names) == ["x"] and np.allclose(g_then[:, 0], [0.8, 0.2]) and np.allclose(g_now[:, 0], [0.35, 0.2])
+
+
+def test_because_lists_follow_the_published_rows_most_weight_first():
+    """Predictor.explain's (n, k, top) arrays -> one list per published (user, rank) row: rows cut
+    by -inf scores drop, and a list holds the found slots (position >= 0) in order."""
+    t0 = 1_741_564_800_000_000  # 2025-03-10 00:00 UTC in microseconds
+    because = {
+        "position": np.array([[[4, 2, -1], [3, -1, -1]], [[-1, -1, -1], [1, 0, 2]]]),
+        "item_id": np.array([[["a", "b", None], ["c", None, None]], [[None] * 3, ["d", "e", "f"]]], dtype=object),
+        "ts_us": np.array([[[t0, t0 - 5, -1], [t0 - 9, -1, -1]], [[-1] * 3, [t0 - 1, t0 - 2, t0 - 3]]]),
+        "weight": np.array([[[0.7, 0.2, 0.0], [1.0, 0.0, 0.0]], [[0.0] * 3, [0.5, 0.3, 0.2]]]),
+    }
+    valid = np.array([[True, False], [True, True]])
+    got = inference.because_array(because, valid).to_pylist()
+    assert [[(e["item_id"], e["weight"]) for e in row] for row in got] == [
+        [("a", 0.7), ("b", 0.2)], [], [("d", 0.5), ("e", 0.3), ("f", 0.2)]]
+    assert got[0][1]["ts"].timestamp() * 1e6 == t0 - 5
+    assert inference.because_array(None, valid).to_pylist() == [[], [], []]
+    assert inference.because_array(None, valid).type == inference.BECAUSE_TYPE
+
+
+def test_recent_activity_counts_the_last_week_against_the_users_own_pace():
+    day = 86400.0
+    # u0: events 30, 20, 10, 3 and 1 days before the score date; u1: one event 2 days before;
+    # u2: two events 40 and 35 days before.
+    gaps = [[0, 10 * day, 10 * day, 7 * day, 2 * day], [0, 0, 0, 0, 0], [0, 0, 0, 0, 5 * day]]
+    batch = pa.RecordBatch.from_pydict({
+        "gap_s": pa.array(gaps, pa.list_(pa.float32())),
+        "length": pa.array([5, 1, 2], pa.int64()),
+        "elapsed_s": pa.array([1 * day, 2 * day, 35 * day], pa.float64()),
+    })
+    recent, ratio = inference.recent_activity(batch)
+    assert recent.tolist() == [2, 1, 0]
+    # u0: 5 events over 30 days = 7/6 a week, 2 this week; u1: a window inside the week reads 1
+    assert ratio == pytest.approx([2 / (5 / (30 / 7)), 1.0, 0.0])

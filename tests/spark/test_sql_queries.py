@@ -13,6 +13,9 @@ pytestmark = pytest.mark.spark
 SQL = Path(__file__).resolve().parents[2] / "deploy" / "sql"
 D1, D2 = dt.date(2025, 3, 9), dt.date(2025, 3, 10)
 AT = dt.datetime(2025, 3, 10, 1, 0, tzinfo=dt.timezone.utc)
+T1, T2 = dt.datetime(2025, 3, 1, 8, tzinfo=dt.timezone.utc), dt.datetime(2025, 3, 8, 20, tzinfo=dt.timezone.utc)
+# Reasons of a recommendation: past events of the user, most weight first.
+BECAUSE = [{"item_id": "c", "ts": T2, "weight": 0.6}, {"item_id": "x", "ts": T1, "weight": 0.3}]
 
 
 def statements(path: Path) -> list[str]:
@@ -32,21 +35,22 @@ def db(spark, tmp_path_factory):
         for s in statements(SQL / "01_score_tables.sql"):
             spark.sql(s)
         recs = [
-            # yesterday: u1 had a, b, c; u2 had x
-            (D1, "u1", 1, "a", 3.0, "ebbtide", 1, "r1", AT), (D1, "u1", 2, "b", 2.0, "ebbtide", 1, "r1", AT),
-            (D1, "u1", 3, "c", 1.0, "ebbtide", 1, "r1", AT), (D1, "u2", 1, "x", 1.0, "ebbtide", 1, "r1", AT),
+            # yesterday: u1 had a, b, c; u2 had x (scored before `because` existed: null)
+            (D1, "u1", 1, "a", 3.0, "ebbtide", 1, "r1", AT, None), (D1, "u1", 2, "b", 2.0, "ebbtide", 1, "r1", AT, None),
+            (D1, "u1", 3, "c", 1.0, "ebbtide", 1, "r1", AT, None), (D1, "u2", 1, "x", 1.0, "ebbtide", 1, "r1", AT, None),
             # today: u1 keeps a, b and gains d; u3 is new; u2 not scored
-            (D2, "u1", 1, "b", 3.5, "ebbtide", 2, "r2", AT), (D2, "u1", 2, "a", 2.5, "ebbtide", 2, "r2", AT),
-            (D2, "u1", 3, "d", 0.5, "ebbtide", 2, "r2", AT), (D2, "u3", 1, "a", 0.1, "ebbtide", 2, "r2", AT),
+            (D2, "u1", 1, "b", 3.5, "ebbtide", 2, "r2", AT, BECAUSE[:1]),
+            (D2, "u1", 2, "a", 2.5, "ebbtide", 2, "r2", AT, BECAUSE),
+            (D2, "u1", 3, "d", 0.5, "ebbtide", 2, "r2", AT, []), (D2, "u3", 1, "a", 0.1, "ebbtide", 2, "r2", AT, []),
         ]
         spark.createDataFrame(recs, spark.table("gold_recommendations").schema).write.insertInto("gold_recommendations")
         fading = [{"item_or_category": "drama", "decayed_interest": 0.1, "interest_at_last_event": 0.4}]
         churn = [
-            (D1, "u1", 1.0, 0.5, 0.9, 3.0, 2.0, "low", fading, "ebbtide", 1, "r1", AT),
-            (D2, "u1", 0.5, 0.6, 0.95, 2.0, 2.0, "low", fading, "ebbtide", 2, "r2", AT),
-            (D2, "u3", 20.0, 0.05, 0.2, 40.0, 0.5, "high", fading, "ebbtide", 2, "r2", AT),
-            (D2, "u4", 10.0, 0.02, 0.1, 60.0, 45.0, "high", [], "ebbtide", 2, "r2", AT),
-            (D2, "u5", 5.0, 0.3, 0.5, 9.0, 8.0, "medium", [], "ebbtide", 2, "r2", AT),
+            (D1, "u1", 1.0, 0.5, 0.9, 3.0, 2.0, "low", fading, "ebbtide", 1, "r1", AT, None, None),
+            (D2, "u1", 0.5, 0.6, 0.95, 2.0, 2.0, "low", fading, "ebbtide", 2, "r2", AT, 4, 1.5),
+            (D2, "u3", 20.0, 0.05, 0.2, 40.0, 0.5, "high", fading, "ebbtide", 2, "r2", AT, 0, 0.0),
+            (D2, "u4", 10.0, 0.02, 0.1, 60.0, 45.0, "high", [], "ebbtide", 2, "r2", AT, 0, 0.0),
+            (D2, "u5", 5.0, 0.3, 0.5, 9.0, 8.0, "medium", [], "ebbtide", 2, "r2", AT, 1, 0.5),
         ]
         spark.createDataFrame(churn, spark.table("gold_churn_decay").schema).write.insertInto("gold_churn_decay")
         vocab = [("a", 2, "drama"), ("b", 3, "comedy"), ("c", 4, "drama"), ("d", 5, "horror"), ("x", 6, None)]
@@ -105,8 +109,21 @@ def test_views_show_the_newest_date(spark, db):
     # The job's own view text says the same as the DDL file.
     from ebbtide.scoring.catalog import create_views
 
-    assert create_views(spark, db) == [f"{db}.latest_recommendations", f"{db}.latest_churn_decay"]
+    assert create_views(spark, db) == [f"{db}.latest_recommendations", f"{db}.latest_churn_decay",
+                                       f"{db}.explained_recommendations"]
     assert spark.sql("SELECT count(*) FROM latest_recommendations").first()[0] == 4
+
+
+def test_explained_recommendations_has_a_row_per_reason(spark, db):
+    """The DDL file's view (and the job's, recreated by the test above: the two must read alike):
+    one row per because entry, a recommendation without reasons kept once with nulls."""
+    rows = spark.sql("SELECT * FROM explained_recommendations WHERE score_date = DATE'2025-03-10' "
+                     "ORDER BY user_id, rank, reason").collect()
+    got = [(r.user_id, r.item_id, r.reason, r.because_item_id, r.because_weight) for r in rows]
+    assert got == [("u1", "b", 1, "c", 0.6), ("u1", "a", 1, "c", 0.6), ("u1", "a", 2, "x", 0.3),
+                   ("u1", "d", None, None, None), ("u3", "a", None, None, None)]
+    assert rows[2].because_ts == dt.datetime.fromtimestamp(T1.timestamp())  # PySpark hands back local naive times
+    assert spark.sql("SELECT count(*) FROM explained_recommendations WHERE score_date = DATE'2025-03-09'").first()[0] == 4
 
 
 def test_views_show_a_day_only_once_both_tables_have_it(spark, tmp_path):
@@ -123,9 +140,9 @@ def test_views_show_a_day_only_once_both_tables_have_it(spark, tmp_path):
     try:
         for s in statements(SQL / "01_score_tables.sql"):
             spark.sql(s)
-        recs = [(d, "u1", 1, "a", 1.0, "ebbtide", 1, "r", AT) for d in (D1, D2)]
+        recs = [(d, "u1", 1, "a", 1.0, "ebbtide", 1, "r", AT, []) for d in (D1, D2)]
         spark.createDataFrame(recs, spark.table("gold_recommendations").schema).write.insertInto("gold_recommendations")
-        churn = [(D1, "u1", 1.0, 0.5, 0.9, 3.0, 2.0, "low", [], "ebbtide", 1, "r", AT)]
+        churn = [(D1, "u1", 1.0, 0.5, 0.9, 3.0, 2.0, "low", [], "ebbtide", 1, "r", AT, 1, 1.0)]
         spark.createDataFrame(churn, spark.table("gold_churn_decay").schema).write.insertInto("gold_churn_decay")
 
         def shown():
@@ -135,9 +152,9 @@ def test_views_show_a_day_only_once_both_tables_have_it(spark, tmp_path):
         for s in statements(SQL / "02_score_views.sql"):
             spark.sql(s)
         assert shown() == {"latest_recommendations": {D1}, "latest_churn_decay": {D1}}  # D2: recommendations only
-        assert create_views(spark, name) == [f"{name}.latest_recommendations", f"{name}.latest_churn_decay"]
+        assert create_views(spark, name)[:2] == [f"{name}.latest_recommendations", f"{name}.latest_churn_decay"]
         assert shown() == {"latest_recommendations": {D1}, "latest_churn_decay": {D1}}
-        churn2 = [(D2, "u1", 1.0, 0.5, 0.9, 3.0, 2.0, "low", [], "ebbtide", 1, "r", AT)]
+        churn2 = [(D2, "u1", 1.0, 0.5, 0.9, 3.0, 2.0, "low", [], "ebbtide", 1, "r", AT, 1, 1.0)]
         spark.createDataFrame(churn2, spark.table("gold_churn_decay").schema).write.insertInto("gold_churn_decay")
         assert shown() == {"latest_recommendations": {D2}, "latest_churn_decay": {D2}}
     finally:
@@ -181,6 +198,16 @@ def test_q05_model_versions(spark, db):
 def test_q06_churn_risk_by_day(spark, db):
     (rows,) = run_query(spark, "q06_churn_risk_by_day.sql")
     assert [(r.score_date, r.high, r.medium, r.low) for r in rows] == [(D2, 2, 1, 1), (D1, 0, 0, 1)]
+
+
+def test_q07_why_recommended(spark, db):
+    (rows,) = run_query(spark, "q07_why_recommended.sql", {"target_user": "u1", "target_item": "a"})
+    got = [(r.score_date, r.rank, r.category, r.reason, r.because_item_id, r.because_category, r.because_weight)
+           for r in rows]
+    # a was recommended on both days: the newest one answers, most weight first
+    assert got == [(D2, 2, "drama", 1, "c", "drama", 0.6), (D2, 2, "drama", 2, "x", None, 0.3)]
+    (rows,) = run_query(spark, "q07_why_recommended.sql", {"target_user": "u1", "target_item": "c"})
+    assert [(r.score_date, r.reason, r.because_item_id) for r in rows] == [(D1, None, None)]  # scored before `because`
 
 
 def test_every_query_file_has_a_test():

@@ -309,6 +309,93 @@ def test_decayed_transitions_add_the_read_out_weighted_successor_vectors(encoder
     assert torch.allclose(after[:, real] - before[:, real], delta[:, real], atol=1e-4)
 
 
+def _top3_by_hand(contrib: torch.Tensor, real: torch.Tensor):
+    """The three largest positive contributions per (user, item) of (B, K, L), as positions (-1
+    beyond) and shares of the positive total."""
+    c = contrib.masked_fill(~real.unsqueeze(1), 0.0).clamp_min(0.0)
+    total = c.sum(-1)
+    pos = torch.full(c.shape[:2] + (3,), -1, dtype=torch.long)
+    share = torch.zeros(c.shape[:2] + (3,))
+    for bi in range(c.shape[0]):
+        for ki in range(c.shape[1]):
+            order = [j for j in torch.argsort(c[bi, ki], descending=True).tolist() if c[bi, ki, j] > 0][:3]
+            pos[bi, ki, : len(order)] = torch.tensor(order, dtype=torch.long)
+            share[bi, ki, : len(order)] = c[bi, ki, order] / total[bi, ki]
+    return pos, share
+
+
+def test_explain_with_decayed_transitions_lists_the_largest_terms_of_the_score():
+    """With decayed transitions event j adds wbar_j T[item_j] . E_i to item i's score: the terms
+    summed over every event are exactly the transitions' part of the score, and `explain` lists the
+    three largest positive terms, as shares of the positive total."""
+    torch.manual_seed(0)
+    net = EbbtideNet(tiny_conf(encoder="time_lstm", transitions="decayed"), N_ITEMS, N_EVENT_TYPES).eval()
+    batch = make_batch(b=8, seed=4)
+    elapsed = batch["time_to_next_s"]
+    with torch.no_grad():
+        before = net.item_scores(batch, elapsed)
+        net.transition.weight.normal_()
+        net.transition.weight[0].zero_()
+        after = net.item_scores(batch, elapsed)
+        item_idx = torch.topk(after, 5, dim=1).indices  # (B, K)
+        _, w = net._state_at(net._run_encoder(batch), elapsed, return_weights=True)
+        wbar = w.mean(1)  # (B, L)
+        terms = wbar.unsqueeze(1) * (net.item_emb(item_idx) @ net.transition(batch["item_idx"]).transpose(1, 2))
+        positions, weights = net.explain(batch, elapsed, item_idx)
+    part = (after - before).gather(1, item_idx)
+    assert torch.allclose(terms.sum(-1), part, atol=1e-4)
+    want_pos, want_share = _top3_by_hand(terms, batch["item_idx"] >= 2)
+    assert positions.shape == weights.shape == (8, 5, 3) and positions.dtype == torch.long
+    assert torch.equal(positions, want_pos)
+    assert torch.allclose(weights, want_share, atol=1e-5)
+    assert (weights[..., :-1] >= weights[..., 1:]).all() and (weights.sum(-1) <= 1 + 1e-5).all()
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "time_lstm", "attention"])
+def test_explain_pads_with_minus_one_and_names_only_real_events(encoder):
+    """Windows of one and two events: the third (and second) slot reads -1 with weight 0; positions
+    point at real slots; without decayed transitions the attribution is the event's weight times the
+    positive part of its item's similarity to the recommended one."""
+    torch.manual_seed(1)
+    net = EbbtideNet(tiny_conf(encoder=encoder), N_ITEMS, N_EVENT_TYPES).eval()
+    batch = make_batch(b=6, l=5, seed=5)
+    batch["length"] = torch.tensor([1, 2, 1, 2, 5, 5])
+    real = torch.arange(5).unsqueeze(0) >= (5 - batch["length"]).unsqueeze(1)
+    for k in ("item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start"):
+        batch[k] = batch[k] * real
+    batch["item_idx"][4, 0] = 1  # an OOV event is never a reason: it has no item id to show
+    elapsed = batch["time_to_next_s"]
+    item_idx = torch.tensor([[2, 3], [4, 5], [6, 7], [8, 9], [10, 11], [12, 13]])
+    with torch.no_grad():
+        positions, weights = net.explain(batch, elapsed, item_idx, top=3)
+        enc = net._run_encoder(batch)
+        wbar = net._event_weights(enc, net._elapsed(elapsed, 6))
+        sim = (net.item_emb(item_idx) @ net.item_emb(batch["item_idx"]).transpose(1, 2)).clamp_min(0.0)
+    want_pos, want_share = _top3_by_hand(wbar.unsqueeze(1) * sim, batch["item_idx"] >= 2)
+    assert torch.equal(positions, want_pos)
+    assert torch.allclose(weights, want_share, atol=1e-5)
+    one = batch["length"] == 1
+    assert (positions[one][..., 1:] == -1).all() and (weights[one][..., 1:] == 0).all()
+    assert (positions[batch["length"] == 2][..., 2] == -1).all()
+    found = positions >= 0
+    assert real.gather(1, positions.clamp_min(0).flatten(1)).view_as(positions)[found].all()
+    assert not (positions[4] == 0).any()
+    assert found[:, :, 0].float().mean() > 0.5  # most items resemble some past item
+
+
+def test_explain_of_plain_encoders_decays_with_the_return_half_life():
+    """lstm / gru have no read-out: an event's weight is exp(-b x age), b the user's return-hazard rate."""
+    torch.manual_seed(2)
+    net = EbbtideNet(tiny_conf(encoder="gru"), N_ITEMS, N_EVENT_TYPES).eval()
+    batch = make_batch(b=4, seed=6)
+    elapsed = batch["time_to_next_s"]
+    with torch.no_grad():
+        enc = net._run_encoder(batch)
+        _, b = heads.hazard_rates(*net._hazard_params(enc))
+        age = enc["cum_days"][:, -1:] - enc["cum_days"] + (elapsed / DAY).unsqueeze(1)
+        assert torch.allclose(net._event_weights(enc, elapsed), torch.exp(-b.unsqueeze(1) * age))
+
+
 def test_bad_transitions_name_is_refused():
     with pytest.raises(ValueError, match="model.transitions"):
         EbbtideNet(tiny_conf(transitions="bigram"), N_ITEMS, N_EVENT_TYPES)

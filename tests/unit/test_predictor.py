@@ -88,6 +88,31 @@ def test_elapsed_time_changes_scores_and_churn(pred):
     assert p.category_interest(f, e).shape == (2, 3)
 
 
+def test_explain_names_the_users_own_events_with_their_times(pred):
+    """Positions become the window's item ids and event times; windows keep no times, so they come
+    from last_ts and the gaps, and must land on the raw timestamps."""
+    p, net = pred
+    ts = [[MONDAY, MONDAY + 600.5, MONDAY + 3 * 86400, MONDAY + 40 * 86400 + 0.25], [MONDAY + 10.0]]
+    ids = [["i3", "i4", "i9", "i12"], ["i5"]]
+    f = p.features_from_events(ids, ts)
+    e = np.array([3600.0, 86400.0], np.float32)
+    idx, _ = p.recommend(f, e, k=4)
+    out = p.explain(f, e, idx, top=3)
+    assert {k: v.shape for k, v in out.items()} == {k: (2, 4, 3) for k in ("position", "item_id", "ts_us", "weight")}
+    net.eval()
+    with torch.no_grad():
+        pos, w = net.explain({k: torch.as_tensor(v) for k, v in f.items() if k != "last_ts"}, torch.as_tensor(e),
+                             torch.as_tensor(idx), 3)
+    assert np.array_equal(out["position"], pos.numpy()) and np.allclose(out["weight"], w.numpy(), atol=1e-6)
+    time_of = {(u, i): round(t * 1e6) for u in range(2) for i, t in zip(ids[u], ts[u])}
+    found = out["position"] >= 0
+    assert found[0, :, 0].all()  # four past items: each recommendation resembles one of them
+    for u, k, j in zip(*np.nonzero(found)):
+        assert out["ts_us"][u, k, j] == time_of[(u, out["item_id"][u, k, j])]
+    assert (out["item_id"][~found] == None).all() and (out["ts_us"][~found] == -1).all()  # noqa: E711
+    assert (out["position"][1, :, 1:] == -1).all()  # one event: one reason at most
+
+
 def test_predict_frame_is_the_pyfunc_contract(pred):
     p, _ = pred
     ex = p.input_example()

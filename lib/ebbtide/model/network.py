@@ -513,6 +513,18 @@ class EbbtideNet(nn.Module):
             "hazard_b": b,
         }
 
+    def _event_weights(self, enc: dict[str, Tensor], elapsed: Tensor) -> Tensor:
+        """How much each event of the window still counts (B, L) at `elapsed` seconds after the last
+        one. Time-aware encoders: the read-out's weight on the event, averaged over heads (the weights
+        the decayed transitions use; the sink takes what has faded). lstm / gru, which have no read-out:
+        exp(-b x age), the user's return-hazard rate b, so the weight halves every return half-life."""
+        if self.time_aware:
+            _, w = self._state_at(enc, elapsed, return_weights=True)
+            return w.float().mean(dim=1)
+        _, b = heads.hazard_rates(*self._hazard_params(enc))
+        age = (enc["cum_days"][:, -1:] - enc["cum_days"]) + (elapsed / SECONDS_PER_DAY).unsqueeze(1)
+        return torch.exp(-b.float().unsqueeze(1) * age)
+
     def category_interest(self, batch: Mapping[str, Any], item_category: Tensor, elapsed_s: Tensor | None) -> Tensor:
         """Decayed interest per category (B, n_categories), n_categories = item_category.max() + 1.
 
@@ -527,16 +539,52 @@ class EbbtideNet(nn.Module):
         cat_of = torch.as_tensor(item_category, device=self._device()).long()
         cats = cat_of[enc["items"]].clamp_min(0)
         n_cat = int(cat_of.max().item()) + 1
-        if self.time_aware:
-            _, w = self._state_at(enc, elapsed, return_weights=True)
-            weights = w.mean(dim=1)
-        else:
-            _, b = heads.hazard_rates(*self._hazard_params(enc))
-            age = (enc["cum_days"][:, -1:] - enc["cum_days"]) + (elapsed / SECONDS_PER_DAY).unsqueeze(1)
-            weights = torch.exp(-b.unsqueeze(1) * age) / enc["mask"].sum(1, keepdim=True).clamp_min(1)
-        weights = weights.float() * enc["mask"] * (enc["items"] >= FIRST_REAL_INDEX)
+        weights = self._event_weights(enc, elapsed)
+        if not self.time_aware:
+            weights = weights / enc["mask"].sum(1, keepdim=True).clamp_min(1)
+        weights = weights * enc["mask"] * (enc["items"] >= FIRST_REAL_INDEX)
         out = torch.zeros(bsz, n_cat, device=weights.device)
         return out.scatter_add_(1, cats, weights)
+
+    def explain(self, batch: Mapping[str, Any], elapsed_s: Tensor | None, item_idx: Tensor, top: int = 3) -> tuple[Tensor, Tensor]:
+        """Which past events weighed most for each of K items per user, as of `elapsed_s` seconds
+        after the last event: item_idx (B, K) -> positions (B, K, top) into the window (long, -1 where
+        fewer events count) and weights (B, K, top) (float, 0 at -1), largest first.
+
+        The attribution of event j to item i:
+        - `transitions: decayed` (time-aware encoders): wbar_j (T[item_j] . E_i), exactly event j's
+          term of what the transitions add to item i's score (E_i . sum_j wbar_j T[item_j]), so the
+          explanation is the model's own arithmetic, not a proxy of it;
+        - other time-aware models: wbar_j max(0, E_item_j . E_i), the read-out's weight on the event
+          times how alike the two items are in the model's (tied) item space;
+        - lstm / gru: max(0, E_item_j . E_i) exp(-b x age_j), with the return half-life as the decay.
+        wbar is the read-out's weight on the event averaged over heads (`_event_weights`).
+
+        A weight is the event's share of the positive attributions of all the window's events, in
+        [0, 1]: comparable across users, encoders and model versions, where raw attributions are
+        in the model's own units. Only positive attributions explain (an event that pulls an item
+        down is no reason for it); pads and OOV events (no item id to show) never do.
+        """
+        enc = self._run_encoder(batch)
+        items = enc["items"]
+        b, l = items.shape
+        w = self._event_weights(enc, self._elapsed(elapsed_s, b))  # (B, L)
+        target = self.item_emb(torch.as_tensor(item_idx, device=self._device()).long()).float()  # (B, K, D)
+        if self._decayed_transitions:
+            contrib = w.unsqueeze(1) * torch.bmm(target, self.transition(items).float().transpose(1, 2))
+        else:
+            contrib = w.unsqueeze(1) * torch.bmm(target, self.item_emb(items).float().transpose(1, 2)).clamp_min(0.0)
+        real = enc["mask"] & (items >= FIRST_REAL_INDEX)
+        contrib = contrib.masked_fill(~real.unsqueeze(1), 0.0).clamp_min(0.0)  # (B, K, L)
+        total = contrib.sum(-1, keepdim=True)
+        val, pos = torch.topk(contrib, min(top, l), dim=-1)
+        found = val > 0
+        weights = torch.where(found, val / total.clamp_min(torch.finfo(total.dtype).tiny), 0.0)
+        positions = torch.where(found, pos, -1)
+        if top > l:  # a window shorter than `top`: the missing slots read as missing
+            positions = F.pad(positions, (0, top - l), value=-1)
+            weights = F.pad(weights, (0, top - l), value=0.0)
+        return positions, weights
 
     def readout_half_life_days(self, batch: Mapping[str, Any], elapsed_s: Tensor | None = None) -> Tensor:
         """Each user's read-out half-life (B,) in days: ln 2 over the user's decay rate of the read-out,

@@ -252,6 +252,43 @@ class Predictor:
                 out[s, : r.shape[1]] = r.cpu().numpy()
         return out
 
+    def explain(self, batch_np: dict, elapsed_s: np.ndarray, item_idx: np.ndarray, top: int = 3) -> dict[str, np.ndarray]:
+        """Why each of K items (item_idx (n, K)) ranks for its user as of elapsed_s: up to `top` events
+        of the user's window per item, most weight first (`EbbtideNet.explain` says how the weight is
+        computed). batch_np also needs `last_ts` (n,) in epoch seconds, as `features_from_events` gives.
+
+        Returns (n, K, top) arrays: `position` (the event's slot in the window, -1 where fewer events
+        count), `item_id` (object, None at -1), `ts_us` (the event's epoch microseconds, -1 at -1;
+        windows keep no event times, so it is last_ts minus the gaps after the event,
+        `sequences.seconds_before_last`) and `weight` (0 at -1).
+        """
+        import torch
+
+        from ebbtide.sequences import seconds_before_last
+
+        n = len(np.asarray(batch_np["length"]))
+        idx = np.asarray(item_idx, dtype=np.int64).reshape(n, -1)
+        pos = np.full((n, idx.shape[1], int(top)), -1, dtype=np.int64)
+        weight = np.zeros(pos.shape, dtype=np.float64)
+        e = np.broadcast_to(np.asarray(elapsed_s, dtype=np.float32), (n,))
+        with torch.no_grad():
+            for s in self._chunks(n):
+                p, w = self.net.explain(self._torch_batch(batch_np, s), torch.as_tensor(e[s]).to(self.device),
+                                        torch.as_tensor(idx[s]).to(self.device), int(top))
+                pos[s], weight[s] = p.cpu().numpy(), w.double().cpu().numpy()
+        found = pos >= 0
+        rows = np.arange(n)[:, None, None]
+        at = np.where(found, pos, 0)
+        item_idx_at = np.asarray(batch_np["item_idx"], dtype=np.int64)[rows, at]
+        last_us = np.round(np.asarray(batch_np["last_ts"], dtype=np.float64) * 1e6).astype(np.int64)
+        before_us = np.round(seconds_before_last(batch_np["gap_s"]) * 1e6).astype(np.int64)[rows, at]
+        return {
+            "position": pos,
+            "item_id": np.where(found, self.item_ids(item_idx_at), None),
+            "ts_us": np.where(found, last_us[:, None, None] - before_us, -1),
+            "weight": np.where(found, weight, 0.0),
+        }
+
     # ------------------------------------------------------------------ raw events -> features
 
     def features_from_events(

@@ -1,4 +1,5 @@
-"""What analysts see in the catalog: table and column comments, and the two `latest_*` views.
+"""What analysts see in the catalog: table and column comments, the two `latest_*` views and
+`explained_recommendations`.
 
 deploy/sql/ holds the same definitions as DDL for platforms where the tables are created
 ahead of the job; a test keeps the two in step.
@@ -35,6 +36,10 @@ COLUMN_COMMENTS = {
         "score": "model score (logit) of the item for this user at the time elapsed since the last event, "
                  "comparable within a user and a model version only",
         **_LINEAGE,
+        "because": "up to score.because_top past events of the user that weighed most for this item in the model, "
+                   "most weight first: item_id, ts (event time), weight (share of the event in the positive "
+                   "attribution over the window of the user, 0..1); empty when the model cannot explain itself, "
+                   "null on rows scored before the column existed",
     },
     CHURN_DECAY: {
         "score_date": "the day scored: features use events before this date 00:00 UTC (partition)",
@@ -49,6 +54,9 @@ COLUMN_COMMENTS = {
                       "item_or_category, decayed_interest (share of next-item probability now), "
                       "interest_at_last_event (the same share right after the last event)",
         **_LINEAGE,
+        "events_last_7d": "events of the user in the 7 days before score_date (among the last sequences.max_len)",
+        "activity_ratio": "events_last_7d over the usual pace of the user (events per 7 days in the window, first event to "
+                          "score_date, at least 7 days): 0 silent lately, < 1 slowing down, 1 as usual, > 1 more active",
     },
 }
 
@@ -56,6 +64,7 @@ VIEWS = {
     "latest_recommendations": RECOMMENDATIONS,
     "latest_churn_decay": CHURN_DECAY,
 }
+EXPLAINED = "explained_recommendations"
 
 
 def view_sql(database: str, view: str) -> str:
@@ -72,12 +81,32 @@ def view_sql(database: str, view: str) -> str:
     )
 
 
+def explained_sql(database: str) -> str:
+    """One row per (recommendation, reason): every score date's recommendations with each `because`
+    entry on its own row, reason 1 = most weight. OUTER, so a recommendation without reasons (scored
+    before the column existed, or by a model that cannot explain itself) still shows, with nulls."""
+    return (
+        f"CREATE OR REPLACE VIEW {database}.{EXPLAINED} "
+        f"COMMENT 'gold_recommendations with one row per because entry (reason 1 = most weight)' AS "
+        f"SELECT r.score_date, r.user_id, r.rank, r.item_id, r.score, b.pos + 1 AS reason, "
+        f"b.event.item_id AS because_item_id, b.event.ts AS because_ts, b.event.weight AS because_weight, "
+        f"r.model_name, r.model_version "
+        f"FROM {database}.{RECOMMENDATIONS} r LATERAL VIEW OUTER posexplode(r.because) b AS pos, event"
+    )
+
+
 def create_views(spark, database: str) -> list[str]:
-    """(Re)create the latest_* views once both score tables exist (each view reads both)."""
+    """(Re)create the latest_* views once both score tables exist (each reads both), and
+    explained_recommendations once gold_recommendations has `because` (a table written before the
+    column existed gains it at the next publish; every command starts by creating the views, so
+    such a table must not stop them)."""
     if not all(spark.catalog.tableExists(f"{database}.{t}") for t in VIEWS.values()):
         return []
     made = []
     for view in VIEWS:
         spark.sql(view_sql(database, view))
         made.append(f"{database}.{view}")
+    if "because" in spark.table(f"{database}.{RECOMMENDATIONS}").columns:
+        spark.sql(explained_sql(database))
+        made.append(f"{database}.{EXPLAINED}")
     return made

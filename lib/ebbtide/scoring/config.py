@@ -50,6 +50,9 @@ class ScoreConf:
     top_fading: int = 5
     # category: needs item categories in the model's vocabulary, else falls back to item.
     fading_by: Literal["category", "item"] = "category"
+    # because: up to this many past events of the user that weighed most for each recommended item
+    # (0: empty lists, and no second pass of the model over the windows).
+    because_top: int = 3
     # Users per inference call; the score matrix of one call is batch_users x catalogue floats.
     batch_users: int = 512
     # Upper bound on one call's score matrix, in millions of floats (shrinks batch_users for big catalogues).

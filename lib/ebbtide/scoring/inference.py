@@ -36,6 +36,15 @@ _MODELS: dict[str, Any] = {}
 # (uri, allow, deny) -> boolean mask of catalogue indices that may never be recommended.
 _BASE_MASKS: dict[tuple, np.ndarray] = {}
 
+BECAUSE_TYPE = pa.list_(
+    pa.struct(
+        [
+            ("item_id", pa.string()),
+            ("ts", pa.timestamp("us", tz="UTC")),
+            ("weight", pa.float64()),
+        ]
+    )
+)
 RECS_SCHEMA = pa.schema(
     [
         ("user_id", pa.string()),
@@ -43,9 +52,13 @@ RECS_SCHEMA = pa.schema(
         ("item_index", pa.int32()),
         ("item_id", pa.string()),
         ("score", pa.float64()),
+        ("because", BECAUSE_TYPE),
     ]
 )
-RECS_DDL = "user_id string, rank int, item_index int, item_id string, score double"
+RECS_DDL = (
+    "user_id string, rank int, item_index int, item_id string, score double, "
+    "because array<struct<item_id: string, ts: timestamp, weight: double>>"
+)
 
 FADING_TYPE = pa.list_(
     pa.struct(
@@ -65,13 +78,18 @@ CHURN_SCHEMA = pa.schema(
         ("expected_days_to_return", pa.float64()),
         ("interest_half_life_days", pa.float64()),
         ("top_fading", FADING_TYPE),
+        ("events_last_7d", pa.int32()),
+        ("activity_ratio", pa.float64()),
     ]
 )
 CHURN_DDL = (
     "user_id string, days_since_last_event double, p_return_7d double, p_return_30d double, expected_days_to_return double, "
     "interest_half_life_days double, "
-    "top_fading array<struct<item_or_category: string, decayed_interest: double, interest_at_last_event: double>>"
+    "top_fading array<struct<item_or_category: string, decayed_interest: double, interest_at_last_event: double>>, "
+    "events_last_7d int, activity_ratio double"
 )
+# Recent activity against the user's own pace: events in this many days before the score date.
+RECENT_DAYS = 7
 
 
 # --------------------------------------------------------------------------------------
@@ -123,6 +141,12 @@ def elapsed_from_arrow(batch: pa.RecordBatch) -> np.ndarray:
     return batch.column(batch.schema.get_field_index("elapsed_s")).to_numpy(zero_copy_only=False).astype(np.float32)
 
 
+def last_ts_from_arrow(batch: pa.RecordBatch) -> np.ndarray:
+    """The `last_ts` timestamp column as epoch seconds (float64, as Predictor batches carry it)."""
+    col = batch.column(batch.schema.get_field_index("last_ts"))
+    return col.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False) / 1e6
+
+
 class PredictorScorer:
     """Adapts ``ebbtide.model.predictor.Predictor`` to the scorer interface."""
 
@@ -162,6 +186,16 @@ class PredictorScorer:
 
     def churn(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
         return self.predictor.churn(self._feats(batch), elapsed_from_arrow(batch))
+
+    def explain(self, batch: pa.RecordBatch, idx: np.ndarray, top: int) -> Optional[dict[str, np.ndarray]]:
+        """Predictor.explain for the top-k items idx (n, k) (the batch needs `last_ts`); None when the
+        model cannot explain itself."""
+        explain = getattr(self.predictor, "explain", None)
+        if not callable(explain):
+            return None
+        feats = self._feats(batch)
+        feats["last_ts"] = last_ts_from_arrow(batch)
+        return explain(feats, elapsed_from_arrow(batch), idx, top)
 
     def interest(self, batch: pa.RecordBatch, by: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(names (G,), interest right after the last event (n, G), interest now (n, G)).
@@ -293,11 +327,14 @@ def recommend_fn(
     exclude_consumed: bool = True,
     allow: Sequence[str] = (),
     deny: Sequence[str] = (),
+    because_top: int = 3,
     batch_users: int = 512,
     max_batch_mfloats: float = 32.0,
     torch_threads: int = 0,
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The mapInArrow function: windows (+ consumed) in, one row per (user, rank) out."""
+    """The mapInArrow function: windows (+ consumed, last_ts) in, one row per (user, rank) out, each
+    with up to ``because_top`` events of the user that weighed most for the item (scorers without
+    ``explain``, or ``because_top`` 0: empty lists)."""
     allow, deny = tuple(allow), tuple(deny)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -318,12 +355,15 @@ def recommend_fn(
                     r, c = consumed_mask_rows(batch.column(batch.schema.get_field_index("consumed")), scorer.n_items)
                     scores[r, c] = -np.inf
                 idx, vals = topk(scores, k)
-                yield _recs_batch(batch, scorer, idx, vals)
+                explain = getattr(scorer, "explain", None)
+                because = explain(batch, idx, because_top) if because_top > 0 and callable(explain) else None
+                yield _recs_batch(batch, scorer, idx, vals, because)
 
     return run
 
 
-def _recs_batch(batch: pa.RecordBatch, scorer: Any, idx: np.ndarray, vals: np.ndarray) -> pa.RecordBatch:
+def _recs_batch(batch: pa.RecordBatch, scorer: Any, idx: np.ndarray, vals: np.ndarray,
+                because: Optional[dict[str, np.ndarray]] = None) -> pa.RecordBatch:
     n, k = idx.shape
     valid = np.isfinite(vals)
     rows = np.repeat(np.arange(n), k)[valid.ravel()]
@@ -337,9 +377,38 @@ def _recs_batch(batch: pa.RecordBatch, scorer: Any, idx: np.ndarray, vals: np.nd
             pa.array(flat_idx.astype(np.int32), pa.int32()),
             pa.array(scorer.item_ids(flat_idx), pa.string()),
             pa.array(vals.ravel()[valid.ravel()].astype(np.float64), pa.float64()),
+            because_array(because, valid),
         ],
         schema=RECS_SCHEMA,
     )
+
+
+def because_array(because: Optional[dict[str, np.ndarray]], valid: np.ndarray) -> pa.Array:
+    """The `because` lists of the published (user, rank) rows (``valid`` (n, k)), built from the
+    flat (n, k, top) arrays of ``Predictor.explain`` without a Python loop per row: the found
+    entries of a row are a prefix of its `top` slots (most weight first), so a row's list is its
+    found entries in order. No explanation: every list is empty (never null, so the gate's null
+    checks keep holding)."""
+    keep = valid.ravel()
+    if because is None:
+        return pa.ListArray.from_arrays(np.zeros(int(keep.sum()) + 1, dtype=np.int32),
+                                        pa.array([], BECAUSE_TYPE.value_type))
+    top = because["position"].shape[-1]
+
+    def kept(name: str) -> np.ndarray:
+        return because[name].reshape(-1, top)[keep]
+
+    found = kept("position") >= 0
+    offsets = np.concatenate([[0], np.cumsum(found.sum(1))]).astype(np.int32)
+    entries = pa.StructArray.from_arrays(
+        [
+            pa.array(kept("item_id")[found], pa.string()),
+            pa.array(kept("ts_us")[found].astype(np.int64), pa.int64()).cast(BECAUSE_TYPE.value_type.field("ts").type),
+            pa.array(kept("weight")[found].astype(np.float64), pa.float64()),
+        ],
+        fields=list(BECAUSE_TYPE.value_type),
+    )
+    return pa.ListArray.from_arrays(offsets, entries)
 
 
 # --------------------------------------------------------------------------------------
@@ -407,12 +476,36 @@ def churn_fn(
                 if top_fading > 0:
                     names, then, now = scorer.interest(batch, fading_by)
                     fading = fading_interest(names, then, now, top_fading)
-                yield _churn_batch(batch, ch, fading)
+                yield _churn_batch(batch, ch, fading, *recent_activity(batch))
 
     return run
 
 
-def _churn_batch(batch: pa.RecordBatch, ch: dict[str, np.ndarray], fading: list[list]) -> pa.RecordBatch:
+def recent_activity(batch: pa.RecordBatch, days: int = RECENT_DAYS) -> tuple[np.ndarray, np.ndarray]:
+    """Per user, from the window the model reads: (events in the ``days`` days before the score
+    date, that count over the user's own pace), the pace being the window's events per ``days``
+    days from its first event to the score date (at least ``days`` long, so a user whose whole
+    window falls in the period reads 1, not a burst). 0 = silent lately, below 1 = slowing down,
+    above 1 = more active than usual."""
+    from ebbtide.sequences import seconds_before_last
+
+    def column(name: str, dtype) -> np.ndarray:
+        return batch.column(batch.schema.get_field_index(name)).to_numpy(zero_copy_only=False).astype(dtype)
+
+    gap = fixed_list_to_numpy(batch.column(batch.schema.get_field_index("gap_s")), np.float64)
+    length = np.maximum(column("length", np.int64), 1)  # every scored user has an event
+    elapsed = column("elapsed_s", np.float64)
+    n, width = gap.shape
+    age_days = (seconds_before_last(gap) + elapsed[:, None]) / 86400.0
+    real = np.arange(width)[None, :] >= (width - length)[:, None]
+    recent = (real & (age_days <= days)).sum(1)
+    span_days = age_days[np.arange(n), width - length] if width else np.zeros(n)
+    pace = length / np.maximum(span_days / days, 1.0)
+    return recent.astype(np.int32), recent / pace
+
+
+def _churn_batch(batch: pa.RecordBatch, ch: dict[str, np.ndarray], fading: list[list], events_recent: np.ndarray,
+                 activity_ratio: np.ndarray) -> pa.RecordBatch:
     def col(name: str) -> pa.Array:
         return pa.array(np.asarray(ch[name], dtype=np.float64).reshape(-1), pa.float64())
 
@@ -432,6 +525,8 @@ def _churn_batch(batch: pa.RecordBatch, ch: dict[str, np.ndarray], fading: list[
             col("expected_days_to_return"),
             col("half_life_days"),
             fading_arr,
+            pa.array(events_recent, pa.int32()),
+            pa.array(activity_ratio.astype(np.float64), pa.float64()),
         ],
         schema=CHURN_SCHEMA,
     )

@@ -125,7 +125,8 @@ def build(ctx, score_date: dt.date, model: ModelRef, *, loader=None):
     if loader is not None:
         common["loader"] = loader
     rec_fn = inference.recommend_fn(
-        model.uri, k=sc.k, exclude_consumed=sc.exclude_consumed, allow=allow, deny=deny, **common
+        model.uri, k=sc.k, exclude_consumed=sc.exclude_consumed, allow=allow, deny=deny, because_top=sc.because_top,
+        **common,
     )
     churn_fn = inference.churn_fn(model.uri, top_fading=sc.top_fading, fading_by=sc.fading_by, **common)
     lineage = dict(
@@ -149,13 +150,14 @@ def with_column_comments(df, comments: dict[str, str]):
 
 
 def publish(spark, cfg, df, name: str, score_date: dt.date) -> None:
-    """Replace the score date's partition in one atomic Delta commit; other dates stay as they are."""
+    """Replace the score date's partition in one atomic Delta commit; other dates stay as they are.
+    A table written before a column was added gains it in the same commit (older rows read null)."""
     from ebbtide.scoring.catalog import COLUMN_COMMENTS, TABLE_COMMENTS
 
     tables.write(
         with_column_comments(df, COLUMN_COMMENTS[name]), cfg, name, mode="replace_where",
         replace_where=f"score_date = '{score_date.isoformat()}'", partition_by=["score_date"],
-        comment=TABLE_COMMENTS[name],
+        comment=TABLE_COMMENTS[name], add_columns=True,
     )
 
 

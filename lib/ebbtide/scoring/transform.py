@@ -129,10 +129,15 @@ def with_lineage(
     )
 
 
-RECS_COLUMNS = ["score_date", "user_id", "rank", "item_id", "score", "model_name", "model_version", "run_id", "scored_at"]
+# Columns added after a table's first release go last: a table that existing rows evolve (Delta
+# appends new columns at the end) then has the same layout as one created fresh, so positional
+# inserts and SELECT * read the same everywhere.
+RECS_COLUMNS = ["score_date", "user_id", "rank", "item_id", "score", "model_name", "model_version", "run_id", "scored_at",
+                "because"]
 CHURN_COLUMNS = [
     "score_date", "user_id", "days_since_last_event", "p_return_7d", "p_return_30d", "expected_days_to_return",
     "interest_half_life_days", "churn_risk", "top_fading", "model_name", "model_version", "run_id", "scored_at",
+    "events_last_7d", "activity_ratio",
 ]
 
 
@@ -140,7 +145,8 @@ def recommendations(inputs: "DataFrame", fn: Callable, lineage: dict[str, Any]) 
     """gold_recommendations rows from scoring inputs; ``fn`` is inference.recommend_fn(...)."""
     from ebbtide.scoring.inference import RECS_DDL
 
-    cols = ["user_id", "item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start", "length", "elapsed_s", "consumed"]
+    cols = ["user_id", "item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start", "length", "elapsed_s",
+            "consumed", "last_ts"]
     recs = inputs.select(*cols).mapInArrow(fn, RECS_DDL)
     return with_lineage(recs, **lineage).select(*RECS_COLUMNS)
 
