@@ -53,6 +53,10 @@ def main() -> int:
 
     root = Path(args.root) / args.data
     common = [f"storage.root={root}"]
+    if args.data == "generated":
+        from ebbtide.synth import MODEL_SETTINGS
+
+        common += list(MODEL_SETTINGS)
     cfg = load_config(env="local", overrides=common)
     setup_logging(cfg.log_level)
     log = get_logger("demo")

@@ -154,9 +154,11 @@ def run_dataset(ds: str, args, log, spark=None):
     model -> metric -> [one value per seed]."""
     from ebbtide.cli import Context, run_stage
     from ebbtide.config import load_config
+    from ebbtide.synth import MODEL_SETTINGS
 
     root = Path(args.root) / ds
-    base = [f"storage.root={root}", f"evaluate.exclude_history={'false' if args.keep_history else 'true'}", *args.sets]
+    tuned = list(MODEL_SETTINGS) if ds == "generated" else []  # chosen on the generated data's validation split
+    base = [f"storage.root={root}", f"evaluate.exclude_history={'false' if args.keep_history else 'true'}", *tuned, *args.sets]
     cfg = load_config(env="local", overrides=base)
     ctx = Context(cfg, _spark=spark)
     recbole_py = None if args.skip_recbole or ds == "generated" else _recbole_python(log)

@@ -390,8 +390,8 @@ def extend_vocab(
     ``stats_df`` comes from :func:`vocab_stats`; ``vocab_df`` is the current vocabulary (None on
     the first run). Returns ``key``, ``index_col`` and ``extra_cols`` (taken from stats_df).
     """
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
+    from pyspark.sql import types as T
 
     cand = stats_df.where(F.col("n") >= F.lit(int(min_count)))
     base = FIRST_INDEX - 1
@@ -399,10 +399,15 @@ def extend_vocab(
         cand = cand.join(vocab_df.select(key), on=key, how="left_anti")
         top = vocab_df.agg(F.max(index_col)).first()[0]
         base = max(base, int(top)) if top is not None else base
-    # One ordered numbering; vocabularies are small next to events, so a single partition is fine.
-    order = Window.orderBy(F.col("first_seen").asc_nulls_last(), F.col(key).asc())
-    new = cand.withColumn(index_col, (F.row_number().over(order) + F.lit(base)).cast("int"))
-    return new.select(key, index_col, *extra_cols)
+    # One ordered numbering without a window over the whole table (which Spark runs in a single
+    # partition): a global sort is range-partitioned, and zipWithIndex numbers its rows in order,
+    # consecutively across partitions.
+    cols = [key, *extra_cols]
+    ordered = cand.orderBy(F.col("first_seen").asc_nulls_last(), F.col(key).asc()).select(*cols)
+    schema = T.StructType([*(ordered.schema[c] for c in cols), T.StructField(index_col, T.IntegerType(), False)])
+    start = base + 1
+    numbered = ordered.rdd.zipWithIndex().map(lambda r: (*r[0], start + r[1]))
+    return ordered.sparkSession.createDataFrame(numbered, schema).select(key, index_col, *extra_cols)
 
 
 def index_events(

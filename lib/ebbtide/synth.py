@@ -48,6 +48,11 @@ from ebbtide.log import get_logger, step
 log = get_logger("synth")
 
 EVENT_TYPES = ("view", "click", "cart", "purchase")
+# Model settings for these logs, chosen on their validation split (bench/tune.py; docs/training.md):
+# the successor rule is a "what follows j" map, which the transition table holds directly, and the
+# small catalogue over-fits from the second pass on without the stronger dropout. The demo and
+# `make results` train generated data with them; other data keeps conf/base.yaml's model.
+MODEL_SETTINGS = ("model.transitions=last", "model.dropout=0.5")
 # Probability that the next event of a session moves one step down the funnel on the same item
 # (view -> click, click -> cart, cart -> purchase); otherwise the user views a new item.
 FUNNEL_ADVANCE = np.array([0.25, 0.30, 0.40])
