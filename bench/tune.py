@@ -33,22 +33,30 @@ SMALL = {"item_idx": np.int32, "event_type_idx": np.int8, "hour_of_week": np.int
 
 
 def export(args) -> None:
+    out, version = export_snapshot(args.root, args.out, ARRAYS)
+    print(json.dumps({"exported": args.out, "examples_version": version, "n_items": out["n_items"],
+                      "train": int(len(out["train/length"])), "valid": int(len(out["valid/length"]))}))
+
+
+def export_snapshot(root: str, path: str, columns) -> tuple[dict, int]:
+    """One snapshot's train and valid `columns` of gold_training_examples under `root`, with the
+    catalogue sizes, saved to `path` (.npz). Returns the arrays and the examples' Delta version."""
     from ebbtide.cli import Context
     from ebbtide.config import load_config
     from ebbtide.model import feed, train
 
-    cfg = load_config(env="local", overrides=[f"storage.root={args.root}"])
+    cfg = load_config(env="local", overrides=[f"storage.root={root}"])
     ctx = Context(cfg)
     version, files = feed.snapshot_files(ctx.spark, cfg)
     _, _, _, n_items, n_event_types = train._read_vocabs(ctx.spark, cfg, version)
     out = {"n_items": n_items, "n_event_types": n_event_types, "session_gap_s": cfg.sessionize.gap_minutes * 60.0}
     for split in ("train", "valid"):
-        for c, arr in read_arrays(files[split], ARRAYS).items():
+        for c, arr in read_arrays(files[split], columns).items():
             out[f"{split}/{c}"] = arr
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, **out)
-    print(json.dumps({"exported": args.out, "examples_version": version, "n_items": n_items,
-                      "train": int(len(out["train/length"])), "valid": int(len(out["valid/length"]))}))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **out)
+    ctx.spark.stop()
+    return out, version
 
 
 def read_arrays(files: list, columns) -> dict:

@@ -44,24 +44,6 @@ import tune  # noqa: E402  (bench/tune.py: the in-memory loop and the export hel
 TIMES = ("target_ts", "last_ts")
 
 
-def export(root: str, out: str) -> None:
-    from ebbtide.cli import Context
-    from ebbtide.config import load_config
-    from ebbtide.model import feed, train
-
-    cfg = load_config(env="local", overrides=[f"storage.root={root}"])
-    ctx = Context(cfg)
-    version, files = feed.snapshot_files(ctx.spark, cfg)
-    _, _, _, n_items, n_event_types = train._read_vocabs(ctx.spark, cfg, version)
-    arrays = {"n_items": n_items, "n_event_types": n_event_types, "session_gap_s": cfg.sessionize.gap_minutes * 60.0}
-    for split in ("train", "valid"):
-        for c, a in tune.read_arrays(files[split], tune.ARRAYS + TIMES).items():
-            arrays[f"{split}/{c}"] = a
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, **arrays)
-    ctx.spark.stop()
-
-
 def synthetic(n_rows: int, n_items: int, seed: int) -> dict:
     """Generated rows: the planted next item is the successor of the last (bench/example_tables.py)."""
     spec = importlib.util.spec_from_file_location("example_tables", HERE / "example_tables.py")
@@ -172,7 +154,7 @@ def main() -> int:
             name = Path(args.root).name
             cache = args.cache or f".tune/warm-{name}.npz"
             if not Path(cache).exists():
-                export(args.root, cache)
+                tune.export_snapshot(args.root, cache, tune.ARRAYS + TIMES)
         else:
             cache, name = args.data, Path(args.data).stem
         z = dict(np.load(cache))

@@ -76,3 +76,14 @@ def ml_small() -> Path:
     if not (ML_SMALL / "ratings.csv").exists():
         pytest.skip(f"MovieLens latest-small not found at {ML_SMALL}")
     return ML_SMALL
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and far faster on a loaded machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

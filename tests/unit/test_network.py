@@ -16,14 +16,7 @@ N_ITEMS = 20  # 0 pad, 1 OOV, 2..19 real
 N_EVENT_TYPES = 4
 DAY = 86400.0
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_conf(**kw) -> ModelConf:

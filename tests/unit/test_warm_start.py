@@ -19,13 +19,7 @@ from ebbtide.model.network import EbbtideNet
 N_OLD, N_NEW = 37, 45
 E_OLD, E_NEW = 5, 7
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def conf(**kw) -> ModelConf:
