@@ -57,6 +57,7 @@ from typing import Any, Optional
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 JOBS = ("ingest", "sessionize", "sequences", "train", "evaluate", "score")
+PYTHON_WORKER_JOBS = ("sequences", "score")
 
 # Tiny data and a tiny model: each job takes seconds once its JVM is up.
 SYNTH = ["--users", "150", "--items", "100", "--events-per-user", "20", "--days", "60", "--files", "3", "--seed", "11"]
@@ -158,6 +159,8 @@ def _prestart(cfg, jobs: list[str]) -> Any:
     if any(j in ("train", "evaluate", "score") for j in jobs):
         import mlflow  # noqa: F401
         import torch  # noqa: F401
+    # Python workers only for the jobs that run Python on the executors (the sequence kernels,
+    # scoring); starting them for the others would only take CPU from the run beside this one.
     if "score" in jobs:
         def warm(batches):  # scoring's Python workers import torch and the inference module first
             import ebbtide.scoring.inference  # noqa: F401
@@ -166,7 +169,8 @@ def _prestart(cfg, jobs: list[str]) -> Any:
     else:
         def warm(batches):
             yield from batches
-    spark.range(0, 2, 1, 2).mapInArrow(warm, "id long").count()
+    if any(j in PYTHON_WORKER_JOBS for j in jobs):
+        spark.range(0, 2, 1, 2).mapInArrow(warm, "id long").count()
     return spark
 
 

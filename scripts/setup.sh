@@ -75,6 +75,16 @@ if ! "$VPY" -c 'import horovod.torch' 2>/dev/null; then
   fi
   "$UV" pip install --python "$VPY" --no-deps "$WHEELS"/horovod-*.whl
   "$VPY" -c 'import horovod.torch' || die "Horovod installed but does not import"
+  rm -f "$VENV/.bytecode-complete"
+fi
+
+# --- bytecode, once: uv installs sources only, so without this every Python process (each job,
+# each Spark Python worker, each training rank) compiles torch, MLflow and pandas again: 4 s of
+# CPU per process. A few files that are not Python 3 (test data inside packages) fail; that is fine.
+if [ ! -f "$VENV/.bytecode-complete" ]; then
+  log "compiling the environment's bytecode (once, about 30 s)"
+  "$VPY" -m compileall -q -j 0 "$VENV/lib/python3.11/site-packages" >/dev/null 2>&1 || true
+  touch "$VENV/.bytecode-complete"
 fi
 
 # --- Delta jars from Maven Central (Databricks and EMR ship their own) -------------------
