@@ -38,7 +38,7 @@ bench-score: setup  ## Spark scoring against the bare matrix product + top-k
 bad-input: setup  ## every kind of broken input in tests/data/bad_input through `ebbtide ingest`: nothing lost, no traceback (ARGS=--subprocess ...)
 	@$(PY) bench/bad_input.py $(ARGS)
 
-chaos: setup  ## kill -9 each job at seeded random moments, rerun, compare with an uninterrupted run (CHAOS_TRIALS, CHAOS_SEED, CHAOS_FULL)
+chaos: setup  ## kill -9 each job at seeded random moments, rerun, compare with an uninterrupted run (CHAOS_TRIALS, CHAOS_SEED, CHAOS_FULL, CHAOS_LANES)
 	@$(PY) bench/chaos.py $(ARGS)
 
 results: setup  ## docs/results.md + .json: ebbtide, its no-time ablation, baselines and RecBole (resumes; ARGS=--fresh)

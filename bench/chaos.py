@@ -29,8 +29,12 @@ Process starts are the bulk of the cost (a Spark JVM per run), so each run's Pyt
 while the previous trial's recovery runs, then wait for a go file; the kill moment is measured from
 the go, over the job's own duration. JVMs run with C1 only and map a class-data archive that a first
 ingest dumps; Spark runs without UI and code generation (``SETS``): a fraction of the CPU for short
-runs on tiny tables, no change in what is committed. Knobs: ``CHAOS_TRIALS`` (trials per job, default 5),
-``CHAOS_SEED`` (default 0), ``CHAOS_FULL=1``; ``--help`` for the rest. Results are saved to
+runs on tiny tables, no change in what is committed. Each job is about one core of serial work, so
+trials run in two lanes side by side (``CHAOS_LANES``), each lane on its own storage root with its own
+reference run and snapshots (a snapshot holds absolute paths, so it restores only into its own root);
+a trial is compared with its lane's reference, and the two references with each other.
+Knobs: ``CHAOS_TRIALS`` (trials per job, default 5), ``CHAOS_SEED`` (default 0), ``CHAOS_FULL=1``,
+``CHAOS_LANES`` (default 2); ``--help`` for the rest. Results are saved to
 ``<work>/results.json`` after every trial; the last line printed is
 ``{"bench": "chaos", "trials": N, "converged": C, "stuck": S, "lost_rows": L, "doubled_rows": D, ...}``.
 Exit status 1 when C < N or S, L or D is not 0.
@@ -49,6 +53,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -418,7 +423,7 @@ class Proc:
     """A worker process in its own session (process group), with its marker file and token."""
 
     def __init__(self, work: Path, tag: str, mode: str, spec: dict, java_opts: str = JAVA_OPTS,
-                 lib: Path = REPO / "lib"):
+                 lib: Path = REPO / "lib", cwd: Optional[Path] = None):
         self.tag = tag
         self.token = uuid.uuid4().hex
         d = work / "runs" / tag
@@ -445,7 +450,7 @@ class Proc:
         })
         self.log = open(d / "output.log", "w")
         self.p = subprocess.Popen([PY, str(Path(__file__).resolve()), mode, str(d / "spec.json")],
-                                  cwd=str(work / "cwd"), env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                  cwd=str(cwd or work / "cwd"), env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, start_new_session=True)
 
     def marks(self) -> list[tuple[str, float]]:
@@ -615,28 +620,56 @@ def compare(ref: dict, got: dict) -> dict:
             "orphaned": got.get("orphaned", []), "unfinished_runs": got.get("mlflow", {}).get("unfinished", [])}
 
 
+class Lane:
+    """One storage root with its own reference run and snapshots. Trials of two lanes run side by
+    side: a job is about one core of serial work (small Spark queries in a fresh JVM), so on two
+    cores a second lane nearly halves the wall time. A snapshot only restores into the root it was
+    taken from (the MLflow store, the stream checkpoints and the training fingerprint hold absolute
+    paths), hence a reference per lane rather than one shared."""
+
+    def __init__(self, work: Path, i: int):
+        self.i = i
+        sfx = "" if i == 0 else f"-{i}"
+        self.root = work / f"root{sfx}"
+        self.snap = work / f"snap{sfx}"
+        self.cwd = work / f"cwd{sfx}"
+        self.suffix = "" if i == 0 else f"-lane{i}"
+        self.sets = [f"storage.root={self.root}", *SETS]
+        self.ref_state: dict[str, dict] = {}
+        self.seconds: dict[str, float] = {}
+
+    def snap_dir(self, i: int, job: str) -> Path:
+        return self.snap / ("0-start" if i == 0 else f"{i}-{job}")
+
+
 class Chaos:
     def __init__(self, args):
         self.args = args
         self.work = Path(args.work).resolve()
-        self.root = self.work / "root"
-        self.sets = [f"storage.root={self.root}", *SETS]
+        self.lanes = [Lane(self.work, i) for i in range(max(1, args.lanes))]
+        self.root = self.lanes[0].root
+        self.sets = self.lanes[0].sets
         self.t_start = time.time()
         self.results: dict[str, Any] = {"config": {k: v for k, v in vars(args).items()}, "reference": {}, "trials": []}
         self.spawned: list[Proc] = []
         self.n = 0
+        self.lock = threading.Lock()
+        # Durations of whole runs per job, from every lane: the kill moments' time scale.
+        self.durations: dict[str, list[float]] = {}
 
     # ---- plumbing ----------------------------------------------------------------------
     def log(self, msg: str) -> None:
         print(f"[chaos {time.time() - self.t_start:7.1f}s] {msg}", flush=True)
 
     def save(self) -> None:
-        _write_json(str(self.work / "results.json"), self.results)
+        with self.lock:
+            _write_json(str(self.work / "results.json"), self.results)
 
     def spawn(self, tag: str, steps: list, *, hash_: bool = False, wait_go: bool = True, mode: str = "worker",
-              extra: Optional[dict] = None, dump_classes: bool = False) -> Proc:
-        """A worker for ``steps``; with wait_go it starts Python and Spark, then waits for ``start()``."""
-        spec = {"sets": self.sets, "steps": steps, "hash": hash_, **(extra or {})}
+              extra: Optional[dict] = None, dump_classes: bool = False, lane: Optional[Lane] = None) -> Proc:
+        """A worker for ``steps`` on ``lane``'s root (default: the first lane, or ``self.sets`` while
+        the class archive is dumped); with wait_go it starts Python and Spark, then waits for ``start()``."""
+        spec = {"sets": lane.sets if lane else self.sets, "steps": steps, "hash": hash_, **(extra or {})}
         archive = self.work / CDS_ARCHIVE
         if dump_classes:
             java = f"{JAVA_OPTS} -XX:ArchiveClassesAtExit={archive}"
@@ -644,7 +677,8 @@ class Chaos:
             java = f"{JAVA_OPTS} -XX:SharedArchiveFile={archive}"
         else:
             java = JAVA_OPTS
-        p = Proc(self.work, tag, mode, spec, java, Path(self.args.lib).resolve())
+        p = Proc(self.work, tag + (lane.suffix if lane else ""), mode, spec, java, Path(self.args.lib).resolve(),
+                 cwd=lane.cwd if lane else None)
         if not wait_go:
             p.start()
         self.spawned.append(p)
@@ -693,12 +727,39 @@ class Chaos:
         self.log(f"class archive for the JVMs: {size} MB" if size else "no class archive: JVMs start without one")
 
     def reference(self, chain) -> None:
-        self.log(f"reference: the chain uninterrupted ({', '.join(j for j, _ in chain)}), one process per job")
-        restore(Path("/nonexistent"), self.root)
-        snapshot(self.root, self.work / "snap" / "0-start")
-        self.ref_state: dict[str, dict] = {}
-        self.seconds: dict[str, float] = {}
-        self.durations: dict[str, list[float]] = {}
+        self.log(f"reference: the chain uninterrupted ({', '.join(j for j, _ in chain)}), one process per job"
+                 + (f", in each of {len(self.lanes)} lanes at once" if len(self.lanes) > 1 else ""))
+        self._in_lanes(lambda lane: self._reference_lane(lane, chain))
+        base = self.lanes[0]
+        for lane in self.lanes[1:]:
+            # Two runs of the same chain on the same input: their tables should agree too. Shown,
+            # not judged: a lane's trials are compared with its own reference.
+            same = {job: compare(base.ref_state[job], lane.ref_state[job])["equal"] for job in base.ref_state}
+            self.results.setdefault("reference_lanes_equal", {})[lane.i] = same
+            self.log(f"  lane {lane.i} reference equal to lane 0's: {same}")
+        self.save()
+
+    def _in_lanes(self, fn) -> None:
+        """fn(lane) for every lane, side by side; the first error is raised once all have ended."""
+        errors: list[BaseException] = []
+
+        def run(lane: Lane) -> None:
+            try:
+                fn(lane)
+            except BaseException as e:  # noqa: BLE001 - re-raised below, in the main thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(lane,), name=f"lane{lane.i}") for lane in self.lanes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    def _reference_lane(self, lane: Lane, chain) -> None:
+        restore(Path("/nonexistent"), lane.root)
+        snapshot(lane.root, lane.snap_dir(0, ""))
         extra = [("score-next", ["--score-date", self.d1.isoformat()])] if self.scenario_wanted() else []
         plan = chain + extra
 
@@ -706,7 +767,7 @@ class Chaos:
             if i > len(plan):
                 return None
             job, argv = plan[i - 1]
-            return self.spawn(f"ref-{i}-{job}", [["score" if job == "score-next" else job, argv]], hash_=True)
+            return self.spawn(f"ref-{i}-{job}", [["score" if job == "score-next" else job, argv]], hash_=True, lane=lane)
 
         nxt = spawn(1)
         for i, (job, argv) in enumerate(plan, 1):
@@ -720,34 +781,40 @@ class Chaos:
             step = (res.get("steps") or [{}])[0]
             if not done or step.get("rc") != 0 or "state" not in step:
                 raise SystemExit(f"chaos: the reference run of {job} failed (rc {step.get('rc')}); see {p.marker.parent}/output.log")
-            self.seconds[job] = step["seconds"]
-            self.durations[job] = [step["seconds"]]
-            self.ref_state[job] = step["state"]
-            snapshot(self.root, self.work / "snap" / f"{i}-{job}")
+            lane.seconds[job] = step["seconds"]
+            with self.lock:
+                self.durations.setdefault(job, []).append(step["seconds"])
+            lane.ref_state[job] = step["state"]
+            snapshot(lane.root, lane.snap_dir(i, job))
             tables = {k: v["n"] for k, v in step["state"]["tables"].items()}
-            self.log(f"  {job}: {step['seconds']:.1f} s of work ({time.time() - t0:.0f} s with start-up, "
+            self.log(f"  {job}{lane.suffix}: {step['seconds']:.1f} s of work ({time.time() - t0:.0f} s with start-up, "
                      f"hash {step.get('hash_seconds', 0):.1f} s); tables {tables}")
-            self.results["reference"][job] = {"seconds": step["seconds"], "rows": tables,
-                                              "mlflow_rows": step["state"]["mlflow"].get("n", 0)}
-        self.save()
+            with self.lock:
+                ref = self.results["reference"].setdefault(job, {})
+                if lane.i == 0:
+                    ref.update({"seconds": step["seconds"], "rows": tables,
+                                "mlflow_rows": step["state"]["mlflow"].get("n", 0)})
+                ref.setdefault("seconds_by_lane", {})[lane.i] = step["seconds"]
 
     def load_reference(self, chain) -> None:
         """The reference a previous run left in the work folder (kept with --keep)."""
-        self.ref_state, self.seconds, self.durations = {}, {}, {}
+        self.durations = {}
         extra = [("score-next", [])] if self.scenario_wanted() else []
-        for i, (job, _) in enumerate(chain + extra, 1):
-            res = json.loads((self.work / "runs" / f"ref-{i}-{job}" / "result.json").read_text())
-            step = res["steps"][0]
-            self.seconds[job], self.durations[job], self.ref_state[job] = step["seconds"], [step["seconds"]], step["state"]
-            if not (self.work / "snap" / f"{i}-{job}").is_dir():
-                raise SystemExit(f"chaos: --reuse-reference: snapshot {i}-{job} missing in {self.work / 'snap'}")
-            self.results["reference"][job] = {"seconds": step["seconds"], "reused": True}
-        self.log(f"reference reused from {self.work} ({', '.join(self.seconds)})")
+        for lane in self.lanes:
+            for i, (job, _) in enumerate(chain + extra, 1):
+                res_path = self.work / "runs" / f"ref-{i}-{job}{lane.suffix}" / "result.json"
+                if not res_path.exists() or not lane.snap_dir(i, job).is_dir():
+                    raise SystemExit(f"chaos: --reuse-reference: the reference of {job} for lane {lane.i} is missing in "
+                                     f"{self.work} (run once with --keep and the same --lanes)")
+                step = json.loads(res_path.read_text())["steps"][0]
+                lane.seconds[job], lane.ref_state[job] = step["seconds"], step["state"]
+                self.durations.setdefault(job, []).append(step["seconds"])
+                self.results["reference"].setdefault(job, {"seconds": step["seconds"], "reused": True})
+        self.log(f"reference reused from {self.work} ({', '.join(self.lanes[0].seconds)})")
 
-    def snap_before(self, job: str) -> Path:
-        names = ["0-start"] + [f"{i}-{j}" for i, (j, _) in enumerate(self.chain_steps, 1)]
+    def snap_before(self, job: str, lane: Lane) -> Path:
         idx = [j for j, _ in self.chain_steps].index(job)
-        return self.work / "snap" / names[idx]
+        return lane.snap_dir(idx, self.chain_steps[idx - 1][0] if idx else "")
 
     # ---- trials ----------------------------------------------------------------------------
     def plan(self) -> list[dict]:
@@ -760,30 +827,48 @@ class Chaos:
                 out.append({"job": job, "i": i, "u": round(u, 4), "continue": self.args.full or i == 0})
         return out
 
-    def spawn_trial(self, k: int, t: dict) -> tuple[Proc, Proc]:
+    def spawn_trial(self, k: int, t: dict, lane: Lane) -> tuple[Proc, Proc]:
         jobs = [j for j, _ in self.chain_steps]
         idx = jobs.index(t["job"])
-        killed = self.spawn(f"t{k:03d}-{t['job']}-kill", [list(self.chain_steps[idx])])
+        killed = self.spawn(f"t{k:03d}-{t['job']}-kill", [list(self.chain_steps[idx])], lane=lane)
         rest = self.chain_steps[idx:] if t["continue"] else self.chain_steps[idx:idx + 1]
-        recover = self.spawn(f"t{k:03d}-{t['job']}-recover", [list(s) for s in rest], hash_=True)
+        recover = self.spawn(f"t{k:03d}-{t['job']}-recover", [list(s) for s in rest], hash_=True, lane=lane)
         return killed, recover
 
     def run_trials(self) -> None:
         plan = self.plan()
-        self.log(f"{len(plan)} kill trials, seed {self.args.seed}")
-        pending = self.spawn_trial(0, plan[0]) if plan else None
-        for k, t in enumerate(plan):
-            killed, recover = pending
+        self.log(f"{len(plan)} kill trials, seed {self.args.seed}"
+                 + (f", {len(self.lanes)} lanes side by side" if len(self.lanes) > 1 else ""))
+        queue = collections.deque(enumerate(plan))
+        self._in_lanes(lambda lane: self._trials_lane(lane, queue, len(plan)))
+        self.results["trials"].sort(key=lambda t: t["k"])
+        self.save()
+
+    def _trials_lane(self, lane: Lane, queue: collections.deque, n: int) -> None:
+        """Take the next trial from the shared queue until it is empty; each trial's processes start
+        (Python, JVM) while the lane's previous recovery runs."""
+        def take() -> Optional[tuple[int, dict, tuple[Proc, Proc]]]:
+            with self.lock:
+                if not queue:
+                    return None
+                k, t = queue.popleft()
+            return k, t, self.spawn_trial(k, t, lane)
+
+        pending = take()
+        while pending is not None:
+            k, t, (killed, recover) = pending
             t0 = time.time()
             ready = killed.wait_for("READY", self.args.timeout) and recover.wait_for("READY", self.args.timeout)
             if not ready:
                 raise SystemExit(f"chaos: trial {k} workers did not start; see {killed.marker.parent}/output.log")
-            restore(self.snap_before(t["job"]), self.root)
+            restore(self.snap_before(t["job"], lane), lane.root)
             # The kill moment: a seeded fraction of the job's duration, estimated as the median of its
-            # reference run and of the trial runs that ended before their kill (the machine's load
+            # reference runs and of the trial runs that ended before their kill (the machine's load
             # moves it; reruns are not counted: the next trial's processes start beside them).
-            t["w_est_s"] = round(statistics.median(self.durations[t["job"]]), 2)
+            with self.lock:
+                t["w_est_s"] = round(statistics.median(self.durations[t["job"]]), 2)
             t["kill_at_s"] = round(t["u"] * t["w_est_s"], 2)
+            t.update(k=k, lane=lane.i)
             go = killed.start()
             ended = None
             while time.time() < go + t["kill_at_s"]:
@@ -797,18 +882,22 @@ class Chaos:
                       "finished_before_kill": ended is not None,
                       "killed_rc": [s.get("rc") for s in killed_result.get("steps", [])],
                       "escaped_group": sweep["escaped_group"], "survivors": sweep["survivors"]})
-            # The next trial's processes start (Python, JVM) while this recovery runs.
-            pending = self.spawn_trial(k + 1, plan[k + 1]) if k + 1 < len(plan) else None
+            # The lane's next trial starts its processes (Python, JVM) while this recovery runs.
+            pending = take()
             recover.start()
-            budget = self.args.timeout + 5 * sum(self.seconds[j] for j, _ in self.chain_steps)
+            budget = self.args.timeout + 5 * sum(lane.seconds[j] for j, _ in self.chain_steps)
             done, res = self.finish(recover, budget)
-            self.judge(t, done, res, recover)
+            self.judge(t, done, res, recover, lane)
             if t["finished_before_kill"]:  # a whole uninterrupted run, timed under today's load
-                self.durations[t["job"]].append(round(ended, 2))
+                with self.lock:
+                    self.durations[t["job"]].append(round(ended, 2))
             t["seconds"] = round(time.time() - t0, 1)
-            self.results["trials"].append(t)
+            with self.lock:
+                self.results["trials"].append(t)
+                done_n = len(self.results["trials"])
             self.save()
-            self.log(f"trial {k + 1}/{len(plan)} {t['job']:<10} kill at {t['kill_at_s']:6.2f} s "
+            self.log(f"trial {done_n}/{n} {t['job']:<10}{' lane ' + str(lane.i) if len(self.lanes) > 1 else ''} "
+                     f"kill at {t['kill_at_s']:6.2f} s "
                      f"({'ran to the end first' if t['finished_before_kill'] else 'killed'}"
                      f"{', escaped ' + str(t['escaped_group']) if t['escaped_group'] else ''}"
                      f"{', SURVIVORS ' + str(t['survivors']) if t['survivors'] else ''}): "
@@ -816,7 +905,7 @@ class Chaos:
                      f"{'' if t['converged'] else ' ' + json.dumps(t['summary'], default=str)[:600]} "
                      f"({t['seconds']:.0f} s)")
 
-    def judge(self, t: dict, done: bool, res: dict, proc: Proc) -> None:
+    def judge(self, t: dict, done: bool, res: dict, proc: Proc, lane: Lane) -> None:
         steps = res.get("steps", [])
         want = len(proc.spec["steps"])
         rcs = [s.get("rc") for s in steps]
@@ -829,7 +918,7 @@ class Chaos:
         for s in steps:
             if "state" not in s:
                 continue
-            c = compare(self.ref_state[s["job"]], s["state"])
+            c = compare(lane.ref_state[s["job"]], s["state"])
             lost += c["lost_rows"]
             doubled += c["doubled_rows"]
             equal = equal and c["equal"]
@@ -848,7 +937,8 @@ class Chaos:
 
     def scenario(self) -> dict:
         self.log(f"scenario: two `score --score-date {self.d1}` runs at once, a reader polling the latest_* views")
-        restore(self.work / "snap" / f"{len(self.chain_steps)}-score", self.root)
+        lane = self.lanes[0]
+        restore(lane.snap_dir(len(self.chain_steps), "score"), lane.root)
         argv = ["--score-date", self.d1.isoformat()]
         reader = self.spawn("s-reader", [], mode="poller", extra={"interval": 0.1})
         a = self.spawn("s-score-a", [["score", argv]])
@@ -859,7 +949,7 @@ class Chaos:
         time.sleep(1.0)
         a.start()
         b.start()
-        budget = self.args.timeout + 5 * self.seconds["score"]
+        budget = self.args.timeout + 5 * lane.seconds["score"]
         done_a, res_a = self.finish(a, budget)
         done_b, res_b = self.finish(b, budget)
         time.sleep(0.5)
@@ -869,7 +959,7 @@ class Chaos:
 
         state = capture_state(load_config(env="local", overrides=self.sets))
         rcs = [(res.get("steps") or [{}])[0].get("rc") for res in (res_a, res_b)]
-        cmp_ = compare(self.ref_state["score-next"], state)
+        cmp_ = compare(lane.ref_state["score-next"], state)
         polls = self.judge_polls(res_r.get("polls", []))
         out = {"job": "score(concurrent)+reader", "score_rc": rcs, "recovered": done_a and done_b and rcs == [0, 0],
                "tables_equal": cmp_["equal"], "lost_rows": cmp_["lost_rows"], "doubled_rows": cmp_["doubled_rows"],
@@ -888,7 +978,7 @@ class Chaos:
         want = {}
         for job, date in (("score", self.d0), ("score-next", self.d1)):
             for view, table in (("latest_recommendations", "gold_recommendations"), ("latest_churn_decay", "gold_churn_decay")):
-                want[(view, str(date))] = self.ref_state[job]["tables"][table]["by_date"][str(date)]
+                want[(view, str(date))] = self.lanes[0].ref_state[job]["tables"][table]["by_date"][str(date)]
         bad, examples, dates = 0, [], collections.Counter()
         for p in polls:
             problems = []
@@ -923,8 +1013,10 @@ class Chaos:
         if not reuse:
             if self.work.exists():
                 shutil.rmtree(self.work)
-            for d in ("cwd", "tmp/spark", "runs", "snap"):
+            for d in ("cwd", "tmp/spark", "runs"):
                 (self.work / d).mkdir(parents=True, exist_ok=True)
+            for lane in self.lanes:
+                lane.cwd.mkdir(parents=True, exist_ok=True)
             env = dict(os.environ, PYTHONPATH=str(Path(self.args.lib).resolve()))
             sp.run([PY, "-m", "ebbtide.cli", "synth", "--out", str(self.work / "synth"), *SYNTH],
                    check=True, env=env, cwd=str(self.work / "cwd"), capture_output=True, timeout=300)
@@ -956,14 +1048,15 @@ class Chaos:
             "killed_mid_run": sum(1 for t in self.results["trials"] if not t["finished_before_kill"]),
             "survivors": sum(len(t["survivors"]) for t in self.results["trials"]),
             "seed": self.args.seed,
+            "lanes": len(self.lanes),
             "seconds": round(time.time() - self.t_start, 1),
             "load_avg": [round(x, 2) for x in load0] + [round(x, 2) for x in os.getloadavg()],
         }
         self.results["summary"] = summary
         self.save()
         if not self.args.keep:
-            for d in ("snap", "tmp", "root"):
-                shutil.rmtree(self.work / d, ignore_errors=True)
+            for d in [self.work / "tmp", *(x for lane in self.lanes for x in (lane.snap, lane.root))]:
+                shutil.rmtree(d, ignore_errors=True)
             (self.work / CDS_ARCHIVE).unlink(missing_ok=True)
         print(json.dumps(summary))
         ok = (summary["converged"] == n and not summary["stuck"] and not summary["lost_rows"]
@@ -998,6 +1091,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--jobs", default=",".join(JOBS), help="comma-separated jobs to kill (default: all six)")
     p.add_argument("--through", default="score", choices=JOBS, help="last job of the chain (default score)")
     p.add_argument("--no-scenario", action="store_true", help="skip the concurrent-score / reader scenario")
+    p.add_argument("--lanes", type=int, default=int(os.environ.get("CHAOS_LANES", "2")),
+                   help="storage roots whose trials run side by side, each with its own reference run "
+                        "(default $CHAOS_LANES or 2; 1: one trial at a time)")
     p.add_argument("--work", default=str(REPO / ".ebbtide" / "chaos"), help="work folder (emptied first)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a process may take to start or a rerun to end")
     p.add_argument("--keep", action="store_true", help="keep snapshots and the last root for inspection")
