@@ -6,6 +6,7 @@
 #                                             `spark-submit --archives dist/ebbtide-env.tar.gz#environment`
 # The archive is cached under $EBBTIDE_CACHE/dist keyed by the lock file and the wheel's hash;
 # dist/ebbtide-env.tar.gz is a link to the cached file, so an unchanged tree packs in seconds.
+# From a clean checkout (no .venv) it runs scripts/setup.sh first: the build tools are the environment's.
 #
 # Usage: scripts/package.sh [--wheel-only] [--venv PATH] [--python-prefix PREFIX] [--out DIR]
 #   --wheel-only          build the wheel, skip the environment archive
@@ -40,8 +41,15 @@ while [ $# -gt 0 ]; do
   shift
 done
 
+# The build tools (pip, setuptools, wheel, venv-pack) are those of the environment setup.sh builds;
+# from a clean checkout, build it first (as every make target does; cached, so seconds when it exists).
 BUILD_PY="$ROOT/.venv/bin/python"
-[ -x "$BUILD_PY" ] || die "$BUILD_PY not found; run \`make setup\` first"
+if [ ! -x "$BUILD_PY" ]; then
+  log "no environment at $ROOT/.venv: running scripts/setup.sh first (what \`make setup\` runs)"
+  bash "$ROOT/scripts/setup.sh" || die "scripts/setup.sh failed; see its error above"
+  [ -x "$BUILD_PY" ] || die "$BUILD_PY still not found after scripts/setup.sh"
+fi
+"$BUILD_PY" -m pip --version >/dev/null 2>&1 || die "$ROOT/.venv has no pip; run \`make setup\` (requirements.lock pins pip)"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 

@@ -2,10 +2,11 @@
 # EMR on EC2 bootstrap action: runs on every node before YARN starts.
 #   1. unpacks ebbtide's venv archive (scripts/package.sh --python-prefix /usr) into /opt/ebbtide/env,
 #      the Python of the steps that do not ship it with --archives (train, evaluate);
-#   2. on nodes with an NVIDIA GPU, builds Horovod 0.28.1 against that environment's torch with
+#   2. on nodes with an NVIDIA GPU, mounts the cgroup devices controller YARN's GPU scheduling needs
+#      (see cluster.json), then builds Horovod 0.28.1 against that environment's torch with
 #      NCCL (the archive's Horovod was built for CPU + Gloo), or installs a wheel built before.
 #
-# Usage (aws emr create-cluster --bootstrap-actions):
+# Usage (BootstrapActions of cluster.json, or aws emr create-cluster --bootstrap-actions):
 #   Path=s3://YOUR-BUCKET/ebbtide/deploy/emr/bootstrap.sh,Args=[s3://YOUR-BUCKET/ebbtide/dist/ebbtide-env.tar.gz]
 #   optional second argument: s3://.../horovod-0.28.1-cp311-cp311-linux_x86_64.whl (a GPU build, skips the build)
 set -euo pipefail
@@ -31,6 +32,17 @@ if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; t
   log "no GPU on this node: done"
   exit 0
 fi
+
+# YARN schedules and isolates the GPUs (deploy/emr/cluster.json: the GPU group's yarn-site and
+# container-executor); its GPU module needs the cgroup v1 devices controller, which Amazon Linux 2023
+# (cgroup v2) does not mount: mount it under the cgroups mount-path cluster.json names.
+CGROUP_ROOT=/yarn-cgroup
+if ! mountpoint -q "$CGROUP_ROOT/devices"; then
+  log "mounting the cgroup v1 devices controller at $CGROUP_ROOT/devices for YARN's GPU isolation"
+  sudo mkdir -p "$CGROUP_ROOT/devices"
+  sudo mount -t cgroup -o devices cgroupv1-devices "$CGROUP_ROOT/devices"
+fi
+sudo chmod a+rwx -R "$CGROUP_ROOT"
 
 log "GPU node: installing Horovod $HOROVOD_VERSION with NCCL"
 if [ -n "$HOROVOD_WHEEL_URI" ]; then

@@ -96,6 +96,31 @@ def _snapshot(dest: Path) -> Path:
     return dest / "scripts" / "package.sh"
 
 
+def test_clean_checkout_runs_setup_first(tmp_path):
+    """A checkout without .venv (the Databricks bundle runs package.sh itself, not `make package`):
+    package.sh runs scripts/setup.sh, then builds. The snapshot's setup.sh is a stand-in that links
+    the real environment, as setup.sh does, instead of building one."""
+    (tmp_path / "repo").mkdir()
+    script = _snapshot(tmp_path / "repo")
+    (tmp_path / "repo" / ".venv").unlink()
+    (script.parent / "setup.sh").write_text(
+        "#!/usr/bin/env bash\nset -e\nROOT=$(cd \"$(dirname \"$0\")/..\" && pwd)\n"
+        f"echo 'stand-in setup ran'\nln -sfn {ROOT / '.venv'} \"$ROOT/.venv\"\n"
+    )
+    out = tmp_path / "dist"
+    proc = _package("--wheel-only", "--out", str(out), cache=tmp_path / "cache", script=script)
+    assert "running scripts/setup.sh first" in proc.stdout and "stand-in setup ran" in proc.stdout
+    assert len(list(out.glob("ebbtide-*-py3-none-any.whl"))) == 1
+
+    # A setup that fails stops the build with one error line naming it.
+    (tmp_path / "repo" / ".venv").unlink()
+    (script.parent / "setup.sh").write_text("#!/usr/bin/env bash\necho 'no java' >&2\nexit 1\n")
+    env = dict(os.environ, EBBTIDE_CACHE=str(tmp_path / "cache"))
+    failed = subprocess.run(["bash", str(script), "--wheel-only", "--out", str(out)], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert failed.returncode != 0 and "[package] ERROR: scripts/setup.sh failed" in failed.stderr
+
+
 @pytest.mark.slow
 def test_env_archive_holds_the_wheel_and_is_cached(tmp_path):
     venv = _tiny_venv(tmp_path / "venv")
