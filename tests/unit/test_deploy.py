@@ -119,6 +119,29 @@ def test_training_job_on_gpu_then_gated_evaluate(bundle):
     assert bundle["variables"]["train_launcher"]["default"] == "torch-distributor"
 
 
+def test_bundle_jobs_load_into_the_bundle_schemas_typed_models(bundle):
+    """The bundle JSON schema ships only inside the Go CLI (`databricks bundle schema`), on no
+    package registry; databricks-bundles' Job model is generated from it. Every job loads into
+    it (`${var.*}` allowed wherever the schema allows a variable); a misspelt key or a wrong type
+    does not, so the check can fail."""
+    import copy
+
+    from databricks.bundles.jobs import Job
+
+    for name, job in bundle["resources"]["jobs"].items():
+        spec = {k: v for k, v in job.items() if k != "_file"}
+        loaded = Job.from_dict(spec)
+        assert [t.task_key for t in loaded.tasks] == [t["task_key"] for t in spec["tasks"]], name
+    spec = {k: v for k, v in bundle["resources"]["jobs"]["ebbtide_training"].items() if k != "_file"}
+    misspelt = copy.deepcopy(spec)
+    misspelt["tasks"][0]["tsk_key"] = misspelt["tasks"][0].pop("task_key")
+    with pytest.raises(ValueError, match="tsk_key"):
+        Job.from_dict(misspelt)
+    wrong_type = dict(copy.deepcopy(spec), max_concurrent_runs="one")
+    with pytest.raises(ValueError):
+        Job.from_dict(wrong_type)
+
+
 def _resolve(value: str, bundle: dict) -> str:
     return re.sub(r"\$\{var\.([A-Za-z0-9_]+)\}", lambda m: str(bundle["variables"][m.group(1)]["default"]), value)
 
