@@ -394,6 +394,101 @@ def test_bad_transitions_name_is_refused():
         EbbtideNet(tiny_conf(transitions="bigram"), N_ITEMS, N_EVENT_TYPES)
 
 
+def _query_times(net, batch, monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(positions, elapsed_s) of every `_states` call of one `net.loss(batch)`."""
+    seen, states = [], EbbtideNet._states
+
+    def spy(self, enc, positions, elapsed_s, return_weights=False):
+        seen.append((positions.clone(), elapsed_s.detach().clone()))
+        return states(self, enc, positions, elapsed_s, return_weights)
+
+    monkeypatch.setattr(EbbtideNet, "_states", spy)
+    net.loss(batch)
+    monkeypatch.setattr(EbbtideNet, "_states", states)
+    return seen
+
+
+def test_uniform_query_time_draws_the_elapsed_time_within_the_gap_to_the_next_event(monkeypatch):
+    """train.query_time_uniform_share: in training, the item ranking at position j is queried at
+    u x t_next_j (u ~ U(0, 1) from torch's stream) for that share of the positions, at t_next_j for
+    the rest; in eval mode (validation) always at t_next_j; the return-time loss keeps the true gaps."""
+    torch.manual_seed(0)
+    # Ungated: the gated network starts without the read-out and the elapsed time (they would not
+    # change the item loss yet).
+    net = EbbtideNet(tiny_conf(encoder="time_lstm", dropout=0.0, time_gates=False), N_ITEMS, N_EVENT_TYPES)
+    net.every_position = True
+    batch = make_batch(b=64, l=8, seed=5)
+    with torch.no_grad():
+        enc = net._run_encoder(batch)
+    t_next = torch.cat([enc["gap"][:, 1:], batch["time_to_next_s"].view(-1, 1).float()], 1)
+
+    net.query_time_uniform_share = 1.0
+    torch.manual_seed(11)
+    [(positions, elapsed)] = _query_times(net, batch, monkeypatch)
+    gap = t_next[:, positions]
+    assert (elapsed >= 0).all() and (elapsed <= gap).all()
+    torch.manual_seed(11)
+    assert torch.equal(elapsed, gap * torch.rand(gap.shape))  # exactly u x t_next, u from torch's stream
+    real = gap > 0
+    assert (elapsed[real] < gap[real]).float().mean() > 0.99
+    assert 0.4 < (elapsed[real] / gap[real]).mean() < 0.6
+
+    net.query_time_uniform_share = 0.5
+    [(_, mixed)] = _query_times(net, batch, monkeypatch)
+    assert (mixed >= 0).all() and (mixed <= gap).all()
+    at_next = (mixed[real] == gap[real]).float().mean()
+    assert 0.4 < at_next < 0.6  # half the positions keep the next event's time
+
+    net.eval()  # validation: the next event's time, whatever the share
+    [(_, evaluated)] = _query_times(net, batch, monkeypatch)
+    assert torch.equal(evaluated, gap)
+    net.train()
+
+    # The return-time loss is fitted to the true gaps: the same with and without the uniform query.
+    with torch.no_grad():
+        net.query_time_uniform_share = 0.0
+        _, today = net.loss(batch)
+        net.query_time_uniform_share = 1.0
+        _, uniform = net.loss(batch)
+    assert torch.equal(today["return_time"], uniform["return_time"])
+    assert not torch.equal(today["next_item"], uniform["next_item"])
+
+
+@pytest.mark.parametrize("every_position", [True, False])
+def test_uniform_query_time_share_zero_trains_exactly_as_without_the_option(every_position, monkeypatch):
+    """Share 0 draws nothing from the random stream: with dropout and sampled negatives drawing
+    from it, the weights after a few steps are bit-identical to the next-event query time."""
+    def run(share, patch):
+        torch.manual_seed(7)
+        net = EbbtideNet(tiny_conf(encoder="time_lstm", dropout=0.2, full_softmax_max_items=10), N_ITEMS, N_EVENT_TYPES)
+        net.every_position = every_position
+        net.query_time_uniform_share = share
+        if patch:
+            monkeypatch.setattr(EbbtideNet, "_query_elapsed", lambda self, t: t)
+        losses = train(net, make_batch(b=32), steps=3)
+        monkeypatch.undo()
+        return losses, net.state_dict()
+
+    (la, a), (lb, b) = run(0.0, False), run(0.0, True)
+    assert la == lb
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lc, _ = run(1.0, False)
+    assert lc != la
+
+
+def test_query_time_share_comes_from_the_train_config():
+    from ebbtide.model.config import TrainConf
+    from ebbtide.model.train import set_objective
+
+    net = EbbtideNet(tiny_conf(), N_ITEMS, N_EVENT_TYPES)
+    assert net.query_time_uniform_share == 0.0 and TrainConf().query_time_uniform_share == 0.0
+    set_objective(net, TrainConf(query_time_uniform_share=0.5))
+    assert net.query_time_uniform_share == 0.5
+    with pytest.raises(ValueError, match="query_time_uniform_share"):
+        set_objective(net, TrainConf(query_time_uniform_share=1.5))
+
+
 def test_rows_without_a_next_item_only_train_the_return_time():
     torch.manual_seed(0)
     net = EbbtideNet(tiny_conf(), N_ITEMS, N_EVENT_TYPES)

@@ -144,6 +144,9 @@ def test_fingerprint_follows_config_data_and_world_size():
     assert base != fingerprint(cfg, {"gold_training_examples": 4}, 2)
     assert base != fingerprint(cfg, v, 1)
     assert base != fingerprint(load_config(env="local", overrides=["train.lr=0.01"]), v, 2)
+    # An option added later counts only when set: at its default the fingerprint is what it was.
+    assert base == fingerprint(load_config(env="local", overrides=["train.query_time_uniform_share=0.0"]), v, 2)
+    assert base != fingerprint(load_config(env="local", overrides=["train.query_time_uniform_share=0.5"]), v, 2)
 
 
 def test_a_folder_saved_before_the_last_item_skip_still_loads(tmp_path):

@@ -89,6 +89,14 @@ class TrainConf:
     warmup_share: float = 0.05
     min_lr_share: float = 0.05
     label_smoothing: float = 0.0
+    # Share of the training positions whose item ranking is queried at a uniform random time
+    # u x t_next (u ~ U(0, 1)) between the event and the next one, instead of at the next event's
+    # time. A nightly table queries at midnight, hours to days after the last event, without
+    # knowing when the next one comes, while the next-event time is mostly seconds inside a visit:
+    # a uniform query time teaches "what comes next, given no event for e seconds" over the elapsed
+    # times serving asks about. 0 = always the next event's time; 1 = always uniform. Training
+    # batches only: validation and the return-time loss keep the true gap.
+    query_time_uniform_share: float = 0.0
     batch_size: int = 256
     # Base learning rate for one process; scaled by the world size.
     lr: float = 0.002

@@ -253,6 +253,10 @@ class EbbtideNet(nn.Module):
         self.label_positions = 0
         # Set by the trainer (train.label_smoothing).
         self.label_smoothing = 0.0
+        # Set by the trainer (train.query_time_uniform_share): the share of training positions whose
+        # item ranking is queried at u x (time to the next event), u ~ U(0, 1), instead of at the
+        # next event's time (`_query_elapsed`).
+        self.query_time_uniform_share = 0.0
         nn.init.normal_(self.item_emb.weight, std=d ** -0.5)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
@@ -300,6 +304,24 @@ class EbbtideNet(nn.Module):
             return torch.zeros(b, device=self._device())
         e = torch.as_tensor(elapsed_s, dtype=torch.float32, device=self._device())
         return e.expand(b) if e.dim() == 0 else e.reshape(b)
+
+    def _query_elapsed(self, t_next: Tensor) -> Tensor:
+        """The elapsed time at which the item ranking is trained, given each position's time to the
+        next event t_next (any shape). In eval mode, or with query_time_uniform_share 0, t_next
+        itself (no draw from the random stream, so training is exactly as without the option).
+        Otherwise u x t_next: with share p one uniform draw v gives u = min(v / p, 1), i.e. u is
+        uniform on [0, 1) for a share p of the positions and 1 (the next event's time) for the rest.
+
+        Why: a query that does not know when the next event comes (the nightly table, at midnight)
+        sees the position's state at some elapsed time in [0, t_next], and the next item is still
+        the label; trained only at t_next, which is mostly seconds inside a visit, the network never
+        sees the hours to days that a nightly query asks about."""
+        share = self.query_time_uniform_share
+        if not self.training or share <= 0.0:
+            return t_next
+        v = torch.rand(t_next.shape, device=t_next.device)
+        u = v if share >= 1.0 else (v / share).clamp(max=1.0)
+        return t_next * u
 
     def _run_encoder(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         items = self._get(batch, "item_idx", torch.long)
@@ -420,8 +442,9 @@ class EbbtideNet(nn.Module):
 
         Next item: with `every_position` each real position j of the window is trained on the item
         that follows it (the window's next slot, or the row's target at the last slot), scored at the
-        time of that next event: one window carries up to L labels for the price of one recurrence.
-        Otherwise only the target (rows with target_item >= 2). Return time: likewise at every real
+        time of that next event (in training, with query_time_uniform_share, at a uniform time before
+        it for that share of the positions): one window carries up to L labels for the price of one
+        recurrence. Otherwise only the target (rows with target_item >= 2). Return time: likewise at every real
         position (the next event's gap; the last position's target time or censoring), or at the last.
         """
         enc = self._run_encoder(batch)
@@ -434,6 +457,9 @@ class EbbtideNet(nn.Module):
         if self.every_position:
             labels = torch.cat([items[:, 1:], target.view(b, 1)], dim=1)  # (B, L)
             t_next = torch.cat([enc["gap"][:, 1:], t_next_s.view(b, 1)], dim=1) if self.use_time else torch.zeros(b, l, device=items.device)
+            # The item ranking's query time: the next event's, or with query_time_uniform_share a
+            # uniform time before it (both the read-out's ages and the elapsed embedding use it).
+            t_next = self._query_elapsed(t_next)
             ok = enc["mask"] & (labels >= FIRST_REAL_INDEX)
             if self.label_positions:
                 # Windows are right-aligned: the last positions hold the freshest context.
@@ -447,7 +473,7 @@ class EbbtideNet(nn.Module):
             item_loss = self._next_item_loss(z[sel], labels[:, positions][sel]) / sel.sum().clamp_min(1)
         else:
             valid = target >= FIRST_REAL_INDEX
-            state, weights = self._state_at(enc, self._elapsed(t_next_s, b), return_weights=True)
+            state, weights = self._state_at(enc, self._query_elapsed(self._elapsed(t_next_s, b)), return_weights=True)
             z = self._item_vectors(state, items[:, -1], self._transition(enc, items[:, -1], weights))
             item_loss = self._next_item_loss(z[valid], target[valid]) / valid.sum().clamp_min(1)
 
@@ -455,6 +481,9 @@ class EbbtideNet(nn.Module):
         # same visit and says nothing of how fast interest fades. So the hazard is fitted only to
         # gaps of at least the session gap, conditional on none shorter (left truncation); at
         # scoring time the elapsed time is past the session gap, where this conditioning cancels.
+        # Its labels are the true gaps, never the item ranking's query time (`_query_elapsed`): a
+        # uniform query time is an input of the ranking, while the hazard is fitted to when the user
+        # really came back, and it reads the state after the event, not a state at an elapsed time.
         entry = self.return_min_gap_s / SECONDS_PER_DAY
         if self.every_position:
             # Every real position's time to the next event (observed), the last one's to the target

@@ -234,6 +234,10 @@ def set_objective(net, tc) -> None:
     net.every_position = tc.objective == "every_position"
     net.label_positions = int(tc.label_positions)
     net.label_smoothing = float(tc.label_smoothing)
+    share = float(getattr(tc, "query_time_uniform_share", 0.0))
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"train.query_time_uniform_share must be within [0, 1], got {share}")
+    net.query_time_uniform_share = share
 
 
 def lr_factor(tc, steps_per_epoch: int):
@@ -595,6 +599,10 @@ def _with_overrides(cfg: "Config", args: argparse.Namespace) -> "Config":
     return dataclasses.replace(cfg, extra={**cfg.extra, "train": dataclasses.replace(tc, **changes)})
 
 
+# train.* options whose default changes nothing: left out of the fingerprint while at it.
+NEUTRAL_TRAIN_OPTIONS = {"query_time_uniform_share": 0.0}
+
+
 def world_size_of(tc) -> int:
     return 1 if tc.launcher == "local" else int(tc.num_proc)
 
@@ -608,6 +616,11 @@ def fingerprint(cfg: "Config", versions: dict, world: int, parent: str = "") -> 
     # start's effective config) stand for nothing more: the resolved parent is what counts.
     operational |= {"warm_start", "warm_start_epochs"}
     tc = {k: v for k, v in dataclasses.asdict(cfg.section("train")).items() if k not in operational}
+    # Options added later count only when set, so a run's fingerprint (and its resumable
+    # checkpoint) stays what it was before they existed.
+    for k, default in NEUTRAL_TRAIN_OPTIONS.items():
+        if tc.get(k) == default:
+            tc.pop(k, None)
     m = cfg.section("mlflow")
     what = {
         "model": dataclasses.asdict(cfg.section("model")),
