@@ -188,6 +188,86 @@ def test_no_time_ablation_ignores_every_time_input():
     assert torch.equal(a, b)
 
 
+def _open_gates(net: EbbtideNet) -> None:
+    with torch.no_grad():
+        net.side_gate.fill_(1.0)
+        net.readout_gate.fill_(1.0)
+        net.elapsed_gate.fill_(1.0)
+
+
+@pytest.mark.parametrize("encoder", ["time_lstm", "attention"])
+def test_time_inputs_modes_build_the_same_network(encoder):
+    """model.time_inputs adds no parameter and no draw: every mode starts from the same weights, and
+    `all` (the default) computes what it computed before the switch existed."""
+    nets = {}
+    for mode in ("all", "gaps", "none"):
+        torch.manual_seed(0)
+        nets[mode] = EbbtideNet(tiny_conf(encoder=encoder, time_inputs=mode), N_ITEMS, N_EVENT_TYPES)
+    for mode in ("gaps", "none"):
+        a, b = nets["all"].state_dict(), nets[mode].state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(0)
+    default = EbbtideNet(tiny_conf(encoder=encoder), N_ITEMS, N_EVENT_TYPES)
+    assert default.time_inputs == "all"
+    batch = make_batch(b=8, seed=3)
+    torch.manual_seed(1)
+    loss_default, _ = default.loss(batch)
+    torch.manual_seed(1)
+    loss_all, _ = nets["all"].loss(batch)
+    assert torch.equal(loss_default, loss_all)
+    with pytest.raises(ValueError, match="time_inputs"):
+        EbbtideNet(tiny_conf(time_inputs="hours"), N_ITEMS, N_EVENT_TYPES)
+
+
+def test_time_inputs_gaps_ignores_the_hour_of_week_only():
+    torch.manual_seed(0)
+    net = EbbtideNet(tiny_conf(encoder="time_lstm", time_inputs="gaps"), N_ITEMS, N_EVENT_TYPES).eval()
+    _open_gates(net)
+    batch = make_batch(b=8, seed=2)
+    hours = dict(batch, hour_of_week=(batch["hour_of_week"] + 11) % 168)
+    gaps = dict(batch, gap_s=batch["gap_s"] * 3 + 10)
+    e = torch.full((8,), 3600.0)
+    with torch.no_grad():
+        a = net.item_scores(batch, e)
+        assert torch.equal(a, net.item_scores(hours, e))
+        assert not torch.allclose(a, net.item_scores(gaps, e))
+        torch.manual_seed(0)
+        full = EbbtideNet(tiny_conf(encoder="time_lstm"), N_ITEMS, N_EVENT_TYPES).eval()
+        _open_gates(full)
+        assert not torch.allclose(full.item_scores(batch, e), full.item_scores(hours, e))
+
+
+@pytest.mark.parametrize("encoder", ["time_lstm", "attention"])
+def test_time_inputs_none_keeps_time_only_in_the_read_out_and_the_elapsed_time(encoder):
+    """The recurrence reads no gap, hour or session start, so its outputs (and the return-time head
+    on them) do not change with those inputs; the read-out still ages the events by the real gaps
+    (its weights and so the scores move with the gaps, not with hours or session starts), and the
+    elapsed time still moves the scores and the return-time figures."""
+    torch.manual_seed(0)
+    net = EbbtideNet(tiny_conf(encoder=encoder, time_inputs="none"), N_ITEMS, N_EVENT_TYPES).eval()
+    _open_gates(net)
+    batch = make_batch(b=8, seed=2)
+    side = dict(batch, hour_of_week=(batch["hour_of_week"] + 11) % 168, session_start=1 - batch["session_start"])
+    gaps = dict(side, gap_s=batch["gap_s"] * 3 + 10 * (batch["item_idx"] > 0))
+    e = torch.full((8,), 3600.0)
+    with torch.no_grad():
+        enc, enc_gaps = net._run_encoder(batch), net._run_encoder(gaps)
+        real = enc["mask"].float()
+        assert torch.allclose(enc["cum_days"], torch.cumsum(batch["gap_s"].float() * real, 1) / DAY)
+        assert not torch.allclose(enc["cum_days"], enc_gaps["cum_days"])
+        a = net.item_scores(batch, e)
+        assert torch.equal(a, net.item_scores(side, e))
+        assert not torch.allclose(a, net.item_scores(gaps, e))
+        assert not torch.allclose(a, net.item_scores(batch, torch.full((8,), 30 * DAY)))
+        r, r_gaps = net.return_time_at(batch, e), net.return_time_at(gaps, e)
+        assert not torch.allclose(r["p_return_7d"], net.return_time_at(batch, torch.full((8,), 30 * DAY))["p_return_7d"])
+    if encoder == "time_lstm":
+        # The recurrence's outputs ignore all three inputs, and so does the return-time head. (The
+        # attention encoder decays its own scores by the real event times, so its outputs do not.)
+        assert torch.equal(enc["outputs"], enc_gaps["outputs"])
+        assert torch.equal(r["p_return_7d"], r_gaps["p_return_7d"])
+
+
 @pytest.mark.parametrize("encoder", ["gru", "time_lstm", "attention"])
 def test_every_position_loss_labels_each_slot_with_the_next_item(encoder):
     """The every-position loss is the mean over all slots with a real next item; a window of one

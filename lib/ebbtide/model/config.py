@@ -39,6 +39,12 @@ class ModelConf:
     user_decay: bool = True
     # False: gaps, hour, session starts and elapsed time all read as zero (the no-time ablation).
     use_time: bool = True
+    # Which time side inputs the recurrence reads (added to the item embedding with the event type):
+    # all: gaps, hour of week and session starts | gaps: no hour of week | none: none of the three.
+    # The read-out's event ages and the elapsed time stay real in every mode (time then enters only
+    # through the decayed read-out and the elapsed-time term); the event type is always read.
+    # use_time: false still zeroes everything.
+    time_inputs: Literal["all", "gaps", "none"] = "all"
     # Full softmax up to this many items; sampled softmax with log-Q correction above it.
     full_softmax_max_items: int = 50000
     sampled_negatives: int = 1024

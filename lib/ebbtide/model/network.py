@@ -193,6 +193,12 @@ class EbbtideNet(nn.Module):
         # False: every time input (gaps, hour, session starts, elapsed time) reads as zero, so the
         # same network measures what time is worth (the `ebbtide_no_time` ablation).
         self.use_time = bool(getattr(mcfg, "use_time", True))
+        # Which time side inputs the recurrence reads: all | gaps (the hour of week reads as pad) |
+        # none (gaps, hour and session starts read as zero). The read-out's ages and the elapsed
+        # time stay real, so time still enters through the decayed read-out and the elapsed term.
+        self.time_inputs = getattr(mcfg, "time_inputs", "all")
+        if self.time_inputs not in ("all", "gaps", "none"):
+            raise ValueError(f"model.time_inputs must be all, gaps or none, got {self.time_inputs!r}")
         self.gated = bool(getattr(mcfg, "time_gates", False))
 
         self.item_emb = nn.Embedding(self.n_items, d, padding_idx=0)
@@ -328,15 +334,26 @@ class EbbtideNet(nn.Module):
         mask = items > 0
         real = mask.float()
         timed = real if self.use_time else torch.zeros_like(real)
+        # The real gaps: the event ages of the read-out (cum_days) and the elapsed-time labels of
+        # the item ranking, whatever the recurrence reads (model.time_inputs).
         gap = self._get(batch, "gap_s", torch.float32) * timed
-        sess = self._get(batch, "session_start", torch.float32) * timed
-        hour_mask = mask if self.use_time else torch.zeros_like(mask)
+        if self.time_inputs == "none":
+            # The recurrence sees neither gaps, hours nor session starts. The return-time head reads
+            # the recurrence's state, so it learns the return time from the items, event types and
+            # the number of events alone (its labels stay the real gaps); only the elapsed time
+            # it is queried at still tells it how long the user has been away.
+            side_timed = torch.zeros_like(real)
+            gap_in = torch.zeros_like(gap)
+        else:
+            side_timed, gap_in = timed, gap
+        sess = self._get(batch, "session_start", torch.float32) * side_timed
+        hour_mask = mask if self.use_time and self.time_inputs == "all" else torch.zeros_like(mask)
         real_ = real.unsqueeze(-1)
         side = torch.cat(
             [
                 self.event_emb(self._get(batch, "event_type_idx", torch.long) * mask),
                 self.hour_emb((self._get(batch, "hour_of_week", torch.long).clamp(0, HOURS_PER_WEEK - 1) + 1) * hour_mask),
-                self.time_basis(gap) * real_,
+                self.time_basis(gap_in) * real_,
                 sess.unsqueeze(-1),
                 real_,
             ],

@@ -89,7 +89,8 @@ def _find_predictor_dir(root: str) -> str:
 
 # Model switches added after models were first registered, with the value that reproduces the
 # older networks, so that a champion registered before them still loads.
-ADDED_LATER = {"last_item_skip": False, "transitions": "none", "time_gates": False, "user_decay": False, "use_time": True}
+ADDED_LATER = {"last_item_skip": False, "transitions": "none", "time_gates": False, "user_decay": False, "use_time": True,
+               "time_inputs": "all"}
 
 
 class Predictor:

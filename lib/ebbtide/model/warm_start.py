@@ -46,7 +46,7 @@ RECOMPUTED = ("item_log_q",)
 # initial half-lives, return_horizon_days) only shape training or read-out and may change.
 ARCHITECTURE_KEYS = (
     "encoder", "attention_layers", "attention_heads", "item_dim", "hidden_dim", "event_type_dim", "time_dim",
-    "last_item_skip", "transitions", "time_gates", "user_decay", "use_time", "decay_heads",
+    "last_item_skip", "transitions", "time_gates", "user_decay", "use_time", "time_inputs", "decay_heads",
 )
 # The parent's weights, written by the driver next to the run's checkpoints (shared storage that
 # every rank reaches, like the checkpoints themselves).
