@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # checkout that last ran setup, so each target puts its own lib/ first (Spark's Python workers inherit it).
 export PYTHONPATH := $(CURDIR)/lib$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup demo test test-fast bench-sessionize bench-train bench-model bench-score bad-input chaos results results-quick clean help
+.PHONY: setup demo loop-demo test test-fast bench-sessionize bench-train bench-model bench-score bad-input chaos results results-quick clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -16,6 +16,9 @@ setup:  ## create/refresh the cached environment (venv, Delta jars, Horovod buil
 
 demo: setup  ## run the whole pipeline on generated data (DATA=movielens for ml-latest-small)
 	@$(PY) scripts/demo.py $(if $(DATA),--data $(DATA))
+
+loop-demo: setup  ## replay 14 days of generated logs through the nightly and weekly workflows; last line JSON (ARGS=--fresh ...)
+	@$(PY) scripts/loop_demo.py $(ARGS)
 
 test: setup  ## the full test suite (real Spark, Delta, Petastorm, Horovod, MLflow)
 	@$(PY) -m pytest $(PYTEST_ARGS)

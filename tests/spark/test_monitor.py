@@ -114,7 +114,7 @@ def test_monitor_values_rerun_report_and_fail_on_alert(spark, cfg, capfd):
     out = run_stage("monitor", ["--date", D.isoformat()], Context(mcfg, run_id="first", _spark=spark))
     rows = rows_of(spark, cfg)
     n = len(rows)
-    assert n == out["rows"] == 34
+    assert n == out["rows"] == 36
     v = {k: r["value"] for k, r in rows.items()}
     status = {k: r["status"] for k, r in rows.items()}
 
@@ -145,6 +145,13 @@ def test_monitor_values_rerun_report_and_fail_on_alert(spark, cfg, capfd):
     assert v["outcomes.users"] == 2.0 and v["outcomes.hit_rate@10"] == pytest.approx(0.5)
     assert v["outcomes.ndcg@10"] == pytest.approx(ndcg_u1 / 2)
     assert v["outcomes.coverage@10"] == pytest.approx(5 / 10)  # m0 m2 m3 m4 m8 of m0..m9 (m10 is newer)
+    # the most-popular table served to the same users: popularity before D is m1 (2 events), then
+    # m0 m2 m5 m6 m7 (1), then m3 m4 m8 m9 (0), ties by item id; each user's consumed items are left out.
+    # u1 (consumed m0 m1 m2) gets m5 m6 m7 m3 m4 ...: m4 at rank 5; u2 (m5 m6 m7) m1 m0 m2 m3 m4 m8 m9: m9 at 7.
+    assert v["outcomes.popular_hit_rate@10"] == pytest.approx(1.0)
+    pop_u1 = (1 / math.log2(6)) / (1 + 1 / math.log2(3))
+    assert v["outcomes.popular_ndcg@10"] == pytest.approx((pop_u1 + 1 / math.log2(8)) / 2)
+    assert rows["outcomes.popular_hit_rate@10"]["bound"] is None
     # calibration of score date 2025-03-04 (p_return_7d 0.9, 0.4, 0.2, 0.15; u1, u2 came back)
     p = "calibration.p_return_7d"
     assert v[f"{p}.users"] == 4.0 and v[f"{p}.base_rate"] == pytest.approx(0.5)
@@ -155,7 +162,7 @@ def test_monitor_values_rerun_report_and_fail_on_alert(spark, cfg, capfd):
     assert "2025-03-04" in rows[f"{p}.brier"]["subject"]
     assert not any(k.startswith("calibration.p_return_30d") for k in v)  # score date 2025-02-09 not scored
     assert any("p_return_30d" in note for note in out["not_measured"])
-    assert out["alert"] == 4 and out["warn"] == 0 and out["ok"] == 30
+    assert out["alert"] == 4 and out["warn"] == 0 and out["ok"] == 32
     assert {r["run_id"] for r in rows.values()} == {"first"}
 
     # the report

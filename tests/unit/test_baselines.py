@@ -147,3 +147,24 @@ def test_exponential_decay_rate_from_the_window():
 def test_churn_labels_known_and_unknown():
     y = churn_labels(np.array([1, 1, 0, 0]), np.array([3, 10, 8, 5]) * DAY_S, 7)
     assert y[:3].tolist() == [1.0, 0.0, 0.0] and np.isnan(y[3])
+
+
+def test_predictor_scorer_reads_items_newer_than_the_model_as_oov():
+    """A champion evaluated on a newer snapshot: input items and event types appended after it was
+    trained read as OOV (1), as scoring reads them, instead of indexing past its embeddings."""
+    seen = {}
+
+    class OldModel:
+        n_items, meta = 5, {"n_event_types": 3}
+
+        def score_all(self, batch, elapsed_s):
+            seen.update(batch)
+            return np.zeros((len(batch["length"]), self.n_items), np.float32)
+
+    batch = _batch([[2, 4, 6], [0, 3, 5]])
+    batch["event_type_idx"][0, 2] = 3
+    out = B.PredictorScorer(OldModel()).score_all(batch, np.zeros(2))
+    assert out.shape == (2, 5)
+    assert seen["item_idx"].tolist() == [[2, 4, 1], [0, 3, 1]]
+    assert seen["event_type_idx"].tolist() == [[2, 2, 1], [0, 2, 2]]
+    assert batch["item_idx"].tolist() == [[2, 4, 6], [0, 3, 5]]  # the shared batch is left as it was

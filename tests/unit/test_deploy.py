@@ -117,6 +117,13 @@ def test_training_job_on_gpu_then_gated_evaluate(bundle):
     launcher = params[params.index("--launcher") + 1]
     assert launcher == "${var.train_launcher}"
     assert bundle["variables"]["train_launcher"]["default"] == "torch-distributor"
+    # Weekly: a warm start from the champion of the model the nightly job scores, from scratch
+    # while there is none yet.
+    from ebbtide.config import load_config
+
+    assert _resolve(params[params.index("--warm-start") + 1], bundle) == (
+        f"models:/{load_config(env='databricks').section('mlflow').model_name}@champion")
+    assert params[params.index("--warm-start-if-missing") + 1] == "scratch"
 
 
 def test_bundle_jobs_load_into_the_bundle_schemas_typed_models(bundle):
@@ -246,6 +253,8 @@ def test_emr_steps():
     train = next(s for s in steps if "train" in s["Name"])
     confs = dict(c.split("=", 1) for c in _split_submit(train["Args"])[0]["--conf"])
     assert confs["spark.task.resource.gpu.amount"] == "1"
+    args = _parse_stage_args("train", _split_submit(train["Args"])[2])
+    assert (args.warm_start, args.warm_start_if_missing) == ("models:/ebbtide@champion", "scratch")
 
 
 def test_emr_overlay_loads_and_overrides_parse():
@@ -283,6 +292,39 @@ def test_emr_bootstrap_is_valid_bash():
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
     assert "horovod" in text.lower() and "CMAKE_CXX_STANDARD 17" in text and "NCCL" in text
+
+
+def test_weekly_and_nightly_chains(tmp_path):
+    """weekly.sh: train as a warm start from the champion (from scratch while there is none), then
+    evaluate; nightly.sh: ingest, sessionize, sequences, score, monitor. Checked on the commands a
+    dry run prints, each parsed by its stage's real parser."""
+    import os
+    import shlex
+
+    env = dict(os.environ, EBBTIDE_DRY_RUN="1", EBBTIDE_SUBMIT_MODE="cluster",
+               EBBTIDE_ENV_ARCHIVE=str(tmp_path / "env.tar.gz"))
+    (tmp_path / "env.tar.gz").write_bytes(b"")
+    spark_submit = ROOT / "deploy" / "spark-submit"
+
+    def chain(script: str, *argv: str) -> list[tuple[str, list[str]]]:
+        out = subprocess.run([str(spark_submit / script), *argv], env=env, capture_output=True, text=True,
+                             check=True).stdout
+        cmds = []
+        for line in out.splitlines():
+            words = shlex.split(line)
+            job = next(i for i, w in enumerate(words) if w.endswith(".py") and "/jobs/" in w)
+            cmds.append((Path(words[job]).stem, words[job + 1:]))
+        return cmds
+
+    weekly = chain("weekly.sh", "--launcher", "horovod")
+    assert [stage for stage, _ in weekly] == ["train", "evaluate"]
+    train = _parse_stage_args("train", weekly[0][1])
+    assert (train.warm_start, train.warm_start_if_missing, train.launcher) == (
+        "models:/ebbtide@champion", "scratch", "horovod")
+    nightly = chain("nightly.sh", "s3://bucket/raw", "2025-03-02")
+    assert [stage for stage, _ in nightly] == ["ingest", "sessionize", "sequences", "score", "monitor"]
+    for stage, argv in weekly + nightly:
+        _parse_stage_args(stage, argv)
 
 
 def test_spark_submit_scripts_cover_every_job():

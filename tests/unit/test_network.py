@@ -382,10 +382,13 @@ def test_decayed_transitions_add_the_read_out_weighted_successor_vectors(encoder
     assert torch.allclose(after[:, real] - before[:, real], delta[:, real], atol=1e-4)
 
 
-def _top3_by_hand(contrib: torch.Tensor, real: torch.Tensor):
+def _top3_by_hand(contrib: torch.Tensor, real: torch.Tensor, wbar: torch.Tensor):
     """The three largest positive contributions per (user, item) of (B, K, L), as positions (-1
-    beyond) and shares of the positive total."""
+    beyond) and shares of the positive total; an item without any positive contribution takes the
+    read-out weights wbar (B, L) of the real events instead."""
     c = contrib.masked_fill(~real.unsqueeze(1), 0.0).clamp_min(0.0)
+    fallback = wbar.masked_fill(~real, 0.0).clamp_min(0.0).unsqueeze(1).expand_as(c)
+    c = torch.where(c.sum(-1, keepdim=True) > 0, c, fallback)
     total = c.sum(-1)
     pos = torch.full(c.shape[:2] + (3,), -1, dtype=torch.long)
     share = torch.zeros(c.shape[:2] + (3,))
@@ -417,7 +420,7 @@ def test_explain_with_decayed_transitions_lists_the_largest_terms_of_the_score()
         positions, weights = net.explain(batch, elapsed, item_idx)
     part = (after - before).gather(1, item_idx)
     assert torch.allclose(terms.sum(-1), part, atol=1e-4)
-    want_pos, want_share = _top3_by_hand(terms, batch["item_idx"] >= 2)
+    want_pos, want_share = _top3_by_hand(terms, batch["item_idx"] >= 2, wbar)
     assert positions.shape == weights.shape == (8, 5, 3) and positions.dtype == torch.long
     assert torch.equal(positions, want_pos)
     assert torch.allclose(weights, want_share, atol=1e-5)
@@ -444,7 +447,7 @@ def test_explain_pads_with_minus_one_and_names_only_real_events(encoder):
         enc = net._run_encoder(batch)
         wbar = net._event_weights(enc, net._elapsed(elapsed, 6))
         sim = (net.item_emb(item_idx) @ net.item_emb(batch["item_idx"]).transpose(1, 2)).clamp_min(0.0)
-    want_pos, want_share = _top3_by_hand(wbar.unsqueeze(1) * sim, batch["item_idx"] >= 2)
+    want_pos, want_share = _top3_by_hand(wbar.unsqueeze(1) * sim, batch["item_idx"] >= 2, wbar)
     assert torch.equal(positions, want_pos)
     assert torch.allclose(weights, want_share, atol=1e-5)
     one = batch["length"] == 1
@@ -453,7 +456,10 @@ def test_explain_pads_with_minus_one_and_names_only_real_events(encoder):
     found = positions >= 0
     assert real.gather(1, positions.clamp_min(0).flatten(1)).view_as(positions)[found].all()
     assert not (positions[4] == 0).any()
-    assert found[:, :, 0].float().mean() > 0.5  # most items resemble some past item
+    # Every item has a reason: one alike to it, else the events the read-out weighs most.
+    assert found[:, :, 0].all()
+    alike = ((wbar.unsqueeze(1) * sim).masked_fill(~(batch["item_idx"] >= 2).unsqueeze(1), 0.0).sum(-1) > 0)
+    assert alike.float().mean() > 0.5  # most items resemble some past item
 
 
 def test_explain_of_plain_encoders_decays_with_the_return_half_life():

@@ -189,3 +189,36 @@ def test_cli_flag_and_config_key(tmp_path):
     args = p.parse_args(["--warm-start", ""])  # the flag overrides the config, "" = a fresh start
     assert train._with_overrides(cfg, args).section("train").warm_start == ""
     assert train._with_overrides(cfg, p.parse_args([])).section("train").warm_start == "models:/ebbtide@champion"
+
+
+def test_unset_alias_falls_back_only_for_an_alias_not_set(tmp_path):
+    """train.warm_start_if_missing=scratch (the weekly workflow's first run, before any champion):
+    only a models:/NAME@ALIAS that is not set yet (or a model not registered yet) gives a reason;
+    other references are left to resolve_parent, which fails on them as before."""
+    import argparse
+
+    from conftest import make_config
+
+    from ebbtide import mlflow_uris
+    from ebbtide.model import train
+
+    cfg = make_config(tmp_path, "train.warm_start_if_missing=scratch")
+    assert cfg.section("train").warm_start_if_missing == "scratch"
+    with pytest.raises(ConfigError):
+        make_config(tmp_path, "train.warm_start_if_missing=maybe")
+    assert "not set" in warm_start.unset_alias(cfg, "models:/ebbtide@champion")  # nothing registered
+    client = mlflow_uris.client(mlflow_uris.from_config(cfg))
+    client.create_registered_model("ebbtide")
+    reason = warm_start.unset_alias(cfg, "models:/ebbtide@champion")  # registered, alias not set
+    assert reason and "models:/ebbtide@champion" in reason
+    for pinned in ("models:/ebbtide/3", "runs:/abc123", "7", str(tmp_path)):
+        assert warm_start.unset_alias(cfg, pinned) is None
+
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    args = p.parse_args(["--warm-start", "models:/ebbtide@champion", "--warm-start-if-missing", "scratch"])
+    tc = train._with_overrides(make_config(tmp_path), args).section("train")
+    assert (tc.warm_start, tc.warm_start_if_missing) == ("models:/ebbtide@champion", "scratch")
+    # The fallback setting is operational: it does not change which run a configuration is.
+    versions = {"gold_training_examples": 3}
+    assert train.fingerprint(cfg, versions, 1) == train.fingerprint(make_config(tmp_path), versions, 1)

@@ -319,7 +319,17 @@ class PredictorScorer:
         self.name = name
 
     def _b(self, batch):
-        return {k: batch[k] for k in self.FEATURES}
+        """The model's inputs; items and event types it has never seen (indices appended to the
+        vocabularies after it was trained, e.g. a champion evaluated on a newer snapshot) read as OOV
+        (1), as scoring reads them (``ebbtide.scoring.inference.features_from_arrow``)."""
+        out = {k: batch[k] for k in self.FEATURES}
+        meta = getattr(self.predictor, "meta", None) or {}
+        for key, n in (("item_idx", getattr(self.predictor, "n_items", None)), ("event_type_idx", meta.get("n_event_types"))):
+            if n is not None:
+                idx = np.asarray(out[key])
+                if (idx >= int(n)).any():
+                    out[key] = np.where(idx >= int(n), 1, idx).astype(idx.dtype)
+        return out
 
     def score_all(self, batch, elapsed_s):
         return np.asarray(self.predictor.score_all(self._b(batch), np.asarray(elapsed_s, dtype=np.float32)))

@@ -127,6 +127,10 @@ class TrainConf:
     warm_start: str = ""
     # Epochs of a warm-started run, instead of `epochs`; a warm start also skips the lr warm-up.
     warm_start_epochs: int = 3
+    # When warm_start names an alias (models:/NAME@ALIAS) that is not set yet (or a model not yet
+    # registered): fail (the default) or scratch, a fresh start with `epochs` (the weekly
+    # workflow's first run on a new deployment, before any champion exists).
+    warm_start_if_missing: Literal["fail", "scratch"] = "fail"
     # Petastorm reader threads per process; 1 makes the row order (and so the weights) reproducible.
     reader_workers: int = 2
     # Rows in each process's shuffling buffer (0 = row-group order only).

@@ -610,6 +610,12 @@ class EbbtideNet(nn.Module):
         [0, 1]: comparable across users, encoders and model versions, where raw attributions are
         in the model's own units. Only positive attributions explain (an event that pulls an item
         down is no reason for it); pads and OOV events (no item id to show) never do.
+
+        An item that no event attributes positively to (it ranks by the user vector as a whole, its
+        bias or the last item's skip / transition terms, none of which splits over events) is
+        explained by the events the read-out weighs most, wbar_j as shares of the window's total:
+        the events the user vector is made of. So every recommendation of a user with a known item
+        in the window has a reason.
         """
         enc = self._run_encoder(batch)
         items = enc["items"]
@@ -622,6 +628,8 @@ class EbbtideNet(nn.Module):
             contrib = w.unsqueeze(1) * torch.bmm(target, self.item_emb(items).float().transpose(1, 2)).clamp_min(0.0)
         real = enc["mask"] & (items >= FIRST_REAL_INDEX)
         contrib = contrib.masked_fill(~real.unsqueeze(1), 0.0).clamp_min(0.0)  # (B, K, L)
+        readout = w.float().masked_fill(~real, 0.0).clamp_min(0.0).unsqueeze(1)  # (B, 1, L)
+        contrib = torch.where(contrib.sum(-1, keepdim=True) > 0, contrib, readout.expand_as(contrib))
         total = contrib.sum(-1, keepdim=True)
         val, pos = torch.topk(contrib, min(top, l), dim=-1)
         found = val > 0

@@ -576,6 +576,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "version number or a model folder; \"\" = none. Same encoder and dims required, and the parent's "
                    "vocabulary must be a prefix of the current one; trains train.warm_start_epochs epochs (unless --epochs) "
                    "without lr warm-up; new items start fresh. Tags the run warm_start_from, the version parent_version")
+    p.add_argument("--warm-start-if-missing", choices=["fail", "scratch"],
+                   help="when --warm-start names an alias that is not set yet (e.g. no champion on a new deployment): fail "
+                   "(default) or train from scratch with train.epochs (train.warm_start_if_missing); a missing version or "
+                   "run, or an unreachable registry, still fails")
 
 
 def _with_overrides(cfg: "Config", args: argparse.Namespace) -> "Config":
@@ -591,6 +595,7 @@ def _with_overrides(cfg: "Config", args: argparse.Namespace) -> "Config":
             "device": args.device,
             "resume": False if args.no_resume else None,
             "warm_start": getattr(args, "warm_start", None),
+            "warm_start_if_missing": getattr(args, "warm_start_if_missing", None),
         }.items()
         if v is not None
     }
@@ -614,7 +619,7 @@ def fingerprint(cfg: "Config", versions: dict, world: int, parent: str = "") -> 
     operational = {"launcher", "num_proc", "hosts", "resume", "reader_workers", "threads_per_proc", "start_timeout_s", "device"}
     # The URI as written (an alias moves) and warm_start_epochs (already in `epochs` of a warm
     # start's effective config) stand for nothing more: the resolved parent is what counts.
-    operational |= {"warm_start", "warm_start_epochs"}
+    operational |= {"warm_start", "warm_start_epochs", "warm_start_if_missing"}
     tc = {k: v for k, v in dataclasses.asdict(cfg.section("train")).items() if k not in operational}
     # Options added later count only when set, so a run's fingerprint (and its resumable
     # checkpoint) stays what it was before they existed.
@@ -741,8 +746,16 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
 
     cfg = _with_overrides(ctx.cfg, args)
     parent_uri = cfg.section("train").warm_start.strip()
+    scratch_because = None
     if parent_uri:
         warm_start.check_reference(parent_uri)
+        if cfg.section("train").warm_start_if_missing == "scratch":
+            scratch_because = warm_start.unset_alias(cfg, parent_uri)
+            if scratch_because:
+                log.warning("no warm start: %s; training from scratch (train.warm_start_if_missing=scratch)",
+                            scratch_because)
+                parent_uri = ""
+    if parent_uri:
         # warm_start_epochs instead of epochs (an explicit --epochs wins) and no lr warm-up.
         tc_warm = warm_start.effective_train_conf(cfg.section("train"), getattr(args, "epochs", None))
         cfg = dataclasses.replace(cfg, extra={**cfg.extra, "train": tc_warm})
@@ -916,4 +929,5 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
         "warm_start_from": parent.ref if parent is not None else None,
         "parent_model_version": parent.model_version if parent is not None else None,
         "warm_start": r0.get("warm_start"),
+        "warm_start_skipped": scratch_because,
     }

@@ -142,6 +142,33 @@ def check_reference(requested: str) -> None:
         )
 
 
+# MLflow's error codes for a registered model that does not exist (file / SQL stores and Unity
+# Catalog); an alias that is not set comes back as INVALID_PARAMETER_VALUE "... alias X not found".
+_NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+
+
+def unset_alias(cfg: "Config", requested: str) -> Optional[str]:
+    """For a models:/NAME@ALIAS reference whose alias is not set (or whose model is not registered
+    yet): a one-line reason; None for any other reference or an alias that resolves. The
+    ``train.warm_start_if_missing: scratch`` fallback trains from scratch only then: a pinned
+    version or run that is gone, or a registry that cannot be reached, still fails."""
+    from ebbtide import mlflow_uris
+
+    m = _MODELS_URI.match(requested.strip())
+    if not m or not m.group(3):
+        return None
+    name, alias = m.group(1), m.group(3)
+    uris = mlflow_uris.from_config(cfg)
+    try:
+        mlflow_uris.client(uris).get_model_version_by_alias(name, alias)
+    except Exception as e:  # MLflow raises its own RestException / MlflowException types
+        code = str(getattr(e, "error_code", "") or "")
+        if code in _NOT_FOUND_CODES or "not found" in str(e).lower():
+            return f"{requested.strip()} is not set in the registry at {uris.registry} ({_one_line(e)})"
+        raise
+    return None
+
+
 def resolve_parent(cfg: "Config", requested: str) -> Parent:
     """A models:/name@alias, models:/name/N or runs:/<id>[/path] URI, a bare version number N
     (of mlflow.model_name), or a predictor folder -> the Parent, downloaded."""

@@ -65,4 +65,7 @@ class MonitorConf:
     report_dir: str = "{root}/reports/monitor"
     # Days of ops_monitoring history in the report's hit-rate plot.
     report_days: int = 30
+    # Also measure a most-popular table served to the same users on the same score date
+    # (outcomes.popular_hit_rate@k, outcomes.popular_ndcg@k): what the served table has to beat.
+    popular_baseline: bool = True
     thresholds: ThresholdsConf = field(default_factory=ThresholdsConf)

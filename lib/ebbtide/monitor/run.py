@@ -8,7 +8,8 @@ Day D is ``[D 00:00, D+1 00:00)`` UTC, a complete day. What is measured:
 - outputs: gold_recommendations of score date D (the table served during D: built from the events
   up to the end of D-1) and the churn-tier shares of gold_churn_decay for D with their change since D-1;
 - realized outcomes: that served table against the events of D (hit rate, NDCG and catalogue
-  coverage at ``monitor.k``);
+  coverage at ``monitor.k``), and the same hit rate and NDCG for a most-popular table served to
+  the same users (``monitor.popular_baseline``: popularity before D, the scorer's exclusions);
 - calibration, per horizon h (7, 30 days): the churn table of score date S = D - h + 1, whose
   ``p_return_<h>d`` is the probability of an event in ``[S, S + h days)``, which ends with D, against
   the users who had one.
@@ -296,7 +297,7 @@ def _outputs(out: Measured, spark, cfg, mc, day: dt.date):
     return recs if users else None
 
 
-def _outcomes(out: Measured, spark, cfg, mc, recs, day_events, day: dt.date) -> None:
+def _outcomes(out: Measured, spark, cfg, mc, recs, day_events, past_events, day: dt.date) -> None:
     from pyspark.sql import functions as F
 
     from ebbtide.monitor import transform as T
@@ -322,6 +323,37 @@ def _outcomes(out: Measured, spark, cfg, mc, recs, day_events, day: dt.date) -> 
     out.metrics.append(M.Metric(f"outcomes.coverage@{k}", _share(c["covered"], c["catalogue"]),
                                 f"{RECOMMENDATIONS} score_date {day} vs {ITEM_VOCAB}",
                                 {"covered": c["covered"], "catalogue": c["catalogue"]}))
+    if mc.popular_baseline:
+        _popular_outcomes(out, spark, cfg, k, recs, catalogue, past_events, day_events, day)
+
+
+def _popular_outcomes(out: Measured, spark, cfg, k: int, recs, catalogue, past_events, day_events,
+                      day: dt.date) -> None:
+    """The same realized outcomes for a most-popular table served to the same users on the same
+    score date: popularity = events before D, the same catalogue as coverage (items first seen
+    before D), the scorer's exclusions (score.exclude_consumed, score.allow_items / deny_items and
+    their sources), scored by the same served_outcomes."""
+    from pyspark.sql import functions as F
+
+    from ebbtide.monitor import transform as T
+    from ebbtide.scoring.transform import item_list
+
+    sc = cfg.section("score")
+    reader = lambda n: tables.read(spark, cfg, n)  # noqa: E731
+    allow = item_list(spark, sc.allow_items, sc.allow_source, reader)
+    deny = item_list(spark, sc.deny_items, sc.deny_source, reader)
+    if allow:
+        catalogue = catalogue.where(F.col("item_id").isin(allow))
+    if deny:
+        catalogue = catalogue.where(~F.col("item_id").isin(deny))
+    served = T.popular_served(recs.select("user_id"), past_events, catalogue, k, sc.exclude_consumed)
+    o = T.outcome_summary(T.served_outcomes(served, day_events, k)).first()
+    subject = f"most-popular (events before {day}) served to the users of {RECOMMENDATIONS} score_date {day} vs {EVENTS} on {day}"
+    detail = {"users": o["users"], "exclude_consumed": sc.exclude_consumed}
+    out.metrics += [
+        M.Metric(f"outcomes.popular_hit_rate@{k}", o["hit_rate"], subject, detail),
+        M.Metric(f"outcomes.popular_ndcg@{k}", o["ndcg"], subject, detail),
+    ]
 
 
 def _calibration(out: Measured, spark, cfg, mc, events, day: dt.date) -> None:
@@ -366,15 +398,16 @@ def measure(spark, cfg, mc, day: dt.date) -> Measured:
     start, end = T.midnight(day), T.midnight(day + dt.timedelta(days=1))
     day_events = T.events_between(events, start, end).persist(StorageLevel.MEMORY_AND_DISK)
     try:
+        past_events = T.events_between(events, None, start)
         with step(log, f"inputs of {day}"):
-            n = _inputs(out, day_events, T.events_between(events, None, start), day)
+            n = _inputs(out, day_events, past_events, day)
         log.info("%d events on %s", n, day)
         with step(log, "drift against the training snapshot"):
             _drift(out, spark, cfg, mc, events, day_events, day)
         with step(log, f"outputs of score date {day}"):
             recs = _outputs(out, spark, cfg, mc, day)
         with step(log, "realized outcomes"):
-            _outcomes(out, spark, cfg, mc, recs, day_events, day)
+            _outcomes(out, spark, cfg, mc, recs, day_events, past_events, day)
         with step(log, "calibration"):
             _calibration(out, spark, cfg, mc, events, day)
     finally:

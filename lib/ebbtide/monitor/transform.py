@@ -167,6 +167,56 @@ def outcome_summary(per_user: "DataFrame") -> "DataFrame":
                         F.mean("ndcg").alias("ndcg"))
 
 
+def popular_top(catalogue: "DataFrame", past_events: "DataFrame", n: int) -> list[str]:
+    """The n most popular catalogue item ids by their events in ``past_events``, most first (ties,
+    and items without events, in item_id order). A top-n (Spark's takeOrdered), not a sort of the
+    catalogue."""
+    from pyspark.sql import functions as F
+
+    counts = past_events.groupBy("item_id").agg(F.count(F.lit(1)).alias("n_events"))
+    top = (catalogue.select("item_id").distinct().join(counts, "item_id", "left")
+           .withColumn("n_events", F.coalesce("n_events", F.lit(0)))
+           .orderBy(F.col("n_events").desc(), F.col("item_id")).limit(max(int(n), 0)).collect())
+    return [r["item_id"] for r in top]
+
+
+def popular_served(users: "DataFrame", past_events: "DataFrame", catalogue: "DataFrame", k: int,
+                   exclude_consumed: bool = True) -> "DataFrame":
+    """The most-popular table a baseline would have served the same users on the same score date:
+    ``user_id, rank, item_id``, each user's k most popular catalogue items (popularity = events
+    before the score date, ``past_events``), without the items the user consumed before it when
+    ``exclude_consumed`` (as the scorer excludes them). Exact without ranking the catalogue per user:
+    a user's first k unconsumed items lie within the first k + c popular ones, c = the user's
+    consumed catalogue items, so each user gets the candidate ranks 1 .. k + c only."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    users = users.select("user_id").distinct()
+    items = catalogue.select("item_id").distinct()
+    if exclude_consumed:
+        consumed = (past_events.select("user_id", "item_id").distinct()
+                    .join(users, "user_id", "left_semi").join(items, "item_id", "left_semi"))
+        per_user = consumed.groupBy("user_id").agg(F.count(F.lit(1)).alias("c"))
+        c_max = int(per_user.agg(F.max("c")).first()[0] or 0)
+    else:
+        consumed = None
+        per_user = users.limit(0).withColumn("c", F.lit(0))
+        c_max = 0
+    ids = popular_top(items, past_events, k + c_max)
+    top = users.sparkSession.createDataFrame(list(enumerate(ids, 1)), "pop_rank int, item_id string")
+    n_top = len(ids)
+    cand = (users.join(per_user, "user_id", "left")
+            .withColumn("c", F.coalesce("c", F.lit(0)))
+            .select("user_id", F.explode(F.sequence(F.lit(1), F.least(F.col("c") + F.lit(k), F.lit(max(n_top, 1)))))
+                    .alias("pop_rank"))
+            .join(F.broadcast(top), "pop_rank"))
+    if consumed is not None:
+        cand = cand.join(consumed, ["user_id", "item_id"], "left_anti")
+    w = Window.partitionBy("user_id").orderBy("pop_rank")
+    return (cand.withColumn("rank", F.row_number().over(w)).where(F.col("rank") <= k)
+            .select("user_id", "rank", "item_id"))
+
+
 def catalogue_coverage(recs: "DataFrame", catalogue: "DataFrame", k: int) -> "DataFrame":
     """One row: covered (catalogue items in at least one user's top k) and catalogue (items)."""
     from pyspark.sql import functions as F
