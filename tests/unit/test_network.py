@@ -462,6 +462,33 @@ def test_explain_pads_with_minus_one_and_names_only_real_events(encoder):
     assert alike.float().mean() > 0.5  # most items resemble some past item
 
 
+@pytest.mark.parametrize("encoder", ["lstm", "time_lstm", "attention"])
+def test_explain_names_reasons_for_a_user_gone_so_long_that_every_weight_underflows(encoder):
+    """At 30 years the read-out's weights (and exp(-b x age)) are 0 in float32; the ratios still
+    decide: reasons by the return-hazard decay from the latest known event, which ranks first
+    (an event at the same time ties with it)."""
+    torch.manual_seed(1)
+    net = EbbtideNet(tiny_conf(encoder=encoder), N_ITEMS, N_EVENT_TYPES).eval()
+    batch = make_batch(b=6, l=5, seed=5)
+    batch["length"] = torch.tensor([5, 5, 4, 3, 2, 1])
+    real = torch.arange(5).unsqueeze(0) >= (5 - batch["length"]).unsqueeze(1)
+    batch["item_idx"] = (2 + torch.arange(30).view(6, 5) % (N_ITEMS - 2)) * real
+    batch["item_idx"][:, -1] = 1  # the latest event is OOV: the latest known one is the 4th
+    gone = torch.full((6,), 30 * 365 * DAY)
+    item_idx = torch.tensor([[2, 3], [4, 5], [6, 7], [8, 9], [10, 11], [12, 13]])
+    with torch.no_grad():
+        enc = net._run_encoder(batch)
+        assert (net._event_weights(enc, net._elapsed(gone, 6)) == 0).all()
+        positions, weights = net.explain(batch, gone, item_idx, top=3)
+    known = batch["length"] > 1  # a user whose one event is OOV has nothing to show
+    days = enc["cum_days"].float()
+    latest = days[:, 3:4]  # same-time events tie with it
+    first = days.gather(1, positions[..., 0].clamp_min(0))
+    assert torch.allclose(first[known], latest[known].expand_as(first[known])) and (weights[known][..., 0] > 0).all()
+    assert (positions[~known] == -1).all() and (weights[~known] == 0).all()
+    assert (weights.sum(-1) <= 1 + 1e-5).all() and not torch.isnan(weights).any()
+
+
 def test_explain_of_plain_encoders_decays_with_the_return_half_life():
     """lstm / gru have no read-out: an event's weight is exp(-b x age), b the user's return-hazard rate."""
     torch.manual_seed(2)

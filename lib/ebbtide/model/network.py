@@ -614,8 +614,9 @@ class EbbtideNet(nn.Module):
         An item that no event attributes positively to (it ranks by the user vector as a whole, its
         bias or the last item's skip / transition terms, none of which splits over events) is
         explained by the events the read-out weighs most, wbar_j as shares of the window's total:
-        the events the user vector is made of. So every recommendation of a user with a known item
-        in the window has a reason.
+        the events the user vector is made of (for a user gone so long that those weights underflow,
+        `_faded_weights`). So every recommendation of a user with a known item in the window has a
+        reason.
         """
         enc = self._run_encoder(batch)
         items = enc["items"]
@@ -628,8 +629,9 @@ class EbbtideNet(nn.Module):
             contrib = w.unsqueeze(1) * torch.bmm(target, self.item_emb(items).float().transpose(1, 2)).clamp_min(0.0)
         real = enc["mask"] & (items >= FIRST_REAL_INDEX)
         contrib = contrib.masked_fill(~real.unsqueeze(1), 0.0).clamp_min(0.0)  # (B, K, L)
-        readout = w.float().masked_fill(~real, 0.0).clamp_min(0.0).unsqueeze(1)  # (B, 1, L)
-        contrib = torch.where(contrib.sum(-1, keepdim=True) > 0, contrib, readout.expand_as(contrib))
+        readout = w.float().masked_fill(~real, 0.0).clamp_min(0.0)  # (B, L)
+        readout = torch.where(readout.sum(-1, keepdim=True) > 0, readout, self._faded_weights(enc, real))
+        contrib = torch.where(contrib.sum(-1, keepdim=True) > 0, contrib, readout.unsqueeze(1).expand_as(contrib))
         total = contrib.sum(-1, keepdim=True)
         val, pos = torch.topk(contrib, min(top, l), dim=-1)
         found = val > 0
@@ -639,6 +641,16 @@ class EbbtideNet(nn.Module):
             positions = F.pad(positions, (0, top - l), value=-1)
             weights = F.pad(weights, (0, top - l), value=0.0)
         return positions, weights
+
+    def _faded_weights(self, enc: dict[str, Tensor], real: Tensor) -> Tensor:
+        """The read-out's weights of a user gone so long that every one underflows to 0 (float32 holds
+        exp(-x) down to x ~ 100: 30 days at a rate of 3.3 a day): their ratios are still defined, so
+        the events are weighed by the return-hazard decay relative to the latest known event, which
+        keeps weight 1. (B, L), 0 at pads and OOV events."""
+        _, b = heads.hazard_rates(*self._hazard_params(enc))
+        days = enc["cum_days"].float()
+        latest = days.masked_fill(~real, float("-inf")).amax(-1, keepdim=True)
+        return torch.exp(-b.float().unsqueeze(1) * (latest - days).clamp_min(0.0)).masked_fill(~real, 0.0)
 
     def readout_half_life_days(self, batch: Mapping[str, Any], elapsed_s: Tensor | None = None) -> Tensor:
         """Each user's read-out half-life (B,) in days: ln 2 over the user's decay rate of the read-out,
