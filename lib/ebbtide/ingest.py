@@ -11,7 +11,10 @@ How it stays incremental and crash-safe: a Structured Streaming file source with
 reads only new files. Each micro-batch is written with insert-only MERGEs (bronze on
 ``event_id``, quarantine on ``quarantine_id``) and its accounting row is MERGEd on
 ``(stream_id, batch_id)``; a batch replayed after a crash therefore inserts nothing twice and
-rewrites the same accounting row.
+rewrites the same accounting row. A file read again under other settings (another checkpoint)
+that would get new event ids for rows bronze already holds is refused before anything is
+written, or with ``--reread replace`` has its old rows replaced in the same MERGE
+(:func:`check_reread`).
 
 How it never loses a row: CSV and JSON files are read as text lines, so the raw line survives
 for quarantine whatever is wrong with it. Every line (header lines and blank lines aside) ends up
@@ -687,7 +690,9 @@ class Source:
         """Names the checkpoint: the same files read the same way share one. Every setting that
         changes what a line becomes is part of the key, so a rerun with a corrected delimiter,
         null marker, mapping or encoding reads the files again (rows it now accepts land in
-        bronze; rows already there dedupe on event_id) instead of finding them all done."""
+        bronze; rows already there dedupe on event_id) instead of finding them all done. Rows
+        that such a reading gives new event ids are refused or replace the file's old rows
+        (:func:`check_reread`, ``--reread``), never inserted beside them."""
         c = self.conf
         key = json.dumps([self.pattern, c.format, c.adapter, c.csv_delimiter, c.csv_header, list(c.null_values),
                           sorted(c.columns.items()), c.ts_unit, c.encoding, c.event_type_default])
@@ -793,12 +798,167 @@ def _ensure_table(spark: "SparkSession", cfg, name: str, schema: str, keys: list
                      partition_by=partition_by, comment=comment)
 
 
+# --------------------------------------------------------------------------------------
+# A file read again under other settings (another checkpoint): refuse, or replace its rows
+# --------------------------------------------------------------------------------------
+
+# ``ingest --reread``: what a batch does with a file bronze already holds rows of, read before
+# under other settings, when this reading gives some of its rows new event ids.
+REREAD_MODES = ("refuse", "replace")
+# At most this many files are named in the refusal (the rest are counted).
+_REREAD_SHOWN = 3
+
+
+class RereadError(ValueError):
+    """A batch would ingest rows of already-ingested files a second time, under new event ids;
+    raised before the batch writes anything. The message names the files and the fix."""
+
+
+@dataclass(frozen=True)
+class Reread:
+    """What a batch reads again (see :func:`check_reread`).
+
+    ``earlier``: batch files that ``ops_ingest_log`` records under another stream or batch ->
+    when (epoch microseconds of the latest such row): bronze rows of such a file ingested up to
+    then were written by that earlier read, later ones by an earlier attempt of this batch.
+    ``replace``: files whose bronze rows this reading does not produce, deleted by the bronze
+    MERGE (``--reread replace``); ``replaced``: how many rows that deletes.
+    """
+
+    earlier: dict[str, int] = field(default_factory=dict)
+    replace: tuple[str, ...] = ()
+    replaced: int = 0
+
+    def own_files(self, files: list[str]) -> list[str]:
+        """The batch files whose bronze rows can only come from an earlier attempt of this batch."""
+        return [f for f in files if f not in self.earlier]
+
+    def prior(self, existing: Optional["DataFrame"]) -> Optional["DataFrame"]:
+        """``existing`` (bronze) without the rows an earlier attempt of this batch wrote for files
+        read before: with :meth:`own_files`, what :func:`count_new` compares against, so a file's
+        rows that an earlier read already holds count as duplicates, and a replay still reports
+        what its first attempt would have."""
+        if existing is None or not self.earlier:
+            return existing
+        F = _F()
+        at = existing.sparkSession.createDataFrame(sorted(self.earlier.items()), "source_file string, _read_at long")
+        own = F.col("_read_at").isNotNull() & (F.unix_micros("ingested_at") > F.col("_read_at"))
+        return (existing.join(F.broadcast(at), "source_file", "left")
+                .where(~F.coalesce(own, F.lit(False))).drop("_read_at"))
+
+    @property
+    def delete_unmatched(self) -> Optional[str]:
+        """The bronze MERGE's delete clause (target alias ``t``): the replaced files' rows that no
+        row of the batch matches on event_id."""
+        if not self.replace:
+            return None
+        from ebbtide.tables import _sql_str
+
+        return f"t.source_file IN ({', '.join(_sql_str(f) for f in self.replace)})"
+
+
+def check_reread(rows: "DataFrame", bronze: Optional["DataFrame"], quarantine: Optional["DataFrame"],
+                 ops_log: Optional["DataFrame"], files: list[str], stream_id: str, batch_id: int,
+                 mode: str = "refuse") -> Reread:
+    """Whether this batch reads again files that bronze already holds rows of, and what then.
+
+    ``rows`` is the batch as :func:`prepare` makes it. A batch file that bronze holds rows of was
+    read before: by an earlier attempt of this batch (a replay after a crash), or under other
+    settings (another checkpoint). Per such file:
+
+    - *held*: its bronze rows whose event_id this reading does not produce (read another way);
+    - *fresh*: its rows this reading would insert (event_id not in bronze), less the *rescued*
+      ones: rows that quarantine holds with the same text (``source_file``, ``raw``), which a
+      corrected setting now parses (the documented way out of quarantine).
+
+    A file with both held and fresh rows would be in bronze twice, once per reading. With mode
+    ``refuse`` that raises :class:`RereadError` naming the files, before anything is written;
+    with ``replace`` the held rows of every read-again file are deleted in the same MERGE that
+    inserts the batch (:attr:`Reread.delete_unmatched`), so a file's rows are exactly this
+    reading's. The same settings give the same ids, so a replay has no held or fresh rows.
+    """
+    F = _F()
+    if mode not in REREAD_MODES:
+        raise ConfigError(f"--reread {mode!r}: choose from {', '.join(REREAD_MODES)}")
+    if bronze is None or ops_log is None or not files:
+        return Reread()
+    # ops_ingest_log (one small row per batch) says which files were read before; only those are
+    # looked up in bronze, so a batch of new files costs no scan of bronze. (A file whose only
+    # earlier read crashed before its log row was this batch's own attempt: same ids, nothing to do.)
+    others = ops_log.where(~((F.col("stream_id") == F.lit(stream_id)) & (F.col("batch_id") == F.lit(batch_id))))
+    earlier = {r[0]: int(r[1]) for r in (
+        others.select(F.explode("files").alias("source_file"), F.unix_micros("processed_at").alias("at"))
+        .where(F.col("source_file").isin(*files)).groupBy("source_file").agg(F.max("at")).collect())
+        if r[1] is not None}
+    if not earlier:
+        return Reread()
+    seen = sorted(r[0] for r in bronze.where(F.col("source_file").isin(*earlier))
+                  .select("source_file").distinct().collect())
+    if not seen:
+        return Reread()
+    earlier = {f: earlier[f] for f in seen}
+
+    good = rows.where(F.col("reason").isNull())
+    ids = good.select(event_id_col().alias("event_id")).distinct()
+    key = ["source_file", "user_id", "item_id", "ts", "event_type"]
+    old = bronze.where(F.col("source_file").isin(*seen)).select("event_id", *key)
+    held = old.join(ids, "event_id", "left_anti")
+    fresh = (good.where(F.col("source_file").isin(*seen))
+             .select(event_id_col().alias("event_id"), "raw", *key)
+             .join(bronze.select("event_id"), "event_id", "left_anti"))
+    if quarantine is not None:
+        q = quarantine.where(F.col("source_file").isin(*seen)).select("source_file", "raw").distinct()
+        # A line quarantined for its bytes kept them as Latin-1 text: match that spelling too.
+        as_latin1 = F.decode(F.encode(F.col("raw"), "UTF-8"), "ISO-8859-1")
+        fresh = (fresh.join(q, ["source_file", "raw"], "left_anti")
+                 .withColumn("_raw_bytes", as_latin1)
+                 .join(q.withColumnRenamed("raw", "_raw_bytes"), ["source_file", "_raw_bytes"], "left_anti"))
+
+    counts: dict[str, dict[str, int]] = {f: {"old": 0, "held": 0, "fresh": 0, "same": 0} for f in seen}
+    for r in (old.join(ids.withColumn("_kept", F.lit(True)), "event_id", "left")
+              .groupBy("source_file")
+              .agg(F.count(F.lit(1)).alias("old"), F.count_if(F.col("_kept").isNull()).alias("held"))
+              .collect()):
+        counts[r["source_file"]].update(old=int(r["old"]), held=int(r["held"]))
+    fresh_ids = fresh.select("event_id", *key).distinct()
+    for r in fresh_ids.groupBy("source_file").agg(F.countDistinct("event_id").alias("n")).collect():
+        counts[r["source_file"]]["fresh"] = int(r["n"])
+    twice = [f for f in seen if counts[f]["held"] and counts[f]["fresh"]]
+
+    if twice and mode == "refuse":
+        # The same user, item, instant and type as a row read the other way: the same event under a new id.
+        same = fresh_ids.where(F.col("source_file").isin(*twice)).join(held, key, "left_semi")
+        for r in same.groupBy("source_file").agg(F.countDistinct("event_id").alias("n")).collect():
+            counts[r["source_file"]]["same"] = int(r["n"])
+        shown = "; ".join(
+            f"{f}: bronze holds {counts[f]['old']} of its rows ({counts[f]['held']} under ids this reading does not "
+            f"give), this reading adds {counts[f]['fresh']} under new ids ({counts[f]['same']} with the same user, "
+            f"item, ts and event type)" for f in twice[:_REREAD_SHOWN])
+        more = f"; and {len(twice) - _REREAD_SHOWN} more file(s)" if len(twice) > _REREAD_SHOWN else ""
+        # The fix first: the command line shows one line of at most 600 characters.
+        raise RereadError(
+            f"{len(twice)} file(s) read before with other settings would get new event ids, so bronze_events "
+            f"would hold their rows twice; nothing was written. Rerun with the settings they were read with "
+            f"(ops_ingest_log lists each stream_id's files) or add --reread replace to replace their bronze rows "
+            f"with this reading in one commit: {shown}{more}")
+
+    replace = tuple(f for f in seen if counts[f]["held"]) if mode == "replace" else ()
+    replaced = sum(counts[f]["held"] for f in replace)
+    if replace:
+        log.warning("batch %d: --reread replace: %d file(s) were ingested before with other settings; their %d "
+                    "bronze row(s) that this reading does not give are deleted in the bronze MERGE",
+                    batch_id, len(replace), replaced)
+    return Reread(earlier=earlier, replace=replace, replaced=replaced)
+
+
 class _BatchWriter:
     """The foreachBatch body: parse, validate, split, dedupe, then three idempotent MERGEs."""
 
-    def __init__(self, ctx, source: Source, layout: Layout, bounds: tuple[float, float]):
-        self.ctx, self.source, self.layout, self.bounds = ctx, source, layout, bounds
+    def __init__(self, ctx, source: Source, layout: Layout, bounds: tuple[float, float], reread: str = "refuse"):
+        self.ctx, self.source, self.layout, self.bounds, self.reread = ctx, source, layout, bounds, reread
         self.batches: list[dict] = []
+        # The RereadError that stopped the stream, raised again as itself by run().
+        self.refused: Optional[RereadError] = None
         self._layouts: dict[str, Layout] = {}
 
     def _layout_for(self, header: Optional[str]) -> Layout:
@@ -859,6 +1019,7 @@ class _BatchWriter:
             quarantined = sum(r["bad"] for r in per_file)
             log.info("batch %d: %d file(s), %d rows read, %d break the contract",
                      batch_id, len(files), rows_read, quarantined)
+            reread = self._check_reread(rows, files, int(batch_id))  # before any write
 
             if quarantined:
                 bad = to_quarantine(rows.where(F.col("reason").isNotNull()), run_id)
@@ -869,10 +1030,12 @@ class _BatchWriter:
             events = events.persist(StorageLevel.MEMORY_AND_DISK)
             try:
                 existing = tables.read(spark, cfg, BRONZE) if tables.exists(spark, cfg, BRONZE) else None
-                new = count_new(events, existing, files) if rows_read > quarantined else 0
-                if new:
+                new = (count_new(events, reread.prior(existing), reread.own_files(files))
+                       if rows_read > quarantined else 0)
+                if new or reread.replace:
                     tables.write(events, cfg, BRONZE, mode="merge", keys=["event_id"],
-                                 partition_by=["event_date"], comment=BRONZE_COMMENT)
+                                 partition_by=["event_date"], comment=BRONZE_COMMENT,
+                                 delete_unmatched=reread.delete_unmatched)
             finally:
                 events.unpersist()
         finally:
@@ -881,7 +1044,7 @@ class _BatchWriter:
         stats = {
             "batch_id": int(batch_id), "files": files, "rows_read": int(rows_read),
             "rows_bronze_new": int(new), "rows_quarantined": int(quarantined),
-            "rows_duplicate": int(rows_read - quarantined - new),
+            "rows_duplicate": int(rows_read - quarantined - new), "rows_bronze_replaced": reread.replaced,
         }
         entry = spark.createDataFrame(
             [(run_id, self.source.stream_id, self.source.pattern, stats["batch_id"], files,
@@ -895,6 +1058,20 @@ class _BatchWriter:
         self.batches.append(stats)
         log.info("batch %d: %d new bronze rows, %d quarantined, %d duplicates (%.1f s)",
                  batch_id, new, quarantined, stats["rows_duplicate"], time.perf_counter() - t0)
+
+    def _check_reread(self, rows: "DataFrame", files: list[str], batch_id: int) -> Reread:
+        """:func:`check_reread` on this batch against the tables; a refusal is kept for run()."""
+        from ebbtide import tables
+
+        spark, cfg = rows.sparkSession, self.ctx.cfg
+        have = {n: tables.read(spark, cfg, n) if tables.exists(spark, cfg, n) else None
+                for n in (BRONZE, QUARANTINE, OPS_LOG)}
+        try:
+            return check_reread(rows, have[BRONZE], have[QUARANTINE], have[OPS_LOG], files,
+                                self.source.stream_id, batch_id, self.reread)
+        except RereadError as e:
+            self.refused = e
+            raise
 
 
 def checkpoint_path(cfg, source: Source) -> str:
@@ -947,7 +1124,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Read raw behaviour logs (CSV, JSON lines, Parquet) into bronze_events; rows that break the "
         "raw event contract go to quarantine_events with a reason; one accounting row per batch goes "
-        "to ops_ingest_log. Incremental: a rerun reads only files it has not seen."
+        "to ops_ingest_log. Incremental: a rerun reads only files it has not seen; a run with other reading "
+        "settings reads them again (see --reread)."
     )
     p.add_argument("--source", metavar="PATH", help="folder or file of raw logs (ingest.source.path)")
     p.add_argument("--format", choices=FORMATS, help="csv | json (JSON lines) | parquet (ingest.source.format)")
@@ -976,6 +1154,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated field texts read as missing (ingest.source.null_values, default "
                         "NA,N/A,null,NULL,\\N,None,nan); empty and whitespace-only fields always are; "
                         "'' for none but those")
+    p.add_argument("--reread", choices=REREAD_MODES, default="refuse",
+                   help="when other reading settings (another checkpoint) read again a file that bronze_events "
+                        "already holds rows of and give some of them new event ids: refuse (default; the batch "
+                        "fails before writing, naming the files) or replace (that file's bronze rows become "
+                        "exactly this reading's, in the same commit as the insert). Rows that only now parse "
+                        "(quarantined before) land either way")
     p.add_argument("--dry-run", action="store_true",
                    help="write nothing: print the resolved mapping, the first rows as they would land and the "
                         "count per quarantine reason on a sample of the source")
@@ -1072,7 +1256,7 @@ def run(ctx, args: argparse.Namespace) -> dict:
     source = discover(spark, src)
     summary: dict[str, Any] = {
         "source": source.pattern, "stream_id": source.stream_id, "batches": 0, "files": 0,
-        "rows_read": 0, "bronze_new": 0, "quarantined": 0, "duplicates": 0,
+        "rows_read": 0, "bronze_new": 0, "quarantined": 0, "duplicates": 0, "bronze_replaced": 0,
     }
     first = None if src.format == "parquet" or not source.files else _first_header(spark, source.files, src.encoding)
     if not source.files:
@@ -1086,7 +1270,7 @@ def run(ctx, args: argparse.Namespace) -> dict:
         check_layout(spark, layout, pq_schema)
         log.info("ingesting %s (%d file(s) present; format %s, adapter %s, mapping %s)",
                  source.pattern, len(source.files), layout.format, layout.adapter, layout.mapping)
-        writer = _BatchWriter(ctx, source, layout, ts_bounds(cfg.ingest))
+        writer = _BatchWriter(ctx, source, layout, ts_bounds(cfg.ingest), getattr(args, "reread", None) or "refuse")
         ckpt = checkpoint_path(cfg, source)
         with step(log, f"ingest stream (checkpoint {ckpt})"):
             query = (
@@ -1097,7 +1281,12 @@ def run(ctx, args: argparse.Namespace) -> dict:
                 .foreachBatch(writer)
                 .start()
             )
-            query.awaitTermination()
+            try:
+                query.awaitTermination()
+            except Exception:
+                if writer.refused is not None:  # our own one-line refusal, not the stream's wrapping of it
+                    raise writer.refused from None
+                raise
         for b in writer.batches:
             summary["batches"] += 1
             summary["files"] += len(b["files"])
@@ -1105,6 +1294,7 @@ def run(ctx, args: argparse.Namespace) -> dict:
             summary["bronze_new"] += b["rows_bronze_new"]
             summary["quarantined"] += b["rows_quarantined"]
             summary["duplicates"] += b["rows_duplicate"]
+            summary["bronze_replaced"] += b["rows_bronze_replaced"]
         if not writer.batches:
             log.info("no new files since the last run; nothing to ingest")
 
