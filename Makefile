@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # checkout that last ran setup, so each target puts its own lib/ first (Spark's Python workers inherit it).
 export PYTHONPATH := $(CURDIR)/lib$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup demo loop-demo test test-fast bench-sessionize bench-train bench-model bench-score bad-input chaos results results-quick clean help
+.PHONY: setup demo loop-demo test test-fast cluster-test bench-sessionize bench-train bench-model bench-score bad-input chaos results results-quick clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -20,11 +20,14 @@ demo: setup  ## run the whole pipeline on generated data (DATA=movielens for ml-
 loop-demo: setup  ## replay 14 days of generated logs through the nightly and weekly workflows; last line JSON (ARGS=--fresh ...)
 	@$(PY) scripts/loop_demo.py $(ARGS)
 
-test: setup  ## the full test suite (real Spark, Delta, Petastorm, Horovod, MLflow)
-	@$(PY) -m pytest $(PYTEST_ARGS)
+test: setup  ## the full test suite (real Spark, Delta, Petastorm, Horovod, MLflow); not the cluster test
+	@$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
 
 test-fast: setup  ## the tests not marked slow
-	@$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	@$(PY) -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
+
+cluster-test: setup  ## the chain on a local standalone cluster (master + 2 workers), moto S3 (s3a) and an MLflow server; last line JSON (ARGS=--help)
+	@$(PY) scripts/cluster.py $(ARGS)
 
 bench-sessionize: setup  ## ebbtide's sessionize job against DuckDB on the same events
 	@$(PY) bench/bench_sessionize.py

@@ -128,7 +128,7 @@ else
   rm -rf "$SITE"/__editable__.ebbtide* "$SITE"/__editable___ebbtide* "$SITE"/ebbtide-*.dist-info \
          "$SITE"/ebbtide.egg-link "$SITE"/ebbtide "$WORK/bin/ebbtide"
   sed -i '\#/lib$#d' "$SITE"/easy-install.pth 2>/dev/null || true
-  rm -f "$WORK/delta-jars.path"   # clusters ship their own Delta
+  rm -f "$WORK/delta-jars.path" "$WORK/s3a-jars.path"   # clusters ship their own Delta and s3a
   # pip of the build environment, aimed at the staged one (which may have no pip of its own).
   "$BUILD_PY" -m pip --python "$WORK/bin/python" install -q --no-deps --no-index --disable-pip-version-check "$WHEEL" \
     || die "could not install $WHEEL into the staged environment"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One-command, idempotent setup of everything ebbtide needs on a fresh machine
 # (Python 3.11, Java 17, Maven): a virtual environment with the pinned stack, the Delta
-# jars, and Horovod built from source with the C++17 patch. Every download and build is
-# cached outside the work tree under $EBBTIDE_CACHE, keyed by version, so a second run
-# takes seconds. The repo gets one symlink, .venv, to the cached environment.
+# jars, the s3a connector's jars (hadoop-aws + AWS SDK bundle, for `make cluster-test`), and
+# Horovod built from source with the C++17 patch. Every download and build is cached outside
+# the work tree under $EBBTIDE_CACHE, keyed by version, so a second run takes seconds.
+# The repo gets one symlink, .venv, to the cached environment.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -99,8 +100,35 @@ if ! ls "$JARS"/delta-spark_$SCALA-*.jar >/dev/null 2>&1; then
   done
 fi
 
+# --- s3a: hadoop-aws and the AWS SDK bundle it was built with, from Maven Central ---------
+# pip's pyspark bundles Hadoop's client (hadoop-client-api-X.jar) but not the s3a connector;
+# `make cluster-test` reads and writes the object store through it. The SDK version is the one
+# Hadoop X's own build names (aws-java-sdk-v2.version in org.apache.hadoop:hadoop-project:X).
+# A throwaway Maven repository: the bundle is about 560 MB and is kept only here.
+HADOOP_VERSION=$(cd "$("$VPY" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')/jars" \
+                 && ls hadoop-client-api-*.jar 2>/dev/null | sed -n 's/^hadoop-client-api-\(.*\)\.jar$/\1/p' | head -1)
+[ -n "$HADOOP_VERSION" ] || die "no hadoop-client-api jar in pyspark's jars; cannot tell which hadoop-aws to fetch"
+S3A_JARS="$CACHE/jars/hadoop-aws-$HADOOP_VERSION"
+if [ ! -f "$S3A_JARS/.complete" ]; then
+  command -v mvn >/dev/null || die "mvn not found; it fetches the hadoop-aws jars from Maven Central"
+  log "fetching hadoop-aws $HADOOP_VERSION and its AWS SDK bundle into $S3A_JARS (about 560 MB, once)"
+  M2=$(mktemp -d)
+  rm -rf "$S3A_JARS" && mkdir -p "$S3A_JARS"
+  mvn -q -B dependency:copy -Dmaven.repo.local="$M2/repo" -Dartifact="org.apache.hadoop:hadoop-project:$HADOOP_VERSION:pom" \
+    -DoutputDirectory="$M2" >/dev/null || { rm -rf "$M2"; die "could not fetch org.apache.hadoop:hadoop-project:$HADOOP_VERSION:pom from Maven Central"; }
+  AWS_SDK_VERSION=$(sed -n 's:.*<aws-java-sdk-v2.version>\(.*\)</aws-java-sdk-v2.version>.*:\1:p' "$M2"/hadoop-project-*.pom | head -1)
+  [ -n "$AWS_SDK_VERSION" ] || { rm -rf "$M2"; die "hadoop-project $HADOOP_VERSION's pom names no aws-java-sdk-v2.version"; }
+  for art in "org.apache.hadoop:hadoop-aws:$HADOOP_VERSION" "software.amazon.awssdk:bundle:$AWS_SDK_VERSION"; do
+    mvn -q -B dependency:copy -Dmaven.repo.local="$M2/repo" -Dartifact="$art" -DoutputDirectory="$S3A_JARS" >/dev/null \
+      || { rm -rf "$M2"; die "could not fetch $art from Maven Central"; }
+  done
+  rm -rf "$M2"
+  touch "$S3A_JARS/.complete"
+fi
+
 # --- the project itself, editable, pointing at this checkout -----------------------------
 "$UV" pip install -q --python "$VPY" --no-deps -e "$ROOT"
 ln -sfn "$VENV" "$ROOT/.venv"
 printf '%s\n' "$JARS" > "$VENV/delta-jars.path"
+printf '%s\n' "$S3A_JARS" > "$VENV/s3a-jars.path"
 log "ready: $(cd "$ROOT" && .venv/bin/python -c 'import pyspark, torch, horovod, petastorm, mlflow, delta; print("pyspark", pyspark.__version__, "| torch", torch.__version__, "| horovod", horovod.__version__, "| petastorm", petastorm.__version__, "| mlflow", mlflow.__version__)')"

@@ -29,6 +29,17 @@ TINY = (
 )
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cluster` start a local cluster and servers (minutes): they run only when the
+    marker expression names them (`pytest -m cluster`; `make test` deselects them)."""
+    if "cluster" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="starts a local cluster (minutes): run `pytest -m cluster` or `make cluster-test`")
+    for item in items:
+        if "cluster" in item.keywords:
+            item.add_marker(skip)
+
+
 def make_config(tmp_path: Path, *overrides: str):
     from ebbtide.config import load_config
 

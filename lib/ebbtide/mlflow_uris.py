@@ -69,9 +69,18 @@ def from_config(cfg: "Config") -> MlflowUris:
     return MlflowUris(tracking, registry)
 
 
+# Hadoop's names for S3 (a storage root Spark reads as s3a://...): MLflow's S3 artifact store
+# registers only s3://, and the bucket and key are the same.
+HADOOP_S3_SCHEMES = ("s3a", "s3n")
+
+
 def artifact_root(cfg: "Config") -> str:
-    """Where new experiments put their artifacts: a local folder or a URL (s3://, dbfs:/Volumes/...)."""
-    return cfg.path(cfg.section("mlflow").artifact_root)
+    """Where new experiments put their artifacts: a local folder or a URL (s3://, dbfs:/Volumes/...,
+    mlflow-artifacts:/ for a tracking server that serves them). ``s3a://`` and ``s3n://`` (an
+    ``{root}`` that Spark reads through Hadoop) become ``s3://``, the name MLflow knows."""
+    root = cfg.path(cfg.section("mlflow").artifact_root)
+    s = scheme(root)
+    return "s3" + root[len(s):] if s in HADOOP_S3_SCHEMES else root
 
 
 def client(uris: MlflowUris) -> "MlflowClient":

@@ -26,19 +26,38 @@ DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 
 
-def delta_jars() -> list[str]:
-    """The Delta jars setup.sh cached; EBBTIDE_DELTA_JARS (a folder) overrides."""
-    folder = os.environ.get("EBBTIDE_DELTA_JARS")
+def _cached_jars(env: str, marker_name: str) -> list[str]:
+    """The jars of a folder that setup.sh cached and named in ``<venv>/<marker_name>``; the
+    environment variable ``env`` (a folder) overrides."""
+    folder = os.environ.get(env)
     if not folder:
-        marker = Path(sys.prefix) / "delta-jars.path"
+        marker = Path(sys.prefix) / marker_name
         if marker.exists():
             folder = marker.read_text().strip()
-    jars = sorted(glob.glob(os.path.join(folder, "*.jar"))) if folder else []
+    return sorted(glob.glob(os.path.join(folder, "*.jar"))) if folder else []
+
+
+def delta_jars() -> list[str]:
+    """The Delta jars setup.sh cached; EBBTIDE_DELTA_JARS (a folder) overrides."""
+    jars = _cached_jars("EBBTIDE_DELTA_JARS", "delta-jars.path")
     if not jars:
         raise ConfigError(
             "Delta jars not found: run `make setup` (scripts/setup.sh caches them), "
             "or set EBBTIDE_DELTA_JARS to a folder holding delta-spark_2.13 and delta-storage jars, "
             "or set spark.add_delta_jars: false on a platform that ships Delta"
+        )
+    return jars
+
+
+def s3a_jars() -> list[str]:
+    """hadoop-aws and the AWS SDK bundle for ``s3a://`` (pip's pyspark has Hadoop's client but not
+    the s3a connector), as setup.sh cached them; EBBTIDE_S3A_JARS (a folder) overrides. Platforms
+    (EMR, Databricks) ship their own; only a self-run cluster such as ``make cluster-test`` needs them."""
+    jars = _cached_jars("EBBTIDE_S3A_JARS", "s3a-jars.path")
+    if not any(os.path.basename(j).startswith("hadoop-aws-") for j in jars):
+        raise ConfigError(
+            "hadoop-aws jars not found: run `make setup` (scripts/setup.sh caches hadoop-aws and the AWS SDK "
+            "bundle matching pyspark's Hadoop), or set EBBTIDE_S3A_JARS to a folder holding them"
         )
     return jars
 

@@ -175,6 +175,19 @@ def exists(url: str, options: Optional[Mapping[str, str]] = None) -> bool:
     return filesystem.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def list_dir(url: str, options: Optional[Mapping[str, str]] = None) -> list[tuple[str, bool]]:
+    """``(name, is_folder)`` of a folder's entries, sorted by name; empty when it does not exist.
+    On an object store a folder is a key prefix, so one with no object under it does not exist."""
+    from pyarrow import fs as pafs
+
+    filesystem, path = filesystem_and_path(url, options)
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted((i.base_name, i.type == pafs.FileType.Directory) for i in infos)
+
+
 def read_bytes(url: str, options: Optional[Mapping[str, str]] = None) -> Optional[bytes]:
     """The file's content, None when it does not exist."""
     from pyarrow import fs as pafs
@@ -231,6 +244,30 @@ def copy_dir(local_dir: str, url: str, options: Optional[Mapping[str, str]] = No
         for name in files:
             with open(os.path.join(dirpath, name), "rb") as f:
                 write_bytes(join(url, *(() if rel == "." else (rel,)), name), f.read(), options)
+
+
+def local_dir_for(url: str) -> str:
+    """A local folder in which to write a folder of files (a report and its figures) bound for
+    ``url``: the folder itself when ``url`` is on this machine (created), else a new temporary one.
+    Hand it to :func:`publish_dir` once written."""
+    path = local_path(url)
+    if path is None:
+        import tempfile
+
+        return tempfile.mkdtemp(prefix="ebbtide-staged-")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def publish_dir(local_dir: str, url: str, options: Optional[Mapping[str, str]] = None) -> None:
+    """The end of :func:`local_dir_for`: a folder bound for an object store is copied there and the
+    temporary folder removed; a local one is already in place."""
+    if local_path(url) is not None:
+        return
+    import shutil
+
+    copy_dir(local_dir, url, options)
+    shutil.rmtree(local_dir, ignore_errors=True)
 
 
 def torch_save(obj: Any, url: str, options: Optional[Mapping[str, str]] = None) -> None:

@@ -97,13 +97,10 @@ _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ORPHAN_GRACE_S = 60.0
 
 
-def has_commit(folder: str) -> bool:
-    """Whether a local table folder's ``_delta_log`` holds a committed version."""
-    log_dir = os.path.join(folder, "_delta_log")
-    try:
-        return any(_COMMITTED.match(f) for f in os.listdir(log_dir))
-    except FileNotFoundError:
-        return False
+def has_commit(folder: str, options: Optional[dict] = None) -> bool:
+    """Whether a table folder's ``_delta_log`` holds a committed version (a local folder or a
+    storage URL; ``options``: storage.options_from_spark)."""
+    return any(_COMMITTED.match(name) for name, _ in storage.list_dir(storage.join(folder, "_delta_log"), options))
 
 
 def _newest_mtime(folder: str) -> float:
@@ -153,18 +150,23 @@ def register_all(spark: "SparkSession", cfg: Config, grace_s: float = ORPHAN_GRA
     transaction log), and failing here would stop every command: it is set aside instead (see
     :func:`set_aside_if_orphaned`), or skipped while it may still be in the making.
     """
-    root = f"{cfg.path(cfg.storage.warehouse_dir)}/{cfg.storage.database}.db"
-    if not os.path.isdir(root):
-        return []
+    root = storage.join(cfg.path(cfg.storage.warehouse_dir), f"{cfg.storage.database}.db")
+    # The warehouse may be on an object store (s3a://...): list it as Spark's files are opened.
+    opts = storage.options_from_spark(spark)
     names = []
-    for n in sorted(os.listdir(root)):
-        if not (_TABLE_NAME.match(n) and os.path.isdir(os.path.join(root, n, "_delta_log"))):
+    for n, is_folder in storage.list_dir(root, opts):
+        if not (is_folder and _TABLE_NAME.match(n)):
             continue
-        if not has_commit(os.path.join(root, n)):
+        folder = storage.join(root, n)
+        log_dir = storage.join(folder, "_delta_log")
+        log_entries = storage.list_dir(log_dir, opts)
+        if not log_entries and not storage.exists(log_dir, opts):
+            continue
+        if not any(_COMMITTED.match(name) for name, _ in log_entries):
             if set_aside_if_orphaned(cfg, n, grace_s) is None:
                 log.warning("not registering %s: its folder %s has no committed version yet (being "
                             "created by another process?); the stage that writes it recreates it",
-                            full_name(cfg, n), os.path.join(root, n))
+                            full_name(cfg, n), folder)
             continue
         register(spark, cfg, n)
         names.append(n)

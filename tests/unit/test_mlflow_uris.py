@@ -72,6 +72,18 @@ def test_a_store_file_under_an_object_store_root_asks_for_a_server(tmp_path):
     assert mlflow_uris.artifact_root(cfg) == "s3://bucket/ebbtide/mlartifacts"
 
 
+@pytest.mark.parametrize("root", ["s3a://bucket/ebbtide", "s3n://bucket/ebbtide"])
+def test_an_s3a_root_gives_mlflow_an_s3_artifact_root(tmp_path, root):
+    """Spark's s3a:// root would reach MLflow as is, and MLflow has no artifact store for s3a."""
+    cfg = _cfg(tmp_path, f"storage.root={root}", "mlflow.tracking_uri=http://mlflow:5000")
+    assert mlflow_uris.artifact_root(cfg) == "s3://bucket/ebbtide/mlartifacts"
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    assert type(get_artifact_repository(mlflow_uris.artifact_root(cfg))).__name__ == "S3ArtifactRepository"
+    cfg = _cfg(tmp_path, f"storage.root={root}", "mlflow.artifact_root=mlflow-artifacts:/ebbtide")
+    assert mlflow_uris.artifact_root(cfg) == "mlflow-artifacts:/ebbtide"
+
+
 # ------------------------------------------------------------------------------------------
 # A registry that is not the tracking store
 # ------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ factors (``rank_factors``), ranked in chunks with one matrix product and one top
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -381,24 +381,27 @@ def sample_negatives(
     return out
 
 
-def save_negatives(path: str, negatives: np.ndarray, example_ids: Sequence[str]) -> None:
-    """Persist the negatives at a local path or a storage URL (see ebbtide.storage)."""
+def save_negatives(path: str, negatives: np.ndarray, example_ids: Sequence[str],
+                   options: Optional[Mapping[str, str]] = None) -> None:
+    """Persist the negatives at a local path or a storage URL (see ebbtide.storage; ``options``:
+    storage.options_from_spark, the store's endpoint)."""
     import io
 
     from ebbtide import storage
 
     buf = io.BytesIO()
     np.savez_compressed(buf, negatives=negatives, example_ids=np.asarray(example_ids, dtype=object))
-    storage.write_bytes(path, buf.getvalue())
+    storage.write_bytes(path, buf.getvalue(), options)
 
 
-def load_negatives(path: str, example_ids: Sequence[str]) -> Optional[np.ndarray]:
+def load_negatives(path: str, example_ids: Sequence[str],
+                   options: Optional[Mapping[str, str]] = None) -> Optional[np.ndarray]:
     """The persisted negatives if they were drawn for exactly these examples, else None."""
     import io
 
     from ebbtide import storage
 
-    data = storage.read_bytes(path)
+    data = storage.read_bytes(path, options)
     if data is None:
         return None
     z = np.load(io.BytesIO(data), allow_pickle=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from typing import Any, Optional
 
@@ -272,9 +271,11 @@ def run(ctx, args) -> dict:
     horizons = tuple(int(d) for d in ec.churn_horizons_days)
     report_url = storage.join(cfg.path(ec.report_dir), f"{split}-{protocol}")
     # The report and its figures are written to a local folder; a report_dir on an object store
-    # gets a copy of it at the end.
-    out_dir = storage.local_path(report_url) or tempfile.mkdtemp(prefix="ebbtide-report-")
-    os.makedirs(out_dir, exist_ok=True)
+    # gets a copy of it at the end (storage.publish_dir).
+    out_dir = storage.local_dir_for(report_url)
+    # Files Python writes on the warehouse's store (sampled negatives, the report) find it with
+    # the session's s3a settings, as Spark does.
+    opts = storage.options_from_spark(spark)
 
     # -- the model(s) first: a model that cannot load fails before any Spark work ---------
     uris = mlflow_uris.from_config(cfg)
@@ -329,7 +330,7 @@ def run(ctx, args) -> dict:
         rt = views["request_time"]
         neg_path = storage.join(cfg.path("{root}/evaluation"), f"negatives-{split}-{protocol}-{ec.sampled_seed}.npz")
         ids = rt["pdf"]["example_id"].tolist()
-        negatives = load_negatives(neg_path, ids)
+        negatives = load_negatives(neg_path, ids, opts)
         if negatives is not None and not candidates[negatives].all():
             negatives = None  # drawn for another candidate catalogue: draw again
         longest = int(max((np.count_nonzero(np.unique(w) >= 2) for w in rt["batch"]["item_idx"]), default=0)) + 1
@@ -340,7 +341,7 @@ def run(ctx, args) -> dict:
             # A user's positives: every item of the input window and the target.
             pos = [np.append(w[w >= 2], t) for w, t in zip(rt["batch"]["item_idx"], rt["targets"])]
             negatives = sample_negatives(pos, n_items, ec.sampled_negatives, ec.sampled_seed, candidates=candidates)
-            save_negatives(neg_path, negatives, ids)
+            save_negatives(neg_path, negatives, ids, opts)
         rt["negatives"] = negatives
 
     # -- baselines: fit on the train split only ------------------------------------------
@@ -463,7 +464,7 @@ def run(ctx, args) -> dict:
         out_dir, model_run_id=(challenger or {}).get("run_id") or None, model_key="ebbtide", split=split,
     )
     if not storage.is_local(report_url):
-        storage.copy_dir(out_dir, report_url)
+        storage.publish_dir(out_dir, report_url, opts)
         report_path = storage.join(report_url, os.path.basename(report_path))
     gate_result = None
     if decision is not None:

@@ -30,7 +30,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ebbtide import tables
+from ebbtide import storage, tables
 from ebbtide.config import ConfigError, parse_utc
 from ebbtide.log import get_logger, step
 from ebbtide.monitor import metrics as M
@@ -460,8 +460,9 @@ def history(spark, cfg, day: dt.date, names: list[str], days: int) -> dict[str, 
 def write_report(spark, cfg, mc, day: dt.date, measured: Measured, run_id: str) -> str:
     from ebbtide.monitor import report
 
-    out_dir = os.path.join(cfg.path(mc.report_dir), day.isoformat())
-    os.makedirs(out_dir, exist_ok=True)
+    # Written to a local folder; a report_dir on an object store gets it at the end (storage.publish_dir).
+    report_url = storage.join(cfg.path(mc.report_dir), day.isoformat())
+    out_dir = storage.local_dir_for(report_url)
     figures: dict[str, str] = {}
     if measured.drift_panels:
         report.drift_plot(measured.drift_panels, os.path.join(out_dir, "drift.png"))
@@ -477,7 +478,11 @@ def write_report(spark, cfg, mc, day: dt.date, measured: Measured, run_id: str) 
         figures["Calibration"] = "calibration.png"
     header = {"run": run_id, "table": f"{tables.full_name(cfg, OPS_TABLE)} (monitor_date = '{day}')",
               "served table": f"{RECOMMENDATIONS} / {CHURN_DECAY} score_date {day} (built from events before {day})"}
-    return report.write_report(out_dir, day, measured.metrics, measured.notes, figures, header, measured.calibration)
+    path = report.write_report(out_dir, day, measured.metrics, measured.notes, figures, header, measured.calibration)
+    if storage.is_local(report_url):
+        return path
+    storage.publish_dir(out_dir, report_url, storage.options_from_spark(spark))
+    return storage.join(report_url, os.path.basename(path))
 
 
 # --------------------------------------------------------------------------------------
