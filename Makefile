@@ -27,6 +27,7 @@ test-fast: setup  ## the tests not marked slow
 	@$(PY) -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
 
 cluster-test: setup  ## the chain on a local standalone cluster (master + 2 workers), moto S3 (s3a) and an MLflow server; last line JSON (ARGS=--help)
+	@bash scripts/setup.sh --s3a
 	@$(PY) scripts/cluster.py $(ARGS)
 
 bench-sessionize: setup  ## ebbtide's sessionize job against DuckDB on the same events

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # One-command, idempotent setup of everything ebbtide needs on a fresh machine
 # (Python 3.11, Java 17, Maven): a virtual environment with the pinned stack, the Delta
-# jars, the s3a connector's jars (hadoop-aws + AWS SDK bundle, for `make cluster-test`), and
-# Horovod built from source with the C++17 patch. Every download and build is cached outside
+# jars, Horovod built from source with the C++17 patch, and with --s3a (`make cluster-test`)
+# the s3a connector's jars (hadoop-aws + the AWS SDK bundle, about 560 MB). Every download and build is cached outside
 # the work tree under $EBBTIDE_CACHE, keyed by version, so a second run takes seconds.
 # The repo gets one symlink, .venv, to the cached environment.
 set -euo pipefail
+
+WANT_S3A=0
+for arg in "$@"; do
+  case "$arg" in
+    --s3a) WANT_S3A=1 ;;
+    -h|--help) echo "usage: scripts/setup.sh [--s3a]   (--s3a: also fetch hadoop-aws + the AWS SDK bundle for make cluster-test)"; exit 0 ;;
+    *) echo "setup.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${EBBTIDE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ebbtide}
@@ -109,7 +118,8 @@ HADOOP_VERSION=$(cd "$("$VPY" -c 'import os, pyspark; print(os.path.dirname(pysp
                  && ls hadoop-client-api-*.jar 2>/dev/null | sed -n 's/^hadoop-client-api-\(.*\)\.jar$/\1/p' | head -1)
 [ -n "$HADOOP_VERSION" ] || die "no hadoop-client-api jar in pyspark's jars; cannot tell which hadoop-aws to fetch"
 S3A_JARS="$CACHE/jars/hadoop-aws-$HADOOP_VERSION"
-if [ ! -f "$S3A_JARS/.complete" ]; then
+# Only `make cluster-test` (setup.sh --s3a) needs them: the demo, the tests and CI skip the download.
+if [ "$WANT_S3A" = 1 ] && [ ! -f "$S3A_JARS/.complete" ]; then
   command -v mvn >/dev/null || die "mvn not found; it fetches the hadoop-aws jars from Maven Central"
   log "fetching hadoop-aws $HADOOP_VERSION and its AWS SDK bundle into $S3A_JARS (about 560 MB, once)"
   M2=$(mktemp -d)
@@ -130,5 +140,5 @@ fi
 "$UV" pip install -q --python "$VPY" --no-deps -e "$ROOT"
 ln -sfn "$VENV" "$ROOT/.venv"
 printf '%s\n' "$JARS" > "$VENV/delta-jars.path"
-printf '%s\n' "$S3A_JARS" > "$VENV/s3a-jars.path"
+if [ -f "$S3A_JARS/.complete" ]; then printf '%s\n' "$S3A_JARS" > "$VENV/s3a-jars.path"; fi
 log "ready: $(cd "$ROOT" && .venv/bin/python -c 'import pyspark, torch, horovod, petastorm, mlflow, delta; print("pyspark", pyspark.__version__, "| torch", torch.__version__, "| horovod", horovod.__version__, "| petastorm", petastorm.__version__, "| mlflow", mlflow.__version__)')"

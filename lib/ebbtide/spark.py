@@ -56,7 +56,7 @@ def s3a_jars() -> list[str]:
     jars = _cached_jars("EBBTIDE_S3A_JARS", "s3a-jars.path")
     if not any(os.path.basename(j).startswith("hadoop-aws-") for j in jars):
         raise ConfigError(
-            "hadoop-aws jars not found: run `make setup` (scripts/setup.sh caches hadoop-aws and the AWS SDK "
+            "hadoop-aws jars not found: run `scripts/setup.sh --s3a` (`make cluster-test` does; it caches hadoop-aws and the AWS SDK "
             "bundle matching pyspark's Hadoop), or set EBBTIDE_S3A_JARS to a folder holding them"
         )
     return jars
