@@ -21,8 +21,7 @@ loop-demo: setup  ## replay 14 days of generated logs through the nightly and we
 	@$(PY) scripts/loop_demo.py $(ARGS)
 
 test: setup  ## the full test suite (real Spark, Delta, Petastorm, Horovod, MLflow); not the cluster test
-	@$(PY) -m pytest -m "not cluster and not isolated" $(PYTEST_ARGS)
-	@$(PY) -m pytest -m "isolated" $(PYTEST_ARGS)
+	@$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
 
 test-fast: setup  ## the tests not marked slow
 	@$(PY) -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)

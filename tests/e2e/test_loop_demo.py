@@ -11,10 +11,7 @@ import pytest
 
 from conftest import TINY
 
-# isolated: in the shared session of the whole suite this test has failed where it passes alone (an
-# earlier test leaves state it depends on; not found yet), so `make test` runs it in its own process,
-# the way `make loop-demo` runs.
-pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.isolated]
+pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = ["bench", "days", "retrains", "promotions", "monitor_rows", "explained_share", "hit_at_10_by_day",

@@ -161,9 +161,10 @@ def test_scoring_workers_and_evaluation_download_from_the_registry(split_stores)
     from ebbtide.scoring import inference
     from ebbtide.scoring.run import resolve_model
 
-    cfg, uris, version, _ = split_stores
+    cfg, uris, version, run_id = split_stores
     ref = resolve_model(cfg, "models:/tiny@challenger")
     assert ref.uri == f"models:/tiny/{version}" and ref.uris == uris
+    assert ref.identity.startswith(f"{run_id}|")  # the workers' cache key (below)
     # What each scoring worker runs with the driver's ModelRef, and what evaluate loads.
     assert inference.load_predictor(ref.uri, ref.uris).n_items == N_ITEMS
     assert _load_predictor(ref.uri, uris).n_items == N_ITEMS
@@ -171,3 +172,27 @@ def test_scoring_workers_and_evaluation_download_from_the_registry(split_stores)
     assert list(Path(folder).rglob("predictor.json"))
     with pytest.raises(MlflowException, match="tiny"):
         mlflow_uris.download_model(f"models:/tiny/{version}", MlflowUris(uris.tracking, uris.tracking))
+
+
+def test_a_worker_never_serves_one_registrys_version_for_another_registrys():
+    """Spark reuses a Python worker for every later job of the session: `models:/ebbtide/1` of a
+    second registry (or of one made again at the same path) must not get the first one's model."""
+    from ebbtide.scoring.inference import _MODELS, cached_model
+
+    loads = []
+
+    def loader(uri, uris):
+        loads.append((uri, uris))
+        return object()
+
+    a = MlflowUris("sqlite:////a/mlflow.db", "sqlite:////a/registry.db")
+    b = MlflowUris("sqlite:////b/mlflow.db", "sqlite:////b/registry.db")
+    try:
+        first = cached_model("models:/ebbtide/1", loader, a, "run-1|src-1")
+        assert cached_model("models:/ebbtide/1", loader, a, "run-1|src-1") is first  # loaded once
+        other_store = cached_model("models:/ebbtide/1", loader, b, "run-7|src-7")
+        store_made_again = cached_model("models:/ebbtide/1", loader, a, "run-2|src-2")
+        assert len({id(first), id(other_store), id(store_made_again)}) == 3
+        assert loads == [("models:/ebbtide/1", a), ("models:/ebbtide/1", b), ("models:/ebbtide/1", a)]
+    finally:
+        _MODELS.clear()

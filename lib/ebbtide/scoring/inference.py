@@ -31,9 +31,12 @@ _FEATURE_DTYPES = {
     "length": np.int64,
 }
 
-# uri -> loaded scorer; lives as long as the Python worker.
-_MODELS: dict[str, Any] = {}
-# (uri, allow, deny) -> boolean mask of catalogue indices that may never be recommended.
+# (uri, stores, identity) -> loaded scorer; lives as long as the Python worker, which Spark reuses
+# for every later job of the session. `models:/ebbtide/1` names a different model in every
+# registry (and in a registry made again at the same path), so the URI alone is no key: a worker
+# that scored one store's version 1 served it for another store's version 1.
+_MODELS: dict[tuple, Any] = {}
+# (uri, stores, identity, allow, deny) -> boolean mask of catalogue indices that may never be recommended.
 _BASE_MASKS: dict[tuple, np.ndarray] = {}
 
 BECAUSE_TYPE = pa.list_(
@@ -254,11 +257,15 @@ def load_embeddings(uri: str, uris: Optional[MlflowUris] = None) -> EmbeddingSco
     return EmbeddingScorer(uri)
 
 
-def cached_model(uri: str, loader: Callable[..., Any], uris: Optional[MlflowUris] = None) -> Any:
-    model = _MODELS.get(uri)
+def cached_model(uri: str, loader: Callable[..., Any], uris: Optional[MlflowUris] = None, identity: str = "") -> Any:
+    """The scorer of ``uri`` as ``uris`` resolve it, loaded once per worker. ``identity``: what tells
+    this model apart from any other the same URI may name (the registered version's run and source,
+    ``ModelRef.identity``)."""
+    key = (uri, uris, identity)
+    model = _MODELS.get(key)
     if model is None:
         model = loader(uri, uris)
-        _MODELS[uri] = model
+        _MODELS[key] = model
     return model
 
 
@@ -324,6 +331,7 @@ def recommend_fn(
     k: int,
     loader: Callable[..., Any] = load_predictor,
     uris: Optional[MlflowUris] = None,
+    identity: str = "",
     exclude_consumed: bool = True,
     allow: Sequence[str] = (),
     deny: Sequence[str] = (),
@@ -339,8 +347,8 @@ def recommend_fn(
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         _set_threads(torch_threads)
-        scorer = cached_model(uri, loader, uris)
-        key = (uri, allow, deny)
+        scorer = cached_model(uri, loader, uris, identity)
+        key = (uri, uris, identity, allow, deny)
         never = _BASE_MASKS.get(key)
         if never is None:
             never = _BASE_MASKS[key] = base_mask(scorer, allow, deny)
@@ -456,6 +464,7 @@ def churn_fn(
     *,
     loader: Callable[..., Any] = load_predictor,
     uris: Optional[MlflowUris] = None,
+    identity: str = "",
     top_fading: int = 5,
     fading_by: str = "category",
     batch_users: int = 512,
@@ -466,7 +475,7 @@ def churn_fn(
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         _set_threads(torch_threads)
-        scorer = cached_model(uri, loader, uris)
+        scorer = cached_model(uri, loader, uris, identity)
         for big in batches:
             for batch in _sub_batches(big, scorer.n_items, batch_users, max_batch_mfloats):
                 if batch.num_rows == 0:

@@ -60,6 +60,9 @@ class ModelRef:
     name: str
     version: Optional[int]
     uris: Optional[MlflowUris]  # the workers download the model from here
+    # Tells this model from any other the same URI names in another registry, or in one made again
+    # at the same path: the workers' model cache is keyed by it (inference.cached_model).
+    identity: str = ""
 
 
 def resolve_model(cfg, model_uri: Optional[str] = None, model_version: Optional[int] = None) -> ModelRef:
@@ -88,7 +91,7 @@ def resolve_model(cfg, model_uri: Optional[str] = None, model_version: Optional[
             "a model first (`ebbtide train`, then `ebbtide evaluate` to promote a champion), or pass "
             "--model-version / --model-uri"
         ) from None
-    return ModelRef(f"models:/{name}/{mv.version}", name, int(mv.version), uris)
+    return ModelRef(f"models:/{name}/{mv.version}", name, int(mv.version), uris, identity=f"{mv.run_id}|{mv.source}")
 
 
 # --------------------------------------------------------------------------------------
@@ -119,7 +122,7 @@ def build(ctx, score_date: dt.date, model: ModelRef, *, loader=None):
         if not allow:
             raise ValueError("score.allow_items / allow_source gave an empty allow list: nothing could be recommended")
     common = dict(
-        uris=model.uris, batch_users=sc.batch_users,
+        uris=model.uris, identity=model.identity, batch_users=sc.batch_users,
         max_batch_mfloats=sc.max_batch_mfloats, torch_threads=sc.torch_threads,
     )
     if loader is not None:
