@@ -91,12 +91,38 @@ def to_tensors(arrays: dict, dev) -> dict:
             for c in ARRAYS}
 
 
-def fit(net, tc, tr: dict, va: dict, va_rows, dev, eval_batch: int, keep_best: bool = False) -> dict:
+def feed_order(n_train: int, take: int, blocks: int, buffer_rows: int, g) -> "torch.Tensor":
+    """The row order one epoch of the Petastorm feed reads when the train rows lie in ``blocks``
+    contiguous row groups in export order (files partitioned by user, sorted by time): the row
+    groups in a random order, streamed through a shuffling buffer of ``buffer_rows`` that hands out
+    a random held row for each new one (Petastorm's RandomShufflingBuffer); ``take`` rows."""
+    import torch
+
+    bounds = np.linspace(0, n_train, blocks + 1).astype(np.int64)
+    order = torch.randperm(blocks, generator=g).tolist()
+    stream = np.concatenate([np.arange(bounds[b], bounds[b + 1]) for b in order])
+    held = list(stream[:buffer_rows])
+    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+    out = []
+    for nxt in stream[buffer_rows:]:
+        j = int(rng.integers(len(held)))
+        out.append(held[j])
+        held[j] = nxt
+        if len(out) == take:
+            break
+    while len(out) < take and held:
+        out.append(held.pop(int(rng.integers(len(held)))))
+    return torch.as_tensor(np.asarray(out, dtype=np.int64))
+
+
+def fit(net, tc, tr: dict, va: dict, va_rows, dev, eval_batch: int, keep_best: bool = False,
+        blocks: int = 0, buffer_rows: int = 0) -> dict:
     """Train `net` on the in-memory train tensors with the network's own loss, the trainer's
     learning-rate schedule (`train.lr_factor`) and early stopping on `_valid_ndcg` (tc.epochs,
     tc.epoch_share, tc.batch_size, tc.lr, tc.grad_clip, tc.early_stopping_patience, tc.seed).
     Returns best (val NDCG@10), best_epoch, curve, train_s, wall_s, and with keep_best the best
-    epoch's state dict (best_state)."""
+    epoch's state dict (best_state). ``blocks`` > 0: each epoch reads the rows the way the Petastorm
+    feed does (:func:`feed_order`) instead of a uniform sample."""
     import torch
 
     from ebbtide.model.train import lr_factor
@@ -112,7 +138,10 @@ def fit(net, tc, tr: dict, va: dict, va_rows, dev, eval_batch: int, keep_best: b
     for epoch in range(1, tc.epochs + 1):
         net.train()
         te = time.perf_counter()
-        perm = torch.randperm(n_train, generator=g)[: steps * tc.batch_size].to(dev)
+        if blocks > 0:
+            perm = feed_order(n_train, steps * tc.batch_size, blocks, buffer_rows, g).to(dev)
+        else:
+            perm = torch.randperm(n_train, generator=g)[: steps * tc.batch_size].to(dev)
         for s in range(steps):
             idx = perm[s * tc.batch_size:(s + 1) * tc.batch_size]
             batch = {k: v[idx] for k, v in tr.items()}
@@ -185,10 +214,11 @@ def search(args) -> None:
         net = EbbtideNet(mc, n_items, n_event_types).to(dev)
         net.return_min_gap_s = float(z["session_gap_s"])
         set_objective(net, tc)
-        r = fit(net, tc, tr, va, va_rows, dev, args.eval_batch)
+        r = fit(net, tc, tr, va, va_rows, dev, args.eval_batch, blocks=args.feed_blocks,
+                buffer_rows=tc.shuffle_rows)
         rec = {"trial": i, "data": Path(args.data).stem, **trial, "val_ndcg@10": round(r["best"], 5),
                "best_epoch": r["best_epoch"], "epochs_run": len(r["curve"]), "train_s": round(r["train_s"], 1),
-               "wall_s": round(r["wall_s"], 1), "device": str(dev), "curve": r["curve"]}
+               "wall_s": round(r["wall_s"], 1), "device": str(dev), "feed_blocks": args.feed_blocks, "curve": r["curve"]}
         print(json.dumps(rec), flush=True)
         if out:
             out.write(json.dumps(rec) + "\n")
@@ -258,6 +288,8 @@ def main() -> int:
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--eval-batch", type=int, default=1024)
     s.add_argument("--out", help="append each trial's JSON line here too")
+    s.add_argument("--feed-blocks", type=int, default=0,
+                   help="> 0: read each epoch as the Petastorm feed does from this many row groups (train.shuffle_rows buffer); 0: uniform sample")
     args = p.parse_args()
     export(args) if args.cmd == "export" else search(args)
     return 0
