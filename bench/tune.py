@@ -101,6 +101,8 @@ def feed_order(n_train: int, take: int, blocks: int, buffer_rows: int, g) -> "to
     bounds = np.linspace(0, n_train, blocks + 1).astype(np.int64)
     order = torch.randperm(blocks, generator=g).tolist()
     stream = np.concatenate([np.arange(bounds[b], bounds[b + 1]) for b in order])
+    if buffer_rows <= 0:  # no shuffling buffer: the feed hands out the stream as it comes
+        return torch.as_tensor(stream[:take])
     held = list(stream[:buffer_rows])
     rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
     out = []
