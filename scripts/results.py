@@ -493,6 +493,8 @@ def write_markdown(path: Path, res, info, args, seconds: float) -> None:
     lines += ["", "Churn ROC-AUC: P(return within 7 or 30 days) as of the test cut date, one row per user; "
               "the 'active last week' columns only over users whose last event is within 7 days before the "
               "cut, where recency alone separates less. RecBole models have no return-time head."]
+    # On a fresh clone the quick report's folder (.ebbtide) does not exist until something writes there.
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     path.with_suffix(".json").write_text(json.dumps(_nan_to_none(
         {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "root")}, "minutes": round(seconds / 60, 1),
