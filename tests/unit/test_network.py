@@ -198,7 +198,7 @@ def _open_gates(net: EbbtideNet) -> None:
 @pytest.mark.parametrize("encoder", ["time_lstm", "attention"])
 def test_time_inputs_modes_build_the_same_network(encoder):
     """model.time_inputs adds no parameter and no draw: every mode starts from the same weights, and
-    the default (gaps) computes what gaps computes."""
+    `all` (the default) computes what it computed before the switch existed."""
     nets = {}
     for mode in ("all", "gaps", "none"):
         torch.manual_seed(0)
@@ -208,13 +208,13 @@ def test_time_inputs_modes_build_the_same_network(encoder):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     torch.manual_seed(0)
     default = EbbtideNet(tiny_conf(encoder=encoder), N_ITEMS, N_EVENT_TYPES)
-    assert default.time_inputs == "gaps"
+    assert default.time_inputs == "all"
     batch = make_batch(b=8, seed=3)
     torch.manual_seed(1)
     loss_default, _ = default.loss(batch)
     torch.manual_seed(1)
-    loss_gaps, _ = nets["gaps"].loss(batch)
-    assert torch.equal(loss_default, loss_gaps)
+    loss_all, _ = nets["all"].loss(batch)
+    assert torch.equal(loss_default, loss_all)
     with pytest.raises(ValueError, match="time_inputs"):
         EbbtideNet(tiny_conf(time_inputs="hours"), N_ITEMS, N_EVENT_TYPES)
 
@@ -232,7 +232,7 @@ def test_time_inputs_gaps_ignores_the_hour_of_week_only():
         assert torch.equal(a, net.item_scores(hours, e))
         assert not torch.allclose(a, net.item_scores(gaps, e))
         torch.manual_seed(0)
-        full = EbbtideNet(tiny_conf(encoder="time_lstm", time_inputs="all"), N_ITEMS, N_EVENT_TYPES).eval()
+        full = EbbtideNet(tiny_conf(encoder="time_lstm"), N_ITEMS, N_EVENT_TYPES).eval()
         _open_gates(full)
         assert not torch.allclose(full.item_scores(batch, e), full.item_scores(hours, e))
 

@@ -43,9 +43,8 @@ class ModelConf:
     # all: gaps, hour of week and session starts | gaps: no hour of week | none: none of the three.
     # The read-out's event ages and the elapsed time stay real in every mode (time then enters only
     # through the decayed read-out and the elapsed-time term); the event type is always read.
-    # use_time: false still zeroes everything. Default gaps: the hour-of-week embedding over-fitted on
-    # both validation splits it was tried on (docs/training.md "Time inputs").
-    time_inputs: Literal["all", "gaps", "none"] = "gaps"
+    # use_time: false still zeroes everything.
+    time_inputs: Literal["all", "gaps", "none"] = "all"
     # Full softmax up to this many items; sampled softmax with log-Q correction above it.
     full_softmax_max_items: int = 50000
     sampled_negatives: int = 1024
