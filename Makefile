@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # checkout that last ran setup, so each target puts its own lib/ first (Spark's Python workers inherit it).
 export PYTHONPATH := $(CURDIR)/lib$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup demo loop-demo test test-fast cluster-test bench-sessionize bench-train bench-model bench-score bad-input chaos results results-quick clean help
+.PHONY: setup demo loop-demo test test-fast cluster-test bench-sessionize bench-ingest bench-train bench-model bench-score bad-input chaos results results-quick clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -32,6 +32,9 @@ cluster-test: setup  ## the chain on a local standalone cluster (master + 2 work
 
 bench-sessionize: setup  ## ebbtide's sessionize job against DuckDB on the same events
 	@$(PY) bench/bench_sessionize.py
+
+bench-ingest: setup  ## ebbtide ingest against a plain Spark CSV -> Delta append of the same files, 5 M rows (ARGS=--rows 400000 ...)
+	@$(PY) bench/bench_ingest.py $(ARGS)
 
 bench-train: setup  ## Petastorm-fed training loop against the bare model step
 	@$(PY) bench/bench_train.py

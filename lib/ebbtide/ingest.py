@@ -16,13 +16,22 @@ that would get new event ids for rows bronze already holds is refused before any
 written, or with ``--reread replace`` has its old rows replaced in the same MERGE
 (:func:`check_reread`).
 
+How a night costs what its own data costs: a micro-batch is parsed once (the result is cached
+and every later step reads the cache), and it looks its events up in bronze, and MERGEs into
+bronze, through a predicate that names only the days its events fall on (bronze is partitioned
+by ``event_date``; a source's own ids are looked up by their id range, which Delta's min/max
+file statistics prune), so it reads the bronze files its events can match, never the whole
+table (see :func:`known_events`). Duplicates are found on the event ids alone (:func:`decide`),
+so whole rows cross no shuffle unless their id repeats (:func:`rows_to_insert`).
+
 How it never loses a row: CSV and JSON files are read as text lines, so the raw line survives
 for quarantine whatever is wrong with it. Every line (header lines and blank lines aside) ends up
 as exactly one of: a new bronze row, a quarantine row, or a counted duplicate.
 
 The transforms (:func:`parse_lines`, :func:`parse_parquet`, :func:`to_contract`,
-:func:`validate`, :func:`to_bronze`, :func:`dedupe_events`, :func:`to_quarantine`) are pure
-DataFrame -> DataFrame functions; :func:`run` at the bottom does the I/O.
+:func:`validate`, :func:`to_bronze`, :func:`dedupe_events`, :func:`to_quarantine`,
+:func:`known_events`, :func:`decide`, :func:`rows_to_insert`) are pure DataFrame -> DataFrame
+functions; :func:`run` at the bottom does the I/O.
 """
 from __future__ import annotations
 
@@ -361,8 +370,11 @@ def parse_lines(lines: "DataFrame", layout: Layout) -> "DataFrame":
         df = df.where(F.col("raw") != F.lit(layout.header_line))
     enc_error = F.col("enc_error")
 
+    # Each parsed value below is a column of its own, read by name (see to_contract): written as one
+    # expression, every field taken from the parsed line would parse the line again.
     if layout.format == "json":
-        fields = F.from_json(F.col("raw"), "map<string,string>")
+        df = df.select("*", F.from_json(F.col("raw"), "map<string,string>").alias(_hidden("json")))
+        fields = F.col(_hidden("json"))
         keys = F.map_keys(fields)
         bad = enc_error.isNotNull() | fields.isNull() | (F.size(keys) != F.size(F.array_distinct(keys)))
         return df.select(
@@ -374,7 +386,8 @@ def parse_lines(lines: "DataFrame", layout: Layout) -> "DataFrame":
     if layout.format != "csv":
         raise ValueError(f"parse_lines reads csv or json lines, not {layout.format!r}")
     n = len(layout.columns)
-    # Quoted sections may hold the delimiter: drop them before counting fields.
+    # Quoted sections may hold the delimiter: drop them before counting fields. (Each expression
+    # names a column once: a filter pushed below this projection copies what it references.)
     unquoted = F.regexp_replace(F.col("raw"), '"(?:[^"]|"")*"', "")
     n_fields = F.size(F.split(unquoted, _java_literal(layout.delimiter), -1))
     schema = ", ".join(f"c{i} string" for i in range(n))
@@ -382,19 +395,18 @@ def parse_lines(lines: "DataFrame", layout: Layout) -> "DataFrame":
     # stays an empty text (Spark reads both as null by default); the row hash tells them apart.
     parsed = F.from_csv(F.col("raw"), schema, {"sep": _spark_sep(layout.delimiter), "escape": '"',
                                                "nullValue": "\u0000", "mode": "PERMISSIVE"})
-    fields = F.map_from_arrays(
-        F.array(*[F.lit(c) for c in layout.columns]),
-        F.array(*[parsed.getField(f"c{i}") for i in range(n)]),
-    )
-    n_quotes = F.length("raw") - F.length(F.regexp_replace("raw", '"', ""))
+    n_quotes = F.length("raw") - F.length(F.replace(F.col("raw"), F.lit('"'), F.lit("")))
     error = (F.when(enc_error.isNotNull(), enc_error)
              .when(n_quotes % 2 == 1, F.lit(R_UNBALANCED_QUOTE))
              .when(n_fields != F.lit(n), F.lit(R_FIELD_COUNT)))
-    return df.select(
-        "source_file", "raw",
-        F.when(error.isNull(), fields).alias("fields"),
-        error.alias("parse_error"),
+    csv = _hidden("csv")
+    df = df.select("source_file", "raw", error.alias("parse_error"))
+    df = df.select("*", F.when(F.col("parse_error").isNull(), parsed).alias(csv))
+    fields = F.map_from_arrays(
+        F.array(*[F.lit(c) for c in layout.columns]),
+        F.array(*[F.col(csv).getField(f"c{i}") for i in range(n)]),
     )
+    return df.select("source_file", "raw", F.when(F.col(csv).isNotNull(), fields).alias("fields"), "parse_error")
 
 
 def _decode(value: "Column", encoding: str) -> tuple["Column", "Column"]:
@@ -446,15 +458,35 @@ def parse_parquet(rows: "DataFrame") -> "DataFrame":
     )
 
 
+# What Java's regex classes \s and \p{Z} match: ASCII white space, and Unicode's space, line and
+# paragraph separators (NBSP, the ideographic space, ...). Trimming them with btrim (a scan from
+# each end) instead of a regex is what every field of every row pays.
+PADDING = " \t\n\x0b\x0c\r\u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+
+
 def _missing_to_null(c: "Column", null_values: tuple[str, ...] = ()) -> "Column":
     """The trimmed text, or null when it is empty, whitespace only or one of ``null_values``."""
-    F = _F()
+    return _null_if_missing(_trim(c), null_values)
+
+
+def _trim(c: "Column") -> "Column":
     # F.trim strips spaces only; a tab- or NBSP-padded id is padded all the same.
-    t = F.regexp_replace(c, r"^[\s\p{Z}]+|[\s\p{Z}]+$", "")
-    keep = t != ""
+    F = _F()
+    return F.btrim(c, F.lit(PADDING))
+
+
+def _null_if_missing(trimmed: "Column", null_values: tuple[str, ...] = ()) -> "Column":
+    F = _F()
+    keep = trimmed != ""
     if null_values:
-        keep = keep & ~t.isin(*null_values)
-    return F.when(keep, t)
+        keep = keep & ~trimmed.isin(*null_values)
+    return F.when(keep, trimmed)
+
+
+def _finite(x: "Column") -> "Column":
+    """A double, or null when it is NaN or infinite."""
+    F = _F()
+    return F.when(~F.isnan(x) & (F.abs(x) != F.lit(float("inf"))), x)
 
 
 def _hidden(name: str) -> str:
@@ -485,38 +517,72 @@ def with_expressions(parsed: "DataFrame", layout: Layout) -> "DataFrame":
                        *[F.col(_hidden(f"expr_{f}")) for f in exprs])
 
 
-def row_hash(ts_column: Optional[str] = None, ts_us: Optional["Column"] = None) -> "Column":
+def row_hash(ts_column: Optional[str] = None, ts_us: Optional["Column"] = None,
+             columns: tuple[str, ...] = ()) -> "Column":
     """sha2-256 of every source column of the row as read: ``[[name, text], ...]`` sorted by
     name, as JSON, so a null (``null``) and an empty text (``""``) differ and no text can
     imitate a field boundary. Null for a row that did not parse (it goes to quarantine).
 
     The timestamp column (``ts_column``) enters as the instant it parses to (``ts_us``, epoch
     microseconds), not as its text, so one event written once in seconds and once in
-    milliseconds (or ISO-8601) is one event."""
+    milliseconds (or ISO-8601) is one event.
+
+    ``columns``: the keys every ``fields`` map holds, when they are known before reading (CSV and
+    Parquet; empty for JSON, whose keys vary by line). The same JSON text is then built from
+    them directly, sorted once here, instead of sorting each row's map entries with Spark's
+    row-by-row (interpreted) higher-order functions; the id is the same either way."""
     F = _F()
     fields = F.col("fields")
+    instant = None
     if ts_column is not None and ts_us is not None:
         instant = F.concat(F.lit("@us:"), F.round(ts_us).cast("long").cast("string"))
+    if _static_keys(columns):
+        def text(c: str) -> "Column":
+            v = F.try_element_at(fields, F.lit(c))
+            return F.when(ts_us.isNotNull(), instant).otherwise(v) if instant is not None and c == ts_column else v
+
+        # Python orders str by code point, Spark orders strings by their UTF-8 bytes: the same order.
+        pairs = F.array(*[F.array(F.lit(c), text(c)) for c in sorted(columns)])
+        return F.when(fields.isNotNull(), F.sha2(F.to_json(pairs), 256))
+    if instant is not None:
         fields = F.transform_values(
             fields, lambda k, v: F.when((k == F.lit(ts_column)) & ts_us.isNotNull(), instant).otherwise(v))
     pairs = F.transform(F.array_sort(F.map_entries(fields)), lambda e: F.array(e["key"], e["value"]))
     return F.sha2(F.to_json(pairs), 256)
 
 
+def _static_keys(columns: tuple[str, ...]) -> bool:
+    """Whether ``fields`` can be read by these known keys (distinct: a header naming a column twice
+    fails the batch when Spark builds the map, as it did before this shortcut existed)."""
+    return bool(columns) and len(set(columns)) == len(columns)
+
+
 def to_contract(parsed: "DataFrame", layout: Layout) -> "DataFrame":
-    """Parsed rows -> the contract's fields as text, ``extra`` (unmapped source columns) and
-    ``row_hash`` (every source column, for the fallback event id)."""
+    """Parsed rows -> the contract's fields as text, ``extra`` (unmapped source columns),
+    ``row_hash`` (every source column, for the fallback event id) and ``ts_us`` (the instant the
+    timestamp text reads as, epoch microseconds; see :func:`ts_micros`).
+
+    Each value that later steps read several times (a field's trimmed text, the timestamp's
+    number) is a column of its own, computed once: Spark inlines a column's expression into
+    every place that reads it only when that is cheap, so written as one nested expression the
+    timestamp would be parsed a dozen times per row."""
     F = _F()
     m = layout.mapping
     exprs = layout.expressions
     parsed = with_expressions(parsed, layout)
+    names = [f for f in CONTRACT_FIELDS if f in m]
+
+    def source(name: str) -> "Column":
+        if name in exprs:
+            return F.col(_hidden(f"expr_{name}"))
+        return F.try_element_at(F.col("fields"), F.lit(m[name]))
+
+    trimmed = parsed.select("*", *[_trim(source(f)).alias(_hidden(f"text_{f}")) for f in names])
 
     def get(name: str) -> "Column":
         if name not in m:
             return F.lit(None).cast("string")
-        if name in exprs:
-            return _missing_to_null(F.col(_hidden(f"expr_{name}")), layout.null_values)
-        return _missing_to_null(F.try_element_at(F.col("fields"), F.lit(m[name])), layout.null_values)
+        return _null_if_missing(F.col(_hidden(f"text_{name}")), layout.null_values)
 
     if layout.event_type_const is not None:
         et = F.lit(layout.event_type_const)
@@ -528,9 +594,22 @@ def to_contract(parsed: "DataFrame", layout: Layout) -> "DataFrame":
 
     # Columns an expression reads stay in extra: which ones it reads is the expression's business.
     used = sorted({c for f, c in m.items() if f not in exprs})
-    extra = F.map_filter(F.col("fields"), lambda k, v: ~k.isin(*used)) if used else F.col("fields")
-    return parsed.select(
-        "source_file", "raw", "parse_error",
+    # Parquet rows and CSV lines hold a fixed set of source columns (the layout's, in file order).
+    columns = layout.columns if layout.format in ("csv", "parquet") else ()
+    if not used:
+        extra = F.col("fields")
+    elif _static_keys(columns):
+        rest = [c for c in columns if c not in used]  # in the map's own (file) order
+        fields = F.col("fields")
+        extra = F.when(fields.isNotNull(), F.map_from_arrays(
+            F.array(*[F.lit(c) for c in rest]).cast("array<string>"),
+            F.array(*[F.try_element_at(fields, F.lit(c)) for c in rest]).cast("array<string>")))
+    else:
+        extra = F.map_filter(F.col("fields"), lambda k, v: ~k.isin(*used))
+    out = ["source_file", "raw", "parse_error", "user_id", "item_id", "ts_text", "event_type", "source_event_id",
+           "value_text", "category", "source_session_id", "extra"]
+    contract = trimmed.select(
+        "source_file", "raw", "parse_error", "fields",
         get("user_id").alias("user_id"),
         get("item_id").alias("item_id"),
         get("ts").alias("ts_text"),
@@ -540,16 +619,21 @@ def to_contract(parsed: "DataFrame", layout: Layout) -> "DataFrame":
         get("category").alias("category"),
         get("session_id").alias("source_session_id"),
         extra.cast("map<string,string>").alias("extra"),
-        row_hash(None if "ts" in exprs else m.get("ts"), ts_micros(get("ts"), layout.ts_unit)).alias("row_hash"),
     )
+    timed = with_ts_micros(contract, layout.ts_unit)
+    ts_column = None if "ts" in exprs else m.get("ts")
+    return timed.select(*out, row_hash(ts_column, F.col("ts_us"), columns).alias("row_hash"), "ts_us")
 
 
-def ts_micros(ts_text: "Column", unit: str) -> "Column":
+def ts_micros(ts_text: "Column", unit: str, number: Optional["Column"] = None) -> "Column":
     """Epoch microseconds (double) of a timestamp text: epoch s / ms / us / ns, or ISO-8601 (no
-    offset = UTC; a date alone is its midnight UTC)."""
+    offset = UTC; a date alone is its midnight UTC). ``number``: the text read as a finite double
+    (or null), when it is already a column (:func:`with_ts_micros`)."""
     F = _F()
-    num = F.expr("try_cast(null as double)") if unit == "iso" else ts_text.try_cast("double")
-    num = F.when(~F.isnan(num) & (F.abs(num) != F.lit(float("inf"))), num)
+    if number is not None:
+        num = number
+    else:
+        num = F.expr("try_cast(null as double)") if unit == "iso" else _finite(ts_text.try_cast("double"))
     iso = F.unix_micros(F.try_to_timestamp(ts_text)).cast("double")
     if unit in _UNIT_MICROS:
         return num * _UNIT_MICROS[unit]
@@ -563,6 +647,18 @@ def ts_micros(ts_text: "Column", unit: str) -> "Column":
     raise ValueError(f"ts_unit must be one of {', '.join(TS_UNITS)}, got {unit!r}")
 
 
+def with_ts_micros(df: "DataFrame", unit: str) -> "DataFrame":
+    """``df`` plus ``ts_us``, :func:`ts_micros` of its ``ts_text``, with the text read as a number
+    once (a column of its own) rather than once per place the unit rules look at it."""
+    F = _F()
+    if unit not in TS_UNITS:
+        raise ValueError(f"ts_unit must be one of {', '.join(TS_UNITS)}, got {unit!r}")
+    num = _hidden("ts_number")
+    number = F.lit(None).cast("double") if unit == "iso" else _finite(F.col("ts_text").try_cast("double"))
+    return (df.select("*", number.alias(num))
+            .select("*", ts_micros(F.col("ts_text"), unit, F.col(num)).alias("ts_us")).drop(num))
+
+
 def ts_bounds(ingest: IngestConf, now: Optional[float] = None) -> tuple[float, float]:
     """[min_ts, now + max_future_days] as epoch seconds."""
     lo = parse_utc(ingest.min_ts, "ingest.min_ts")
@@ -573,10 +669,12 @@ def ts_bounds(ingest: IngestConf, now: Optional[float] = None) -> tuple[float, f
 def validate(contract: "DataFrame", ts_unit: str, min_ts_s: float, max_ts_s: float) -> "DataFrame":
     """Typed ``ts`` and ``value``, and ``reason``: null for a good row, else the first broken rule."""
     F = _F()
-    us = ts_micros(F.col("ts_text"), ts_unit)
+    if "ts_us" not in contract.columns:
+        contract = with_ts_micros(contract, ts_unit)
+    us = F.col("ts_us")
     in_range = (us >= F.lit(min_ts_s * 1e6)) & (us <= F.lit(max_ts_s * 1e6))
-    value = F.col("value_text").try_cast("double")
-    value = F.when(~F.isnan(value) & (F.abs(value) != F.lit(float("inf"))), value)
+    typed = contract.select("*", _finite(F.col("value_text").try_cast("double")).alias("value"))
+    value = F.col("value")
     reason = (
         F.when(F.col("parse_error").isNotNull(), F.col("parse_error"))
         .when(F.col("user_id").isNull(), F.lit(R_MISSING_USER))
@@ -587,7 +685,7 @@ def validate(contract: "DataFrame", ts_unit: str, min_ts_s: float, max_ts_s: flo
         .when(F.col("value_text").isNotNull() & value.isNull(), F.lit(R_BAD_VALUE))
     )
     ts = F.when(in_range, F.timestamp_micros(F.round(us).cast("long")))
-    return contract.select("*", ts.alias("ts"), value.alias("value"), reason.alias("reason"))
+    return typed.select(*contract.columns, ts.alias("ts"), value, reason.alias("reason"))
 
 
 def event_id_col() -> "Column":
@@ -601,17 +699,48 @@ def event_id_col() -> "Column":
     return F.coalesce(F.col("source_event_id"), F.col("row_hash"))
 
 
-def to_bronze(good: "DataFrame", run_id: str) -> "DataFrame":
-    """Validated good rows -> bronze_events rows (not yet deduplicated)."""
+BRONZE_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "ts", "event_date", "value", "category",
+                  "source_session_id", "extra", "source_file", "ingest_run_id", "ingested_at")
+
+
+def _bronze_columns() -> list:
+    """The bronze columns of validated rows, lineage (the last two) aside."""
     F = _F()
-    return good.select(
+    return [
         event_id_col().alias("event_id"),
         "user_id", "item_id", "event_type", "ts",
         F.to_date("ts").alias("event_date"),
         "value", "category", "source_session_id", "extra", "source_file",
-        F.lit(run_id).alias("ingest_run_id"),
-        F.current_timestamp().alias("ingested_at"),
-    )
+    ]
+
+
+def _lineage(run_id: str) -> list:
+    F = _F()
+    return [F.lit(run_id).alias("ingest_run_id"), F.current_timestamp().alias("ingested_at")]
+
+
+def to_bronze(good: "DataFrame", run_id: str) -> "DataFrame":
+    """Validated good rows -> bronze_events rows (not yet deduplicated)."""
+    return good.select(*_bronze_columns(), *_lineage(run_id))
+
+
+def stage(rows: "DataFrame") -> "DataFrame":
+    """Validated rows -> what a micro-batch keeps while it writes: the bronze columns of every row
+    but the run's lineage (:func:`with_lineage` adds it), ``reason``, ``raw`` for the bad rows only
+    (a good row's line is not needed again, and it is most of the row's bytes) and
+    ``has_source_id`` (whether event_id is the source's own id).
+
+    Nothing here reads the clock: a cached plan that holds ``current_timestamp()`` is not found
+    again by Delta's MERGE, which plans its source anew, so it would parse the files again."""
+    F = _F()
+    bad = F.col("reason").isNotNull()
+    return rows.select(*_bronze_columns(), "reason", F.when(bad, F.col("raw")).alias("raw"),
+                       F.col("source_event_id").isNotNull().alias("has_source_id"))
+
+
+def with_lineage(staged: "DataFrame", run_id: str) -> "DataFrame":
+    """Staged rows (:func:`stage`) -> bronze_events rows."""
+    return staged.select(*BRONZE_COLUMNS[:-2], *_lineage(run_id))
 
 
 def dedupe_events(bronze: "DataFrame") -> "DataFrame":
@@ -651,20 +780,108 @@ def prepare(batch: "DataFrame", layout: Layout, min_ts_s: float, max_ts_s: float
     return validate(to_contract(parsed, layout), layout.ts_unit, min_ts_s, max_ts_s)
 
 
-def count_new(events: "DataFrame", existing: Optional["DataFrame"], batch_files: list[str]) -> int:
-    """How many deduplicated ``events`` are new against ``existing`` (bronze: event_id, source_file).
+def date_ranges(days: list, max_ranges: int = 16) -> list[tuple]:
+    """Days (``datetime.date``) -> at most ``max_ranges`` closed ranges ``(first, last)`` that cover
+    them all: runs of consecutive days, and where there are more runs than that, the runs either
+    side of the narrowest gaps joined (a range may then cover days that hold no row: it prunes
+    less, never wrongly)."""
+    import datetime as dt
 
-    Bronze rows that came from this batch's own files can only have been written by an earlier,
-    crashed attempt of this same batch (the file source hands each file to one batch), so they
-    still count as this batch's new rows: a replay reports what the first attempt would have.
+    runs: list[list] = []
+    for d in sorted(set(days)):
+        if runs and d - runs[-1][1] == dt.timedelta(days=1):
+            runs[-1][1] = d
+        else:
+            runs.append([d, d])
+    if len(runs) > max_ranges:
+        widest = sorted(range(1, len(runs)), key=lambda i: (runs[i][0] - runs[i - 1][1], i), reverse=True)
+        cuts = sorted(widest[: max_ranges - 1]) + [len(runs)]
+        whole, runs, first = runs, [], 0
+        for c in cuts:
+            runs.append([whole[first][0], whole[c - 1][1]])
+            first = c
+    return [(lo, hi) for lo, hi in runs]
+
+
+def date_predicate(column: str, ranges: list[tuple]) -> str:
+    """SQL: ``column`` falls in one of ``ranges`` (from :func:`date_ranges`)."""
+    return " OR ".join(f"{column} = DATE'{lo.isoformat()}'" if lo == hi else
+                       f"{column} BETWEEN DATE'{lo.isoformat()}' AND DATE'{hi.isoformat()}'" for lo, hi in ranges)
+
+
+def known_events(bronze: "DataFrame", days: list[tuple], id_range: Optional[tuple[str, str]]) -> "DataFrame":
+    """The bronze rows (``event_id``, ``source_file``) that a batch's events can match, read from
+    only the files that can hold one, so a night reads what its own data touches, not all of bronze.
+
+    - An id hashed from the source row covers the timestamp's instant, so a row with the same id
+      has the same ``event_date``: the batch's days (``days``, from :func:`date_ranges`) hold every
+      match, and bronze is partitioned by that column.
+    - A source's own id says nothing about the day (the same id may come back with another
+      timestamp), so those are looked up by their id range (``id_range``: the batch's smallest and
+      largest); Delta skips the files whose min/max event_id fall outside it, which prunes well
+      for ids that grow with time (sequences, time-ordered UUIDs) and reads every file for random
+      ones: exact either way.
     """
     F = _F()
-    if existing is None:
-        return events.count()
-    prior = existing.select("event_id", "source_file")
-    if batch_files:
-        prior = prior.where(~F.col("source_file").isin(*batch_files))
-    return events.join(prior.select("event_id"), "event_id", "left_anti").count()
+    parts = []
+    if days:
+        parts.append(bronze.where(F.expr(date_predicate("event_date", days))))
+    if id_range is not None:
+        parts.append(bronze.where(F.col("event_id").between(F.lit(id_range[0]), F.lit(id_range[1]))))
+    if not parts:
+        return bronze.select("event_id", "source_file").limit(0)
+    out = parts[0].select("event_id", "source_file")
+    for part in parts[1:]:
+        out = out.unionByName(part.select("event_id", "source_file"))
+    return out
+
+
+def mark_known(events: "DataFrame", known: Optional["DataFrame"], batch_files: list[str]) -> "DataFrame":
+    """``events`` (one row per event id) plus ``_known``: null when bronze holds no row with the id
+    (insert it), 1 when it holds one from another file (a duplicate), 0 when only rows from this
+    batch's own files: those can only have been written by an earlier attempt of this same batch
+    that crashed before its checkpoint (the file source hands each file to one batch), so the
+    event is not inserted again but still counts as this batch's new row, and a replay reports
+    what the first attempt would have."""
+    F = _F()
+    if known is None:
+        return events.withColumn("_known", F.lit(None).cast("int"))
+    own = F.coalesce(F.col("source_file").isin(*batch_files), F.lit(True)) if batch_files else F.lit(False)
+    flags = known.groupBy("event_id").agg(F.max(F.when(own, 0).otherwise(1)).alias("_known"))
+    return events.join(flags, "event_id", "left")
+
+
+def decide(ids: "DataFrame", known: Optional["DataFrame"], batch_files: list[str]) -> "DataFrame":
+    """The event ids of a batch's good rows -> one row per distinct id: ``copies`` (how many of the
+    batch's rows hold it) and ``_known`` (as :func:`mark_known` says). It needs the ids alone, so
+    only they cross a shuffle, never whole rows."""
+    F = _F()
+    return mark_known(ids.groupBy("event_id").agg(F.count(F.lit(1)).alias("copies")), known, batch_files)
+
+
+# Above this many ids that need a second look (repeated in the batch, or already in bronze), they are
+# joined to the batch's rows by shuffling both instead of sending them to every task (~100 bytes each).
+BROADCAST_IDS = 500_000
+
+
+def rows_to_insert(rows: "DataFrame", exceptions: "DataFrame", broadcast: bool = True,
+                   known_too: bool = False) -> "DataFrame":
+    """A batch's good rows (bronze columns) that bronze lacks, one per event id.
+
+    ``exceptions``: the rows of :func:`decide` whose id more than one of the batch's rows holds, or
+    bronze already has; usually few. Every other row is inserted as it is, so the batch's whole rows
+    are joined to that short list where they lie (``broadcast``), not shuffled and sorted by id;
+    only the rows of a repeated new id are, to keep one of them (:func:`dedupe_events`).
+
+    ``known_too``: one row for every id of the batch, bronze's too: the source of a MERGE that
+    deletes what it does not match (``--reread replace``), where a kept id must be matched."""
+    F = _F()
+    ex = exceptions.select("event_id", "copies", "_known")
+    tagged = rows.join(F.broadcast(ex) if broadcast else ex, "event_id", "left")
+    single = tagged.where(F.col("copies").isNull()).select(*BRONZE_COLUMNS)
+    second_look = F.col("copies").isNotNull() if known_too else (F.col("copies") > 1) & F.col("_known").isNull()
+    repeated = tagged.where(second_look).select(*BRONZE_COLUMNS)
+    return single.unionByName(dedupe_events(repeated))
 
 
 # --------------------------------------------------------------------------------------
@@ -835,7 +1052,7 @@ class Reread:
 
     def prior(self, existing: Optional["DataFrame"]) -> Optional["DataFrame"]:
         """``existing`` (bronze) without the rows an earlier attempt of this batch wrote for files
-        read before: with :meth:`own_files`, what :func:`count_new` compares against, so a file's
+        read before: with :meth:`own_files`, what :func:`mark_known` compares against, so a file's
         rows that an earlier read already holds count as duplicates, and a replay still reports
         what its first attempt would have."""
         if existing is None or not self.earlier:
@@ -856,13 +1073,38 @@ class Reread:
 
         return f"t.source_file IN ({', '.join(_sql_str(f) for f in self.replace)})"
 
+    def merge_filter(self, days: list[tuple], id_range: Optional[tuple[str, str]]) -> Optional[str]:
+        """The bronze MERGE's ``merge_filter`` for a batch whose events fall on ``days`` and whose
+        own ids span ``id_range`` (see :func:`known_events`).
+
+        A plain batch inserts only ids that bronze lacks, all on its days: the days bound the match.
+        A batch that replaces files also sends the ids bronze has (:func:`rows_to_insert`,
+        ``known_too``), and its delete clause removes every row of those files that nothing
+        matches. A kept row must therefore stay matchable wherever it lies: a source's own id
+        read with another timestamp setting keeps its old row on another day, found by the id
+        range as :func:`known_events` found it; a row only bronze has is matched by nothing and
+        goes. The replaced files are named too, so all their old rows are in the MERGE's scope
+        whichever day they lie on, not just the batch's."""
+        from ebbtide.tables import _sql_str
+
+        scope = [date_predicate("t.event_date", days)] if days else []
+        if not self.replace:
+            return " OR ".join(scope) or None
+        if id_range is not None:
+            scope.append(f"t.event_id BETWEEN {_sql_str(id_range[0])} AND {_sql_str(id_range[1])}")
+        scope.append(self.delete_unmatched)
+        return " OR ".join(f"({p})" for p in scope)
+
 
 def check_reread(rows: "DataFrame", bronze: Optional["DataFrame"], quarantine: Optional["DataFrame"],
                  ops_log: Optional["DataFrame"], files: list[str], stream_id: str, batch_id: int,
-                 mode: str = "refuse") -> Reread:
+                 mode: str = "refuse", lines: Optional["DataFrame"] = None) -> Reread:
     """Whether this batch reads again files that bronze already holds rows of, and what then.
 
-    ``rows`` is the batch as :func:`prepare` makes it. A batch file that bronze holds rows of was
+    ``rows`` is the batch as :func:`prepare` makes it, or as :func:`stage` keeps it. Staged rows
+    lack the text of the good lines, which the rescue check below compares with quarantine's:
+    ``lines`` (the batch as :func:`prepare` makes it, uncached) then gives it, evaluated only
+    when a batch file was read before, so a batch of new files is still parsed once. A batch file that bronze holds rows of was
     read before: by an earlier attempt of this batch (a replay after a crash), or under other
     settings (another checkpoint). Per such file:
 
@@ -899,12 +1141,13 @@ def check_reread(rows: "DataFrame", bronze: Optional["DataFrame"], quarantine: O
     earlier = {f: earlier[f] for f in seen}
 
     good = rows.where(F.col("reason").isNull())
-    ids = good.select(event_id_col().alias("event_id")).distinct()
+    ids = good.select(_event_id(good).alias("event_id")).distinct()
     key = ["source_file", "user_id", "item_id", "ts", "event_type"]
     old = bronze.where(F.col("source_file").isin(*seen)).select("event_id", *key)
     held = old.join(ids, "event_id", "left_anti")
-    fresh = (good.where(F.col("source_file").isin(*seen))
-             .select(event_id_col().alias("event_id"), "raw", *key)
+    texts = good if lines is None else lines.where(F.col("reason").isNull())
+    fresh = (texts.where(F.col("source_file").isin(*seen))
+             .select(_event_id(texts).alias("event_id"), "raw", *key)
              .join(bronze.select("event_id"), "event_id", "left_anti"))
     if quarantine is not None:
         q = quarantine.where(F.col("source_file").isin(*seen)).select("source_file", "raw").distinct()
@@ -951,6 +1194,11 @@ def check_reread(rows: "DataFrame", bronze: Optional["DataFrame"], quarantine: O
     return Reread(earlier=earlier, replace=replace, replaced=replaced)
 
 
+def _event_id(rows: "DataFrame") -> "Column":
+    """The event id of prepared rows (:func:`event_id_col`) or of staged ones (a column already)."""
+    return _F().col("event_id") if "event_id" in rows.columns else event_id_col()
+
+
 class _BatchWriter:
     """The foreachBatch body: parse, validate, split, dedupe, then three idempotent MERGEs."""
 
@@ -984,6 +1232,7 @@ class _BatchWriter:
         from pyspark.sql import functions as F
 
         spark = batch.sparkSession
+        # The batch's files (a micro-batch hands them over as rows, not as a file list).
         files = sorted(r[0] for r in batch.select("source_file").distinct().collect())
         groups: dict[int, tuple[Layout, list[str]]] = {}
         for f in files:
@@ -1006,40 +1255,84 @@ class _BatchWriter:
         from ebbtide import tables
 
         cfg, run_id, spark = self.ctx.cfg, self.ctx.run_id, batch.sparkSession
-        t0 = time.perf_counter()
-        rows = self.prepare(batch).persist(StorageLevel.MEMORY_AND_DISK)
+        t0 = last = time.perf_counter()
+        phases: dict[str, float] = {}
+
+        def phase(name: str) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            phases[name] = now - last
+            last = now
+
+        # The batch is parsed once: every later step reads this cache, never the files again.
+        prepared = self.prepare(batch)
+        staged = stage(prepared).persist(StorageLevel.MEMORY_AND_DISK)
+        decision = None
         try:
-            per_file = (
-                rows.groupBy("source_file")
-                .agg(F.count(F.lit(1)).alias("n"), F.count("reason").alias("bad"))
+            # One pass fills the cache and says what the writes need: rows and bad rows per file, and
+            # the days the good rows fall on (where bronze can hold a match).
+            good = F.col("reason").isNull()
+            own_id = good & F.col("has_source_id")
+            parts = (
+                staged.groupBy("source_file", F.when(good, F.col("event_date")).alias("day"))
+                .agg(F.count(F.lit(1)).alias("n"), F.count("reason").alias("bad"),
+                     F.count(F.when(own_id, 1)).alias("own_ids"))
                 .collect()
             )
-            files = sorted(r["source_file"] for r in per_file)
-            rows_read = sum(r["n"] for r in per_file)
-            quarantined = sum(r["bad"] for r in per_file)
+            files = sorted({r["source_file"] for r in parts})
+            rows_read = sum(r["n"] for r in parts)
+            quarantined = sum(r["bad"] for r in parts)
+            days = date_ranges([r["day"] for r in parts if r["day"] is not None])
+            id_range = None
+            if any(r["own_ids"] for r in parts):
+                # Apart from the count above: a min or max of text makes Spark sort all the rows.
+                lo, hi = staged.where(own_id).agg(F.min("event_id"), F.max("event_id")).first()
+                id_range = (lo, hi)
             log.info("batch %d: %d file(s), %d rows read, %d break the contract",
                      batch_id, len(files), rows_read, quarantined)
-            reread = self._check_reread(rows, files, int(batch_id))  # before any write
+            phase("parse")
+            reread = self._check_reread(staged, prepared, files, int(batch_id))  # before any write
 
             if quarantined:
-                bad = to_quarantine(rows.where(F.col("reason").isNotNull()), run_id)
+                bad = to_quarantine(staged.where(~good), run_id)
                 tables.write(bad, cfg, QUARANTINE, mode="merge", keys=["quarantine_id"],
                              comment=QUARANTINE_COMMENT)
+                phase("quarantine")
 
-            events = dedupe_events(to_bronze(rows.where(F.col("reason").isNull()), run_id))
-            events = events.persist(StorageLevel.MEMORY_AND_DISK)
-            try:
-                existing = tables.read(spark, cfg, BRONZE) if tables.exists(spark, cfg, BRONZE) else None
-                new = (count_new(events, reread.prior(existing), reread.own_files(files))
-                       if rows_read > quarantined else 0)
-                if new or reread.replace:
-                    tables.write(events, cfg, BRONZE, mode="merge", keys=["event_id"],
-                                 partition_by=["event_date"], comment=BRONZE_COMMENT,
-                                 delete_unmatched=reread.delete_unmatched)
-            finally:
-                events.unpersist()
+            new = 0
+            if rows_read > quarantined or reread.replace:
+                rows = with_lineage(staged.where(good), run_id)
+                known = (known_events(reread.prior(tables.read(spark, cfg, BRONZE)), days, id_range)
+                         if tables.exists(spark, cfg, BRONZE) else None)
+                decision = (decide(rows.select("event_id"), known, reread.own_files(files))
+                            .persist(StorageLevel.MEMORY_AND_DISK))
+                counts = decision.agg(
+                    F.count(F.lit(1)).alias("events"),
+                    F.count(F.when(F.col("_known") == 1, 1)).alias("duplicates"),
+                    F.count(F.when(F.col("_known").isNull(), 1)).alias("insert"),
+                    F.count(F.when((F.col("copies") > 1) | F.col("_known").isNotNull(), 1)).alias("exceptions"),
+                ).first()
+                new = counts["events"] - counts["duplicates"]
+                phase("dedupe")
+                if counts["insert"] or reread.replace:
+                    exceptions = decision.where((F.col("copies") > 1) | F.col("_known").isNotNull())
+                    insert = rows_to_insert(rows, exceptions, broadcast=counts["exceptions"] <= BROADCAST_IDS,
+                                            known_too=bool(reread.replace))
+                    # Insert-only MERGE of the rows no bronze row has: a replay (or another writer
+                    # committing the same rows meanwhile) inserts nothing twice. The match is
+                    # confined to the batch's days, so Delta reads only those partitions; a
+                    # replacing batch's scope takes in the replaced files (Reread.merge_filter).
+                    tables.write(insert, cfg, BRONZE, mode="merge", keys=["event_id"],
+                                 merge_filter=reread.merge_filter(days, id_range),
+                                 delete_unmatched=reread.delete_unmatched,
+                                 partition_by=["event_date"], comment=BRONZE_COMMENT)
+                    phase("bronze")
         finally:
-            rows.unpersist()
+            # The one built on the other first: uncaching staged while decision is still cached
+            # would make Spark plan decision's cache anew (seconds, for nothing).
+            if decision is not None:
+                decision.unpersist()
+            staged.unpersist()
 
         stats = {
             "batch_id": int(batch_id), "files": files, "rows_read": int(rows_read),
@@ -1053,25 +1346,60 @@ class _BatchWriter:
             "ingest_run_id string, stream_id string, source string, batch_id long, files array<string>, "
             "rows_read long, rows_bronze_new long, rows_quarantined long, rows_duplicate long",
         ).withColumn("processed_at", F.current_timestamp())
-        tables.write(entry, cfg, OPS_LOG, mode="merge", keys=["stream_id", "batch_id"],
-                     update_matched=True, comment=OPS_LOG_COMMENT)
+        # The row's own keys bound the match: Delta skips, by their min/max statistics, every file of
+        # the log but the one that may hold this batch's row, however long the log grows.
+        tables.write(entry, cfg, OPS_LOG, mode="merge", keys=["stream_id", "batch_id"], update_matched=True,
+                     merge_filter=f"t.stream_id = '{self.source.stream_id}' AND t.batch_id = {int(batch_id)}",
+                     comment=OPS_LOG_COMMENT)
+        phase("log")
+        stats["seconds"] = round(time.perf_counter() - t0, 2)
         self.batches.append(stats)
-        log.info("batch %d: %d new bronze rows, %d quarantined, %d duplicates (%.1f s)",
-                 batch_id, new, quarantined, stats["rows_duplicate"], time.perf_counter() - t0)
+        log.info("batch %d: %d new bronze rows, %d quarantined, %d duplicates (%.1f s: %s)",
+                 batch_id, new, quarantined, stats["rows_duplicate"], stats["seconds"],
+                 ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
 
-    def _check_reread(self, rows: "DataFrame", files: list[str], batch_id: int) -> Reread:
+    def _check_reread(self, staged: "DataFrame", prepared: "DataFrame", files: list[str],
+                      batch_id: int) -> Reread:
         """:func:`check_reread` on this batch against the tables; a refusal is kept for run()."""
         from ebbtide import tables
 
-        spark, cfg = rows.sparkSession, self.ctx.cfg
+        spark, cfg = staged.sparkSession, self.ctx.cfg
         have = {n: tables.read(spark, cfg, n) if tables.exists(spark, cfg, n) else None
                 for n in (BRONZE, QUARANTINE, OPS_LOG)}
         try:
-            return check_reread(rows, have[BRONZE], have[QUARANTINE], have[OPS_LOG], files,
-                                self.source.stream_id, batch_id, self.reread)
+            return check_reread(staged, have[BRONZE], have[QUARANTINE], have[OPS_LOG], files,
+                                self.source.stream_id, batch_id, self.reread, lines=prepared)
         except RereadError as e:
             self.refused = e
             raise
+
+
+# Spark's whole-stage code generation fuses the parse of a line (decode, split, trim, the event id
+# hash, the checks) into one Java method; past 8,000 bytes of bytecode HotSpot never compiles a
+# method, so it ran interpreted, about 3x slower than the same work in smaller methods. With this
+# limit (the value Spark's docs give for HotSpot) Spark generates code per operator instead, whose
+# expressions are split into methods HotSpot compiles.
+HUGE_METHOD_LIMIT = "spark.sql.codegen.hugeMethodLimit"
+SPARK_HUGE_METHOD_DEFAULT = "65535"
+
+
+class _jit_sized_codegen:
+    """Sets ``spark.sql.codegen.hugeMethodLimit`` to 8000 for the ingest stream (and the session
+    clone it runs in), unless the session already sets another value; unsets it afterwards."""
+
+    def __init__(self, spark: "SparkSession"):
+        self.spark, self.set = spark, False
+
+    def __enter__(self):
+        if self.spark.conf.get(HUGE_METHOD_LIMIT, SPARK_HUGE_METHOD_DEFAULT) == SPARK_HUGE_METHOD_DEFAULT:
+            self.spark.conf.set(HUGE_METHOD_LIMIT, "8000")
+            self.set = True
+        return self
+
+    def __exit__(self, *exc):
+        if self.set:
+            self.spark.conf.unset(HUGE_METHOD_LIMIT)
+        return False
 
 
 def checkpoint_path(cfg, source: Source) -> str:
@@ -1257,6 +1585,7 @@ def run(ctx, args: argparse.Namespace) -> dict:
     summary: dict[str, Any] = {
         "source": source.pattern, "stream_id": source.stream_id, "batches": 0, "files": 0,
         "rows_read": 0, "bronze_new": 0, "quarantined": 0, "duplicates": 0, "bronze_replaced": 0,
+        "batch_seconds": [],
     }
     first = None if src.format == "parquet" or not source.files else _first_header(spark, source.files, src.encoding)
     if not source.files:
@@ -1272,7 +1601,7 @@ def run(ctx, args: argparse.Namespace) -> dict:
                  source.pattern, len(source.files), layout.format, layout.adapter, layout.mapping)
         writer = _BatchWriter(ctx, source, layout, ts_bounds(cfg.ingest), getattr(args, "reread", None) or "refuse")
         ckpt = checkpoint_path(cfg, source)
-        with step(log, f"ingest stream (checkpoint {ckpt})"):
+        with step(log, f"ingest stream (checkpoint {ckpt})"), _jit_sized_codegen(spark):
             query = (
                 _stream(spark, source, layout, cfg.ingest.max_files_per_trigger, pq_schema)
                 .writeStream.queryName(f"ingest_{source.stream_id}")
@@ -1295,6 +1624,7 @@ def run(ctx, args: argparse.Namespace) -> dict:
             summary["quarantined"] += b["rows_quarantined"]
             summary["duplicates"] += b["rows_duplicate"]
             summary["bronze_replaced"] += b["rows_bronze_replaced"]
+            summary["batch_seconds"].append(b["seconds"])
         if not writer.batches:
             log.info("no new files since the last run; nothing to ingest")
 

@@ -182,6 +182,7 @@ def write(
     keys: Optional[Iterable[str]] = None,
     update_matched: bool = False,
     delete_unmatched: Optional[str] = None,
+    merge_filter: Optional[str] = None,
     partition_by: Optional[Iterable[str]] = None,
     replace_where: Optional[str] = None,
     comment: Optional[str] = None,
@@ -200,6 +201,16 @@ def write(
     have no match in ``df`` are deleted in the same commit, so a rerun that writes a slice again
     with ``update_matched`` replaces that slice exactly (rows it no longer produces go).
 
+    ``merge_filter`` (merge only): a predicate on the target's columns, qualified by ``t``, that
+    every target row a source row can match satisfies (e.g. ``t.event_date BETWEEN DATE'2025-03-01'
+    AND DATE'2025-03-03'`` when the source's rows all fall in those days and equal keys imply equal
+    days). It is added to the match condition, so Delta reads only the files that can hold a match
+    (partition pruning, min/max file skipping) instead of the whole table. A predicate that leaves
+    out a row that does match would let its key be inserted twice: the caller vouches for it.
+    With ``delete_unmatched`` too, a target row outside the filter matches nothing, so it is
+    deleted whenever it satisfies ``delete_unmatched``: the filter must then take in every row of
+    that slice that ``df`` keeps, wherever it lies.
+
     ``properties`` (overwrite only): table properties that describe the rows, committed in the
     same commit as the rows (see :func:`_replace_with_properties`).
     """
@@ -207,8 +218,8 @@ def write(
         raise ValueError(f"unknown write mode {mode!r}")
     if mode == "merge" and not keys:
         raise ValueError("merge needs keys")
-    if delete_unmatched and mode != "merge":
-        raise ValueError("delete_unmatched goes with merge only")
+    if (delete_unmatched or merge_filter) and mode != "merge":
+        raise ValueError("delete_unmatched and merge_filter go with merge only")
     if mode == "replace_where" and not replace_where:
         raise ValueError("replace_where mode needs a predicate")
     if properties and mode != "overwrite":
@@ -222,7 +233,7 @@ def write(
     for attempt in range(1, CONFLICT_ATTEMPTS + 1):
         try:
             _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace_where, comment, properties,
-                        delete_unmatched, add_columns)
+                        delete_unmatched, add_columns, merge_filter)
             break
         except Exception as e:  # noqa: BLE001 - only Delta's concurrency errors are retried
             if mode == "append" or attempt == CONFLICT_ATTEMPTS or not is_concurrent_write_error(e):
@@ -252,7 +263,7 @@ def is_concurrent_write_error(e: BaseException) -> bool:
 
 
 def _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace_where, comment, properties,
-                delete_unmatched=None, add_columns=False) -> None:
+                delete_unmatched=None, add_columns=False, merge_filter=None) -> None:
     from delta.tables import DeltaTable
 
     spark = df.sparkSession
@@ -267,6 +278,8 @@ def _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace
         keys = list(keys or [])
         target = DeltaTable.forPath(spark, path)
         cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+        if merge_filter:
+            cond = f"{cond} AND ({merge_filter})"
         m = target.alias("t").merge(df.alias("s"), cond)
         if update_matched:
             m = m.whenMatchedUpdateAll()

@@ -4,6 +4,8 @@ back under new event ids are refused before anything is written, or with ``--rer
 replace the file's old rows in the same commit; the accounting invariant holds throughout."""
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
 
 from ebbtide import cli, ingest, tables
@@ -70,7 +72,7 @@ def test_a_row_hash_scheme_change_is_refused(ctx, tmp_path, monkeypatch):
     path = write_lines(tmp_path / "old" / "u.csv", [HEADER, *GOOD])
     current = ingest.row_hash
     with monkeypatch.context() as m:
-        m.setattr(ingest, "row_hash", lambda ts_column=None, ts_us=None: current(None, None))
+        m.setattr(ingest, "row_hash", lambda ts_column=None, ts_us=None, columns=(): current(None, None, columns))
         assert counts(run_ingest(ctx, "--source", str(path))) == (3, 3, 0, 0)
     before = snapshot(ctx)
     with pytest.raises(ingest.RereadError, match=r"adds 3 under new ids \(3 with the same user"):
@@ -116,3 +118,24 @@ def test_replace_killed_after_its_bronze_commit_completes_on_rerun(ctx, src, mon
     log_rows = ops_log(ctx)
     assert_invariant(log_rows)
     assert [(r["rows_bronze_new"], r["rows_duplicate"]) for r in log_rows if r["stream_id"] == s["stream_id"]] == [(3, 0)]
+
+
+def test_replace_keeps_what_it_matches_and_deletes_the_rest_on_any_day(ctx, tmp_path):
+    # The bronze MERGE is confined to the batch's days, but a replaced file's old rows may lie on
+    # others: read with another timestamp column, a row with the source's own id keeps its id (and
+    # its old row, on the old day), while a row without one gets a new id on a new day, and its old
+    # row, on a day this reading has no row on, must go all the same.
+    header = "event_id,user_id,item_id,ts,ts2"
+    path = write_lines(tmp_path / "raw" / "b.csv",
+                       [header, "e1,u1,i1,1700000000,1700400000", ",u2,i2,1700000060,1700400060"])
+    assert counts(run_ingest(ctx, "--source", str(path))) == (2, 2, 0, 0)
+    before = {r["user_id"]: r for r in bronze(ctx)}
+    assert {r["event_date"] for r in before.values()} == {date(2023, 11, 14)}
+
+    s = run_ingest(ctx, "--source", str(path), "--column", "ts=ts2", "--reread", "replace")
+    assert counts(s) == (2, 1, 0, 1) and s["bronze_replaced"] == 1
+    after = {r["user_id"]: r for r in bronze(ctx)}
+    assert len(bronze(ctx)) == 2
+    assert after["u1"]["event_id"] == "e1" and after["u1"]["event_date"] == date(2023, 11, 14)
+    assert after["u2"]["event_id"] != before["u2"]["event_id"] and after["u2"]["event_date"] == date(2023, 11, 19)
+    assert_invariant(ops_log(ctx))

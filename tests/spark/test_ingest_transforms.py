@@ -269,3 +269,179 @@ def test_bytes_that_are_not_the_encoding_are_quarantined_and_kept(spark):
     assert bad["reason"] == "invalid utf-8" and bad["raw"] == "u-jos\u00e9,i1,1700000000,1"
     (good,) = ingest.prepare(df, dataclasses.replace(CSV, encoding="latin-1"), *BOUNDS).collect()
     assert good["reason"] is None and good["user_id"] == "u-jos\u00e9"
+
+
+# ---------------------------------------------------------------------------------------------
+# The shortcuts taken for speed give exactly what the general expressions gave: the same ids
+# (rows already in bronze must dedupe against new ones), extras, reasons.
+# ---------------------------------------------------------------------------------------------
+
+TRICKY = [
+    "u1,i1,1710052200,1,ios",
+    "u1,i1,1710052200000,1,ios",                    # the same instant in ms: the same id
+    '" u2 ",\u00a0i2\u3000,2024-03-10T06:30:00Z,,web',
+    'u3,"a ""q"", b",1710052200,NA,',
+    'u4,i\u00e9\U0001f600,1710052200,"",""',
+    "\tu5\t,i5,1710052200,\\N,\u2028x\u2028",
+    "u6,,1710052200,1,ios",                         # missing item
+    "u7,i7,1710052200,1",                           # wrong field count
+    "u8,i8,1710052200,1,a,b",
+    'u9,"i9,1710052200,1,ios',                      # unbalanced quote
+    "\ufeffu10,i10,1710052200,1,ios",               # a BOM before the first field
+    "u11,i11,1710052200,five,ios",
+]
+
+
+def test_the_fast_paths_give_what_the_general_expressions_give(spark, monkeypatch):
+    from pyspark.sql import functions as F
+
+    csv = ingest.resolve_layout(SourceConf(path="x"), "user_id,item_id,ts,value,device")
+    parquet = ingest.resolve_layout(SourceConf(path="x", format="parquet", columns={"value": "rating"}), None,
+                                    ["user_id", "item_id", "ts", "rating", "note", "device"])
+    pq_rows = spark.createDataFrame(
+        [(7, "i1", datetime(2024, 3, 10, 6, 30), 4.0, None, "x"), (8, "i\u00e9", None, float("nan"), "", "y")],
+        "user_id long, item_id string, ts timestamp, rating double, note string, device string",
+    ).withColumn("source_file", F.lit("file:/p.parquet"))
+
+    def run(layout, df):
+        rows = ingest.prepare(df, layout, *BOUNDS)
+        out = rows.select("*", ingest.event_id_col().alias("event_id")).orderBy("raw").collect()
+        return [r.asDict(recursive=True) for r in out]
+
+    lines = spark.createDataFrame([(line, "file:/src/a.csv") for line in TRICKY], "value string, source_file string")
+    fast = [run(csv, lines), run(parquet, pq_rows)]
+    monkeypatch.setattr(ingest, "_static_keys", lambda columns: False)  # the per-row map functions
+    general = [run(csv, lines), run(parquet, pq_rows)]
+    assert fast == general
+    good = [r for r in fast[0] if r["reason"] is None]
+    assert len(good) == 7 and len({r["event_id"] for r in good}) == 6  # u1 in s and in ms: one event
+
+
+def _row_hash_as_it_was(layout):
+    """The row hash as ingest wrote it into bronze before the per-column shortcut, kept verbatim
+    (regular-expression trim, ts_micros, entries sorted by Spark per row): bronze holds ids made
+    this way, so the shortcut must give them again, or rows read again would stop deduplicating."""
+    from pyspark.sql import functions as F
+
+    def missing_to_null(c, null_values):
+        t = F.regexp_replace(c, r"^[\s\p{Z}]+|[\s\p{Z}]+$", "")
+        keep = t != ""
+        if null_values:
+            keep = keep & ~t.isin(*null_values)
+        return F.when(keep, t)
+
+    def ts_micros(ts_text, unit):
+        num = F.expr("try_cast(null as double)") if unit == "iso" else ts_text.try_cast("double")
+        num = F.when(~F.isnan(num) & (F.abs(num) != F.lit(float("inf"))), num)
+        iso = F.unix_micros(F.try_to_timestamp(ts_text)).cast("double")
+        if unit in ingest._UNIT_MICROS:
+            return num * ingest._UNIT_MICROS[unit]
+        if unit == "iso":
+            return iso
+        a = F.abs(num)
+        by_size = (F.when(a < ingest.MS_THRESHOLD, num * 1e6).when(a < ingest.US_THRESHOLD, num * 1e3)
+                   .when(a < ingest.NS_THRESHOLD, num).otherwise(num * 1e-3))
+        return F.when(num.isNotNull(), by_size).otherwise(iso)
+
+    ts_column = layout.mapping["ts"]
+    ts_us = ts_micros(missing_to_null(F.try_element_at(F.col("fields"), F.lit(ts_column)), layout.null_values),
+                      layout.ts_unit)
+    instant = F.concat(F.lit("@us:"), F.round(ts_us).cast("long").cast("string"))
+    fields = F.transform_values(
+        F.col("fields"), lambda k, v: F.when((k == F.lit(ts_column)) & ts_us.isNotNull(), instant).otherwise(v))
+    pairs = F.transform(F.array_sort(F.map_entries(fields)), lambda e: F.array(e["key"], e["value"]))
+    return F.sha2(F.to_json(pairs), 256)
+
+
+def _hashes_old_and_new(parsed, layout) -> tuple[dict, dict]:
+    old = {r[0]: r[1] for r in parsed.select("raw", _row_hash_as_it_was(layout)).collect()}
+    new = {r[0]: r[1] for r in ingest.to_contract(parsed, layout).select("raw", "row_hash").collect()}
+    return old, new
+
+
+@pytest.mark.parametrize("unit", ["auto", "s"])
+def test_csv_row_hash_is_the_one_bronze_already_holds(spark, unit):
+    # Column names whose code-point order differs from their file order, upper case and non-ASCII.
+    header = "user_id,item_id,ts,value,Device,\u00fcnit,_x"
+    layout = ingest.resolve_layout(SourceConf(path="x", ts_unit=unit), header)
+    assert ingest._static_keys(layout.columns)
+    lines = [
+        "u1,i1,1710052200,1,ios,a,b",
+        "u1,i1,1710052200000,1,ios,a,b",
+        '" u2 ",\u00a0i2\u3000,2024-03-10T06:30:00Z,,web,,',
+        'u3,"",1710052200,"",\\N,NA,""',
+        "u4,i\u00e9\U0001f600,\t1710052200\t,1,\u2028x\u2028,\u00fc,\u3000",
+        "u5,i5,NA,1,ios,a,b",
+        "u6,i6,,1,ios,a,b",
+        'u7,i7," ",1,ios,a,b',
+        "u8,i8,2024-03-10,1,\"a,b\",z,\"\"\"q\"\"\"",
+        "u9,i9,1.7100522e9,1,x,y,z",
+        "u10,i10,-5,1,x,y,z",
+        "u11,i11,not a time,1,x,y,z",
+        "u12,i12,1710052200,1",                 # the wrong field count: no fields, no hash
+        'u13,"i13,1710052200,1,ios,a,b',        # an open quote: no fields, no hash
+    ]
+    df = spark.createDataFrame([(line, "file:/src/a.csv") for line in lines], "value string, source_file string")
+    old, new = _hashes_old_and_new(ingest.parse_lines(df, layout), layout)
+    assert len(new) == len(lines) and new == old
+    assert sum(v is None for v in new.values()) == 2
+    assert len({v for v in new.values() if v is not None}) == len(lines) - 2 - (unit == "auto")
+
+
+def test_parquet_row_hash_is_the_one_bronze_already_holds(spark):
+    from pyspark.sql import functions as F
+
+    rows = [
+        (7, "i1", datetime(2024, 3, 10, 6, 30), 4.0, None, "x", "\u00e9"),
+        (8, "i\u00e9\U0001f600", None, float("nan"), "", "y", None),
+        (9, " i9 ", datetime(2024, 3, 10, 6, 30, 0, 123456), None, "\u2028", "", ""),
+        (None, "", datetime(1999, 12, 31, 23, 59, 59), float("inf"), "NA", "\\N", "\u3000"),
+    ]
+    df = spark.createDataFrame(
+        rows, "user_id long, item_id string, ts timestamp, rating double, note string, Device string, `\u00e9t\u00e9` string",
+    ).withColumn("source_file", F.lit("file:/p.parquet"))
+    layout = ingest.resolve_layout(SourceConf(path="x", format="parquet", columns={"value": "rating"}), None,
+                                   [c for c in df.columns if c != "source_file"])
+    assert ingest._static_keys(layout.columns)
+    old, new = _hashes_old_and_new(ingest.parse_parquet(df), layout)
+    assert len(new) == len(rows) and new == old
+    assert None not in new.values() and len(set(new.values())) == len(rows)
+
+    # A timestamp kept as epoch milliseconds in a long column enters as the same instant.
+    as_ms = df.withColumn("ts", (F.unix_micros("ts") / 1000).cast("long"))
+    old_ms, new_ms = _hashes_old_and_new(ingest.parse_parquet(as_ms), layout)
+    assert new_ms == old_ms
+
+
+def test_padding_is_trimmed_as_the_regular_expression_did(spark):
+    from pyspark.sql import functions as F
+
+    chars = [chr(c) for c in range(0x3100) if not 0xD800 <= c <= 0xDFFF] + ["\ufeff", "\u180e", "\U0001f600"]
+    df = spark.createDataFrame([(f"{c}{c}x{c}y{c}",) for c in chars], "s string")
+    regex = F.regexp_replace("s", r"^[\s\p{Z}]+|[\s\p{Z}]+$", "")
+    trimmed = F.btrim(F.col("s"), F.lit(ingest.PADDING))
+    assert df.where(~regex.eqNullSafe(trimmed)).count() == 0
+    assert df.where(F.col("s") != trimmed).count() == len(ingest.PADDING)
+
+
+@pytest.mark.parametrize("delimiter", [",", "::"])
+def test_field_and_quote_counts_match_the_regular_expressions(spark, delimiter):
+    from pyspark.sql import functions as F
+
+    d = delimiter
+    lines = [f"a{d}b{d}c", f'a{d}"b{d}x"{d}c', f'a{d}"b""{d}"{d}c', f"a{d}b", f"a{d}b{d}c{d}", f'a{d}"b{d}c',
+             f"{d}{d}", f"a{d}{d}{d}c", f'"a"{d}"b"{d}""', f'a{d}b"{d}c', "abc", f"a{d[0]}b{d}c"]
+    layout = ingest.resolve_layout(SourceConf(path="x", csv_delimiter=d, csv_header=False, columns={
+        "user_id": "_c0", "item_id": "_c1", "ts": "_c2"}), f"x{d}y{d}z")
+    df = spark.createDataFrame([(line, "file:/a.csv") for line in lines], "value string, source_file string")
+    got = {r["raw"]: r["parse_error"] for r in ingest.parse_lines(df, layout).collect()}
+    # The expressions parse_lines used before (regular expressions over every line).
+    java_literal = "".join(c if c.isalnum() else "\\" + c for c in d)
+    unquoted = F.regexp_replace(F.col("value"), '"(?:[^"]|"")*"', "")
+    n_fields = F.size(F.split(unquoted, java_literal, -1))
+    n_quotes = F.length("value") - F.length(F.regexp_replace("value", '"', ""))
+    error = (F.when(n_quotes % 2 == 1, F.lit(ingest.R_UNBALANCED_QUOTE))
+             .when(n_fields != 3, F.lit(ingest.R_FIELD_COUNT)))
+    want = {r[0]: r[1] for r in df.select("value", error).collect()}
+    assert got == want
+    assert sum(v is None for v in want.values()) >= 4
