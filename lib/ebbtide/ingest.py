@@ -1104,9 +1104,10 @@ def check_reread(rows: "DataFrame", bronze: Optional["DataFrame"], quarantine: O
     ``rows`` is the batch as :func:`prepare` makes it, or as :func:`stage` keeps it. Staged rows
     lack the text of the good lines, which the rescue check below compares with quarantine's:
     ``lines`` (the batch as :func:`prepare` makes it, uncached) then gives it, evaluated only
-    when a batch file was read before, so a batch of new files is still parsed once. A batch file that bronze holds rows of was
-    read before: by an earlier attempt of this batch (a replay after a crash), or under other
-    settings (another checkpoint). Per such file:
+    when a batch file was read before (those files' rows alone, parsed once more and cached for
+    the checks), so a batch of new files is still parsed once. A batch file that bronze holds
+    rows of was read before: by an earlier attempt of this batch (a replay after a crash), or
+    under other settings (another checkpoint). Per such file:
 
     - *held*: its bronze rows whose event_id this reading does not produce (read another way);
     - *fresh*: its rows this reading would insert (event_id not in bronze), less the *rescued*
@@ -1145,53 +1146,68 @@ def check_reread(rows: "DataFrame", bronze: Optional["DataFrame"], quarantine: O
     key = ["source_file", "user_id", "item_id", "ts", "event_type"]
     old = bronze.where(F.col("source_file").isin(*seen)).select("event_id", *key)
     held = old.join(ids, "event_id", "left_anti")
-    texts = good if lines is None else lines.where(F.col("reason").isNull())
-    fresh = (texts.where(F.col("source_file").isin(*seen))
-             .select(_event_id(texts).alias("event_id"), "raw", *key)
-             .join(bronze.select("event_id"), "event_id", "left_anti"))
-    if quarantine is not None:
-        q = quarantine.where(F.col("source_file").isin(*seen)).select("source_file", "raw").distinct()
-        # A line quarantined for its bytes kept them as Latin-1 text: match that spelling too.
-        as_latin1 = F.decode(F.encode(F.col("raw"), "UTF-8"), "ISO-8859-1")
-        fresh = (fresh.join(q, ["source_file", "raw"], "left_anti")
-                 .withColumn("_raw_bytes", as_latin1)
-                 .join(q.withColumnRenamed("raw", "_raw_bytes"), ["source_file", "_raw_bytes"], "left_anti"))
+    texts, cached = good, None
+    if lines is not None:
+        from pyspark import StorageLevel
 
-    counts: dict[str, dict[str, int]] = {f: {"old": 0, "held": 0, "fresh": 0, "same": 0} for f in seen}
-    for r in (old.join(ids.withColumn("_kept", F.lit(True)), "event_id", "left")
-              .groupBy("source_file")
-              .agg(F.count(F.lit(1)).alias("old"), F.count_if(F.col("_kept").isNull()).alias("held"))
-              .collect()):
-        counts[r["source_file"]].update(old=int(r["old"]), held=int(r["held"]))
-    fresh_ids = fresh.select("event_id", *key).distinct()
-    for r in fresh_ids.groupBy("source_file").agg(F.countDistinct("event_id").alias("n")).collect():
-        counts[r["source_file"]]["fresh"] = int(r["n"])
-    twice = [f for f in seen if counts[f]["held"] and counts[f]["fresh"]]
+        # The read-before files' rows, parsed once for the queries below and kept until they are
+        # done. Filtered on source_file alone (a column the parse passes through): a filter on the
+        # computed reason, pushed below the parse's projections, inlines the whole parse into its
+        # condition once per reference, and compiling that generated code took minutes for a few rows.
+        cached = (lines.where(F.col("source_file").isin(*seen))
+                  .select(_event_id(lines).alias("event_id"), "raw", *key, "reason")
+                  .persist(StorageLevel.MEMORY_AND_DISK))
+        texts = cached.where(F.col("reason").isNull())
+    try:
+        fresh = (texts.where(F.col("source_file").isin(*seen))
+                 .select(_event_id(texts).alias("event_id"), "raw", *key)
+                 .join(bronze.select("event_id"), "event_id", "left_anti"))
+        if quarantine is not None:
+            q = quarantine.where(F.col("source_file").isin(*seen)).select("source_file", "raw").distinct()
+            # A line quarantined for its bytes kept them as Latin-1 text: match that spelling too.
+            as_latin1 = F.decode(F.encode(F.col("raw"), "UTF-8"), "ISO-8859-1")
+            fresh = (fresh.join(q, ["source_file", "raw"], "left_anti")
+                     .withColumn("_raw_bytes", as_latin1)
+                     .join(q.withColumnRenamed("raw", "_raw_bytes"), ["source_file", "_raw_bytes"], "left_anti"))
 
-    if twice and mode == "refuse":
-        # The same user, item, instant and type as a row read the other way: the same event under a new id.
-        same = fresh_ids.where(F.col("source_file").isin(*twice)).join(held, key, "left_semi")
-        for r in same.groupBy("source_file").agg(F.countDistinct("event_id").alias("n")).collect():
-            counts[r["source_file"]]["same"] = int(r["n"])
-        shown = "; ".join(
-            f"{f}: bronze holds {counts[f]['old']} of its rows ({counts[f]['held']} under ids this reading does not "
-            f"give), this reading adds {counts[f]['fresh']} under new ids ({counts[f]['same']} with the same user, "
-            f"item, ts and event type)" for f in twice[:_REREAD_SHOWN])
-        more = f"; and {len(twice) - _REREAD_SHOWN} more file(s)" if len(twice) > _REREAD_SHOWN else ""
-        # The fix first: the command line shows one line of at most 600 characters.
-        raise RereadError(
-            f"{len(twice)} file(s) read before with other settings would get new event ids, so bronze_events "
-            f"would hold their rows twice; nothing was written. Rerun with the settings they were read with "
-            f"(ops_ingest_log lists each stream_id's files) or add --reread replace to replace their bronze rows "
-            f"with this reading in one commit: {shown}{more}")
+        counts: dict[str, dict[str, int]] = {f: {"old": 0, "held": 0, "fresh": 0, "same": 0} for f in seen}
+        for r in (old.join(ids.withColumn("_kept", F.lit(True)), "event_id", "left")
+                  .groupBy("source_file")
+                  .agg(F.count(F.lit(1)).alias("old"), F.count_if(F.col("_kept").isNull()).alias("held"))
+                  .collect()):
+            counts[r["source_file"]].update(old=int(r["old"]), held=int(r["held"]))
+        fresh_ids = fresh.select("event_id", *key).distinct()
+        for r in fresh_ids.groupBy("source_file").agg(F.countDistinct("event_id").alias("n")).collect():
+            counts[r["source_file"]]["fresh"] = int(r["n"])
+        twice = [f for f in seen if counts[f]["held"] and counts[f]["fresh"]]
 
-    replace = tuple(f for f in seen if counts[f]["held"]) if mode == "replace" else ()
-    replaced = sum(counts[f]["held"] for f in replace)
-    if replace:
-        log.warning("batch %d: --reread replace: %d file(s) were ingested before with other settings; their %d "
-                    "bronze row(s) that this reading does not give are deleted in the bronze MERGE",
-                    batch_id, len(replace), replaced)
-    return Reread(earlier=earlier, replace=replace, replaced=replaced)
+        if twice and mode == "refuse":
+            # The same user, item, instant and type as a row read the other way: the same event under a new id.
+            same = fresh_ids.where(F.col("source_file").isin(*twice)).join(held, key, "left_semi")
+            for r in same.groupBy("source_file").agg(F.countDistinct("event_id").alias("n")).collect():
+                counts[r["source_file"]]["same"] = int(r["n"])
+            shown = "; ".join(
+                f"{f}: bronze holds {counts[f]['old']} of its rows ({counts[f]['held']} under ids this reading "
+                f"does not give), this reading adds {counts[f]['fresh']} under new ids ({counts[f]['same']} with the "
+                f"same user, item, ts and event type)" for f in twice[:_REREAD_SHOWN])
+            more = f"; and {len(twice) - _REREAD_SHOWN} more file(s)" if len(twice) > _REREAD_SHOWN else ""
+            # The fix first: the command line shows one line of at most 600 characters.
+            raise RereadError(
+                f"{len(twice)} file(s) read before with other settings would get new event ids, so bronze_events "
+                f"would hold their rows twice; nothing was written. Rerun with the settings they were read with "
+                f"(ops_ingest_log lists each stream_id's files) or add --reread replace to replace their bronze rows "
+                f"with this reading in one commit: {shown}{more}")
+
+        replace = tuple(f for f in seen if counts[f]["held"]) if mode == "replace" else ()
+        replaced = sum(counts[f]["held"] for f in replace)
+        if replace:
+            log.warning("batch %d: --reread replace: %d file(s) were ingested before with other settings; their %d "
+                        "bronze row(s) that this reading does not give are deleted in the bronze MERGE",
+                        batch_id, len(replace), replaced)
+        return Reread(earlier=earlier, replace=replace, replaced=replaced)
+    finally:
+        if cached is not None:
+            cached.unpersist()
 
 
 def _event_id(rows: "DataFrame") -> "Column":
