@@ -335,7 +335,9 @@ def summary_line(res: dict) -> dict:
     out["best_s"] = {ds: {m: round(_agg(v["best_s"])[0], 1) for m, v in models.items() if v.get("best_s")}
                      for ds, models in res.items()}
     out["request_time"] = {"ndcg@10": table("request_time_ndcg@10")}
-    return out
+    # A metric that cannot be computed (no user active in the last week before the cut) is null:
+    # the line must stay strict JSON for whatever parses it.
+    return _nan_to_none(out)
 
 
 def main() -> int:
@@ -416,7 +418,7 @@ def main() -> int:
     res, info = {**res, **saved_res}, {**info, **saved_info}
     res = finish(res)
     write_markdown(Path(args.out), res, info, args, time.perf_counter() - t_start)
-    print(json.dumps(summary_line(res)))
+    print(json.dumps(summary_line(res), allow_nan=False))
     return 0
 
 

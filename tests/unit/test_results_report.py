@@ -53,7 +53,10 @@ def test_report_from_saved_lanes(tmp_path):
     assert "77 test examples" in text
     figures = json.loads(out.with_suffix(".json").read_text())
     assert figures["datasets"]["ds"]["models"]["SASRec"]["best_epoch"] == [30]
+    res["rfm_logistic"]["churn_auc_recent"] = [float("nan")]
     line = R.summary_line({"ds": res})
+    assert line["churn_auc_recent"]["ds"]["rfm_logistic"] is None
+    json.dumps(line, allow_nan=False)
     assert line["protocol"] == "nightly" and line["ndcg@10"]["ds"]["ebbtide"] == 0.031
     assert line["best_s"]["ds"]["ebbtide"] == 220.0
 
