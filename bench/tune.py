@@ -11,6 +11,12 @@ the trainer's learning-rate schedule (`train.lr_factor`) and early stopping on v
 already in the window excluded, as `make results` ranks MovieLens). The test split is not exported,
 so a search cannot read it. One JSON line per trial; the chosen setting then runs through
 `make results` like any other.
+
+It ranks the request-time view only. The headline is the nightly view, which needs each user's
+valid days and their item sets: before a setting becomes a default, train it and run
+`ebbtide evaluate --split valid --no-champion --no-promote` on the model, which reports both views
+and churn on the validation split (a setting that won here lost the nightly view there:
+docs/training.md, `time_inputs`).
 """
 from __future__ import annotations
 
