@@ -41,6 +41,9 @@ import pyarrow.csv as pacsv
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_sessionize import _jvm_cpu_s  # noqa: E402  (one way to read the Spark JVM's CPU seconds)
 
 START_S = 1_735_689_600  # 2025-01-01T00:00:00Z
 DAY_S = 86_400
@@ -110,18 +113,6 @@ def generate(folder: Path, rows: int, files: int, dup_fraction: float, bad_fract
 
 def _bad_count(t: pa.Table) -> int:
     return int(pc.sum(pc.or_(pc.equal(t["user_id"], ""), pc.equal(t["ts"], "soon"))).as_py() or 0)
-
-
-def _jvm_cpu_s() -> float:
-    """CPU seconds used so far by the local Spark JVM (a child of this process)."""
-    import subprocess
-
-    total = 0.0
-    for pid in subprocess.run(["pgrep", "-P", str(os.getpid()), "java"], capture_output=True, text=True).stdout.split():
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 def run_ebbtide(spark, base_cfg, src: Path, root: Path, files_per_batch: int, glob: str = "*.csv") -> dict:
