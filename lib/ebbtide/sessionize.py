@@ -8,7 +8,8 @@ the source cannot move a boundary.
 
 Late and out-of-order events: a user's sessions depend on all of their events, so every
 user touched by new bronze data is re-sessionized from their whole history and their rows
-are replaced in both silver tables (one Delta commit per table). Which bronze rows are new
+are replaced in both silver tables (one Delta MERGE per table, keyed on the user: the affected
+users stay a distributed DataFrame, never a list on the driver). Which bronze rows are new
 is found from the bronze Delta snapshots: the data files present now but not at the last
 processed version (and those gone since, for deletions) name the affected users. The
 processed bronze version is recorded in ``ops_sessionize_log`` after both silver tables are
@@ -41,9 +42,6 @@ SESSION_COLUMNS = (
     "user_id", "session_id", "session_index", "start_ts", "end_ts", "duration_s",
     "n_events", "n_items", "event_types",
 )
-# Past this many affected users one incremental replace predicate gets unwieldy (it lists
-# them); recomputing every user is then about as cheap and much simpler for Delta.
-MAX_INCREMENTAL_USERS = 20_000
 
 EVENTS_COMMENT = (
     "Bronze events with their session: session_id = user_id#session_index, event_seq = "
@@ -163,14 +161,6 @@ def affected_users(
     return users.distinct()
 
 
-def _sql_literal(s: str) -> str:
-    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def users_predicate(user_ids: list[str]) -> str:
-    return "user_id IN (" + ", ".join(_sql_literal(u) for u in user_ids) + ")"
-
-
 # --------------------------------------------------------------------------------------
 # Stage
 # --------------------------------------------------------------------------------------
@@ -213,8 +203,6 @@ def _log_row(spark: "SparkSession", run_id: str, summary: dict[str, Any], proces
 
 
 def run(ctx, args) -> dict[str, Any]:
-    from pyspark.sql import functions as F
-
     cfg, spark = ctx.cfg, ctx.spark
     gap = float(args.gap_minutes if getattr(args, "gap_minutes", None) is not None else cfg.sessionize.gap_minutes)
     full = bool(getattr(args, "full", False)) or not cfg.sessionize.incremental
@@ -251,13 +239,13 @@ def run(ctx, args) -> dict[str, Any]:
                 if users_df is None:
                     reason = "old bronze snapshot unreadable"
                 else:
-                    user_ids = sorted(r["user_id"] for r in users_df.collect())
-                    if not user_ids:
+                    # Materialized once: both MERGEs and the count read the same users, and the
+                    # file listing behind them is not redone per use.
+                    users_df = users_df.localCheckpoint(eager=True)
+                    n_users = users_df.count()
+                    if not n_users:
                         log.info("no bronze rows changed since v%d; nothing to do", last["bronze_version"])
                         return {"mode": "noop", **summary}
-                    if len(user_ids) > MAX_INCREMENTAL_USERS:
-                        reason = f"{len(user_ids)} affected users (> {MAX_INCREMENTAL_USERS})"
-                        users_df = None
 
     if users_df is None:
         log.info("sessionizing every user (%s), gap %.4g min, bronze v%d", reason, gap, bronze_version)
@@ -272,19 +260,18 @@ def run(ctx, args) -> dict[str, Any]:
         summary["mode"] = "full"
         summary["affected_users"] = tables.read(spark, cfg, SILVER_SESSIONS).select("user_id").distinct().count()
     else:
-        log.info("re-sessionizing %d affected users, gap %.4g min, bronze v%d", len(user_ids), gap, bronze_version)
-        pred = users_predicate(user_ids)
-        ids = spark.createDataFrame([(u,) for u in user_ids], "user_id string")
-        mine = bronze.join(F.broadcast(ids), "user_id", "left_semi")
+        log.info("re-sessionizing %d affected users, gap %.4g min, bronze v%d", n_users, gap, bronze_version)
+        mine = bronze.join(users_df, "user_id", "left_semi")
         events = with_processed_at(sessionize_events(mine, gap), processed_at)
-        with step(log, f"replacing silver_events rows of {len(user_ids)} users"):
-            tables.write(events, cfg, SILVER_EVENTS, "replace_where", replace_where=pred, partition_by=["event_date"])
-        silver = tables.read(spark, cfg, SILVER_EVENTS).where(pred)
+        with step(log, f"merging silver_events rows of {n_users} users"):
+            tables.write(events, cfg, SILVER_EVENTS, "merge", keys=["event_id"], replace_scope=users_df,
+                         partition_by=["event_date"])
+        silver = tables.read(spark, cfg, SILVER_EVENTS).join(users_df, "user_id", "left_semi")
         sessions = with_processed_at(summarize_sessions(silver), processed_at)
-        with step(log, f"replacing silver_sessions rows of {len(user_ids)} users"):
-            tables.write(sessions, cfg, SILVER_SESSIONS, "replace_where", replace_where=pred)
+        with step(log, f"merging silver_sessions rows of {n_users} users"):
+            tables.write(sessions, cfg, SILVER_SESSIONS, "merge", keys=["session_id"], replace_scope=users_df)
         summary["mode"] = "incremental"
-        summary["affected_users"] = len(user_ids)
+        summary["affected_users"] = n_users
 
     summary["events_written"] = _rows_written(spark, cfg, SILVER_EVENTS)
     summary["sessions_written"] = _rows_written(spark, cfg, SILVER_SESSIONS)
@@ -301,12 +288,15 @@ def _rows_written(spark: "SparkSession", cfg: "Config", name: str) -> int:
     """Rows the latest data commit wrote, from Delta's operation metrics (no rescan).
 
     Table comments are set in a commit of their own after a table's first write, so the
-    newest commit that wrote rows is looked up among the last few.
+    newest commit that wrote rows is looked up among the last few. A MERGE's output also holds
+    the unchanged rows it copied out of rewritten files: only its inserts and updates count.
     """
     from delta.tables import DeltaTable
 
     for h in DeltaTable.forPath(spark, tables.table_path(cfg, name)).history(5).collect():
         m = h["operationMetrics"] or {}
+        if "numTargetRowsInserted" in m:
+            return int(m["numTargetRowsInserted"]) + int(m.get("numTargetRowsUpdated", 0))
         if "numOutputRows" in m:
             return int(m["numOutputRows"])
     return 0

@@ -7,7 +7,8 @@ idempotent for the same input:
 - ``overwrite``: replace the whole table (one atomic Delta commit);
 - ``replace_where``: replace exactly the rows matching a predicate, e.g. one score date;
 - ``merge``: insert rows whose ``keys`` are new (and optionally update matched rows, and delete
-  the target rows of a slice that the new rows no longer hold: ``delete_unmatched``);
+  the target rows of a slice that the new rows no longer hold: ``delete_unmatched`` for a slice
+  named by a predicate, ``replace_scope`` for one named by a DataFrame of keys, e.g. users);
 - ``append``: only for logs whose rows carry a run id (ops tables).
 
 A new table is first created by a metadata-only commit (no Spark job, no data file), so a
@@ -183,6 +184,7 @@ def write(
     update_matched: bool = False,
     delete_unmatched: Optional[str] = None,
     merge_filter: Optional[str] = None,
+    replace_scope: Optional["DataFrame"] = None,
     partition_by: Optional[Iterable[str]] = None,
     replace_where: Optional[str] = None,
     comment: Optional[str] = None,
@@ -211,6 +213,12 @@ def write(
     deleted whenever it satisfies ``delete_unmatched``: the filter must then take in every row of
     that slice that ``df`` keeps, wherever it lies.
 
+    ``replace_scope`` (merge only): a DataFrame of scope keys (e.g. one ``user_id`` column, distinct).
+    The target rows whose scope columns match one of its rows are replaced by ``df``'s: rows with
+    a key in ``df`` are updated, new keys inserted, and the scope's other rows deleted, in one
+    commit. The scope stays distributed (a join, not a list on the driver), so it can name
+    millions of users; ``df`` must hold only rows inside the scope.
+
     ``properties`` (overwrite only): table properties that describe the rows, committed in the
     same commit as the rows (see :func:`_replace_with_properties`).
     """
@@ -218,8 +226,10 @@ def write(
         raise ValueError(f"unknown write mode {mode!r}")
     if mode == "merge" and not keys:
         raise ValueError("merge needs keys")
-    if (delete_unmatched or merge_filter) and mode != "merge":
-        raise ValueError("delete_unmatched and merge_filter go with merge only")
+    if (delete_unmatched or merge_filter or replace_scope is not None) and mode != "merge":
+        raise ValueError("delete_unmatched, merge_filter and replace_scope go with merge only")
+    if replace_scope is not None and delete_unmatched:
+        raise ValueError("replace_scope and delete_unmatched both delete a slice: give one")
     if mode == "replace_where" and not replace_where:
         raise ValueError("replace_where mode needs a predicate")
     if properties and mode != "overwrite":
@@ -233,7 +243,7 @@ def write(
     for attempt in range(1, CONFLICT_ATTEMPTS + 1):
         try:
             _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace_where, comment, properties,
-                        delete_unmatched, add_columns, merge_filter)
+                        delete_unmatched, add_columns, merge_filter, replace_scope)
             break
         except Exception as e:  # noqa: BLE001 - only Delta's concurrency errors are retried
             if mode == "append" or attempt == CONFLICT_ATTEMPTS or not is_concurrent_write_error(e):
@@ -263,7 +273,7 @@ def is_concurrent_write_error(e: BaseException) -> bool:
 
 
 def _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace_where, comment, properties,
-                delete_unmatched=None, add_columns=False, merge_filter=None) -> None:
+                delete_unmatched=None, add_columns=False, merge_filter=None, replace_scope=None) -> None:
     from delta.tables import DeltaTable
 
     spark = df.sparkSession
@@ -280,6 +290,10 @@ def _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace
         cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
         if merge_filter:
             cond = f"{cond} AND ({merge_filter})"
+        if replace_scope is not None:
+            _merge_replacing_scope(target, df, replace_scope, keys, cond)
+            register(spark, cfg, name)
+            return
         m = target.alias("t").merge(df.alias("s"), cond)
         if update_matched:
             m = m.whenMatchedUpdateAll()
@@ -305,6 +319,40 @@ def _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace
         w.save(path)
 
     register(spark, cfg, name)
+
+
+# Marks the source rows of a scoped replace that delete their target row (never a table column).
+_DELETE_FLAG = "__ebbtide_delete"
+
+
+def _merge_replacing_scope(target, df: "DataFrame", scope: "DataFrame", keys: list[str], cond: str) -> None:
+    """One MERGE that makes the target's rows inside ``scope`` equal to ``df`` (see :func:`write`).
+
+    Delta's ``WHEN NOT MATCHED BY SOURCE`` condition may only name target columns, so it cannot
+    say "in this scope". Instead the scope's stale rows (in the target, in the scope, key absent
+    from ``df``) join the source as delete markers: every row the MERGE touches is then matched
+    by exactly one source row, and the target is read by the same transaction that commits.
+    """
+    from pyspark.sql import functions as F
+
+    scope_cols = list(scope.columns)
+    stale = (
+        target.toDF().join(scope, scope_cols, "left_semi")
+        .join(df.select(*keys), keys, "left_anti")
+        .select(*keys)
+    )
+    src = (
+        df.withColumn(_DELETE_FLAG, F.lit(False))
+        .unionByName(stale.withColumn(_DELETE_FLAG, F.lit(True)), allowMissingColumns=True)
+    )
+    values = {f"`{c}`": f"s.`{c}`" for c in df.columns}
+    (
+        target.alias("t").merge(src.alias("s"), cond)
+        .whenMatchedDelete(condition=f"s.`{_DELETE_FLAG}`")
+        .whenMatchedUpdate(set=values)
+        .whenNotMatchedInsert(condition=f"NOT s.`{_DELETE_FLAG}`", values=values)
+        .execute()
+    )
 
 
 def _create(spark: "SparkSession", path: str, schema, parts: list[str], comment: Optional[str]) -> None:

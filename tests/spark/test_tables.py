@@ -6,6 +6,8 @@ import logging
 import os
 from pathlib import Path
 
+import pytest
+
 from ebbtide import tables
 
 
@@ -128,3 +130,27 @@ def test_overwrite_with_properties_commits_rows_and_properties_together(spark, c
     assert tables.version(spark, cfg, name) == 2  # create, then one commit per build
     with pytest.raises(ValueError, match="overwrite only"):
         tables.write(df, cfg, name, "append", properties={"ebbtide.build": "3"})
+
+
+def test_merge_with_replace_scope_makes_the_scopes_rows_equal_to_the_source_in_one_commit(spark, cfg):
+    schema = "user_id string, row_id string, v long"
+    tables.write(spark.createDataFrame([
+        ("u1", "a", 1), ("u1", "b", 2), ("u1", "c", 3),  # u1: b is updated, c goes, d is new
+        ("u2", "e", 5),                                  # u2: in the scope, gone from the source
+        ("u3", "f", 6),                                  # u3: outside the scope, untouched
+    ], schema), cfg, "scoped_table", "overwrite")
+    before = tables.version(spark, cfg, "scoped_table")
+    users = spark.createDataFrame([("u1",), ("u2",)], "user_id string")
+    new = spark.createDataFrame([("u1", "a", 1), ("u1", "b", 20), ("u1", "d", 4)], schema)
+
+    tables.write(new, cfg, "scoped_table", "merge", keys=["row_id"], replace_scope=users)
+    rows = sorted(tuple(r) for r in tables.read(spark, cfg, "scoped_table").collect())
+    assert rows == [("u1", "a", 1), ("u1", "b", 20), ("u1", "d", 4), ("u3", "f", 6)]
+    assert tables.version(spark, cfg, "scoped_table") == before + 1
+    # The same write again changes nothing (idempotent), and an empty scope touches nothing.
+    tables.write(new, cfg, "scoped_table", "merge", keys=["row_id"], replace_scope=users)
+    tables.write(new.limit(0), cfg, "scoped_table", "merge", keys=["row_id"], replace_scope=users.limit(0))
+    assert sorted(tuple(r) for r in tables.read(spark, cfg, "scoped_table").collect()) == rows
+
+    with pytest.raises(ValueError, match="merge only"):
+        tables.write(new, cfg, "scoped_table", "replace_where", replace_where="true", replace_scope=users)

@@ -1,4 +1,4 @@
-"""Sessionize pieces that need no Spark: CLI flags and the replace predicate."""
+"""Sessionize pieces that need no Spark: CLI flags."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +15,3 @@ def test_cli_flags_and_defaults():
     assert a.gap_minutes == 45.0 and a.full is True
     assert "exactly equal" in p.format_help()
 
-
-def test_users_predicate_quotes_every_id():
-    pred = sessionize.users_predicate(["u1", "o'brien", "back\\slash"])
-    assert pred == "user_id IN ('u1', 'o\\'brien', 'back\\\\slash')"
