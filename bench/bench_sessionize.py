@@ -6,10 +6,11 @@ sorted by time as a log would be. Then, in one process, for each size:
 
 (a) ebbtide: `sessionize_events` + `summarize_sessions` on Spark `local[2]` (the session
     from `ebbtide.spark.get_spark`), reading that Parquet and writing silver_events (Parquet,
-    partitioned by event_date) and silver_sessions (Parquet): the job's logic and output shape,
+    laid out by user as the job does: `sessionize.by_user`) and silver_sessions (Parquet): the
+    job's logic and output shape,
     without Delta's commit bookkeeping so that both engines write the same kind of files;
 (b) DuckDB: the same logic in SQL (same window order, same gap rule), writing the same two
-    outputs the same way.
+    outputs the same way (silver_events ordered by user_id, ts, event_id).
 
 Both must agree on the number of events and sessions. One JSON line per size; the last line
 is the largest size. Spark start-up is timed once and reported separately.
@@ -113,7 +114,7 @@ def duckdb_sql(src: str, events_out: str, sessions_out: str) -> list[str]:
                user_id || '#' || session_index::VARCHAR AS session_id, session_index, event_seq,
                gap_us / 1e6 AS gap_s, is_session_start, now() AS processed_at
         FROM t""",
-        f"COPY ev TO '{events_out}' (FORMAT parquet, PARTITION_BY (event_date))",
+        f"COPY (SELECT * FROM ev ORDER BY user_id, ts, event_id) TO '{events_out}' (FORMAT parquet)",
         f"""COPY (
             SELECT user_id, session_id, session_index, min(ts) AS start_ts, max(ts) AS end_ts,
                    (epoch_us(max(ts)) - epoch_us(min(ts))) / 1e6 AS duration_s,
@@ -132,10 +133,10 @@ def run_duckdb(src: str, out: Path) -> tuple[float, int, int]:
     con.execute("SET preserve_insertion_order = false")
     out.mkdir(parents=True, exist_ok=True)
     t0, c0 = time.perf_counter(), time.process_time()
-    for q in duckdb_sql(src, str(out / "events"), str(out / "sessions.parquet")):
+    for q in duckdb_sql(src, str(out / "events.parquet"), str(out / "sessions.parquet")):
         con.execute(q)
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-    n_ev = con.execute(f"SELECT count(*) FROM read_parquet('{out}/events/*/*.parquet')").fetchone()[0]
+    n_ev = con.execute(f"SELECT count(*) FROM read_parquet('{out}/events.parquet')").fetchone()[0]
     n_ss = con.execute(f"SELECT count(*) FROM read_parquet('{out}/sessions.parquet')").fetchone()[0]
     con.close()
     return elapsed, cpu, n_ev, n_ss
@@ -156,14 +157,14 @@ def _jvm_cpu_s() -> float:
 def run_spark(spark, src: str, out: Path) -> tuple[float, float, int, int]:
     import datetime as dt
 
-    from ebbtide.sessionize import sessionize_events, summarize_sessions, with_processed_at
+    from ebbtide.sessionize import by_user, sessionize_events, summarize_sessions, with_processed_at
 
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     t0, c0 = time.perf_counter(), _jvm_cpu_s()
     bronze = spark.read.parquet(src)
-    events = with_processed_at(sessionize_events(bronze, GAP_MINUTES), now)
-    events.write.mode("overwrite").partitionBy("event_date").parquet(str(out / "events"))
-    silver = spark.read.parquet(str(out / "events"))
+    events = with_processed_at(sessionize_events(by_user(bronze), GAP_MINUTES), now)
+    events.write.mode("overwrite").parquet(str(out / "events"))
+    silver = by_user(spark.read.parquet(str(out / "events")))
     sessions = with_processed_at(summarize_sessions(silver), now)
     sessions.write.mode("overwrite").parquet(str(out / "sessions"))
     elapsed, cpu = time.perf_counter() - t0, _jvm_cpu_s() - c0

@@ -112,6 +112,16 @@ def summarize_sessions(silver_events_df: "DataFrame") -> "DataFrame":
     )
 
 
+def by_user(df: "DataFrame") -> "DataFrame":
+    """``df`` range-partitioned on ``user_id``: silver_events' file layout (see :func:`run`).
+
+    The window of :func:`sessionize_events` and the aggregate of :func:`summarize_sessions` are
+    both keyed by user, so they reuse this partitioning instead of shuffling again, and each
+    output file then holds a contiguous run of users sorted by ``(user_id, ts)``.
+    """
+    return df.repartitionByRange("user_id")
+
+
 def with_processed_at(df: "DataFrame", processed_at: dt.datetime) -> "DataFrame":
     from pyspark.sql import functions as F
 
@@ -249,11 +259,14 @@ def run(ctx, args) -> dict[str, Any]:
 
     if users_df is None:
         log.info("sessionizing every user (%s), gap %.4g min, bronze v%d", reason, gap, bronze_version)
-        events = with_processed_at(sessionize_events(bronze, gap), processed_at)
+        # Laid out by user, not by day: readers keyed by user skip files on min/max, and the table
+        # is a few files per shuffle partition instead of one per (task, day) (ml-latest-small's
+        # 8,000 days of history made thousands of 20-row files under daily partitions).
+        events = with_processed_at(sessionize_events(by_user(bronze), gap), processed_at)
         with step(log, "writing silver_events (all users)"):
-            tables.write(events, cfg, SILVER_EVENTS, "overwrite", partition_by=["event_date"], comment=EVENTS_COMMENT)
+            tables.write(events, cfg, SILVER_EVENTS, "overwrite", comment=EVENTS_COMMENT)
         # Sessions are summarized from the table just written: cheaper than windowing twice.
-        silver = tables.read(spark, cfg, SILVER_EVENTS)
+        silver = by_user(tables.read(spark, cfg, SILVER_EVENTS))
         sessions = with_processed_at(summarize_sessions(silver), processed_at)
         with step(log, "writing silver_sessions (all users)"):
             tables.write(sessions, cfg, SILVER_SESSIONS, "overwrite", comment=SESSIONS_COMMENT)
@@ -264,8 +277,7 @@ def run(ctx, args) -> dict[str, Any]:
         mine = bronze.join(users_df, "user_id", "left_semi")
         events = with_processed_at(sessionize_events(mine, gap), processed_at)
         with step(log, f"merging silver_events rows of {n_users} users"):
-            tables.write(events, cfg, SILVER_EVENTS, "merge", keys=["event_id"], replace_scope=users_df,
-                         partition_by=["event_date"])
+            tables.write(events, cfg, SILVER_EVENTS, "merge", keys=["event_id"], replace_scope=users_df)
         silver = tables.read(spark, cfg, SILVER_EVENTS).join(users_df, "user_id", "left_semi")
         sessions = with_processed_at(summarize_sessions(silver), processed_at)
         with step(log, f"merging silver_sessions rows of {n_users} users"):
