@@ -10,10 +10,11 @@ Spark session on the embedded default (local Spark, Delta folders, MLflow on SQL
   from scratch (there is no champion yet), evaluate (the gate promotes the first champion or says
   why not), score the first replay day;
 - each replay day d: d's file lands in the source folder, then the nightly workflow of the morning
-  after: ingest (reads only the new file), sessionize, sequences, score --score-date d+1 (from the
+  after: ingest (reads only the new file), sessionize, sequences --nightly (vocabularies and the
+  changed users' sequences), score --score-date d+1 (from the
   events before midnight), monitor --day-before d+1 (day d: the table served during d against d's
   events, and a most-popular table served to the same users);
-- every --retrain-every days, after the nightly: the weekly workflow, train --warm-start
+- every --retrain-every days, after the nightly: the weekly workflow, sequences (the full rebuild), train --warm-start
   models:/<name>@champion --warm-start-if-missing scratch, then evaluate (gate, promote).
 
 Settings: the local launcher (one training process), the generated logs' model settings
@@ -343,7 +344,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         land(days_dir, raw, day)
         ing = stage(f"{key}.ingest", "ingest", source)
         stage(f"{key}.sessionize", "sessionize", [])
-        stage(f"{key}.sequences", "sequences", [])
+        stage(f"{key}.sequences", "sequences", ["--nightly"])
         sc_argv = ["--score-date", night.isoformat()]
         if state.done(f"{key}.score") is None:
             sc_argv += serving_model()
@@ -356,6 +357,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 f"(most-popular {popular}), {mo.get('alert', 0)} alerts, {mo.get('warn', 0)} warnings")
         if i % args.retrain_every == 0:
             wk = f"day{i:02d}.weekly"
+            stage(f"{wk}.sequences", "sequences", [])  # the training examples, rebuilt from every event
             tr = stage(f"{wk}.train", "train", ["--launcher", args.launcher, "--warm-start", f"models:/{name}@champion",
                                                 "--warm-start-if-missing", "scratch"])
             ev = stage(f"{wk}.evaluate", "evaluate", [])

@@ -51,6 +51,10 @@ SOURCE = "silver_events"
 PROP_VALID_START = "ebbtide.split.valid_start"
 PROP_TEST_START = "ebbtide.split.test_start"
 PROP_END = "ebbtide.split.end"
+# Table property of gold_user_sequences: the newest silver_events.processed_at its rows reflect.
+# sessionize stamps every row of a user it rewrites, so the users with a newer stamp are exactly
+# those whose sequence may have changed.
+PROP_SOURCE_PROCESSED_AT = "ebbtide.source.processed_at"
 
 _US_PER_S = 1_000_000
 _US_PER_HOUR = 3_600 * _US_PER_S
@@ -614,12 +618,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Reads silver_events; appends new items / event types to gold_item_vocab and "
         "gold_event_type_vocab (indices never move), rebuilds gold_training_examples (partitioned "
-        "by split) and gold_user_sequences. Keys: sequences.max_len, min_item_count, "
+        "by split) and gold_user_sequences (--nightly: only the changed users' sequences). Keys: sequences.max_len, min_item_count, "
         "max_examples_per_user, split.valid_start / test_start (empty: from valid_fraction / test_fraction)."
     )
     parser.add_argument(
         "--partitions", type=int, default=0,
         help="partitions for the window pass (default: spark.shuffle_partitions, more for big inputs)",
+    )
+    parser.add_argument(
+        "--nightly", action="store_true",
+        help="the nightly update: extend the vocabularies and rewrite gold_user_sequences rows only for "
+        "users whose silver_events rows changed since the last build; gold_training_examples is left as "
+        "it is (the weekly workflow rebuilds it before training, with a run without --nightly)",
     )
 
 
@@ -635,7 +645,105 @@ def read_cutoffs(spark, cfg) -> dict:
             (("valid_start", PROP_VALID_START), ("test_start", PROP_TEST_START), ("end", PROP_END))}
 
 
+def _table_property(spark, cfg, name: str, key: str) -> Optional[str]:
+    from ebbtide import tables
+
+    rows = spark.sql(f"SHOW TBLPROPERTIES delta.`{tables.table_path(cfg, name)}`").collect()
+    return next((r["value"] for r in rows if r["key"] == key), None)
+
+
+def _extend_vocabularies(ctx, events: "DataFrame") -> dict[str, int]:
+    """Append the new items and event types of ``events`` to their vocabularies; entries added."""
+    from pyspark.sql import functions as F
+
+    from ebbtide import tables
+
+    cfg, spark, sc = ctx.cfg, ctx.spark, ctx.cfg.sequences
+    added = {}
+    for name, key, index_col, min_count, extra in (
+        (ITEM_VOCAB, "item_id", "item_index", sc.min_item_count, ("category", "first_seen")),
+        (EVENT_TYPE_VOCAB, "event_type", "event_type_index", 1, ()),
+    ):
+        with step(log, f"extend {name}"):
+            current = tables.read(spark, cfg, name) if tables.exists(spark, cfg, name) else None
+            new = extend_vocab(vocab_stats(events, key), current, key, index_col, min_count, extra)
+            if name == ITEM_VOCAB:
+                new = new.withColumn("added_run_id", F.lit(ctx.run_id))
+            new = new.persist()
+            added[name] = new.count()
+            if current is None:
+                tables.write(new, cfg, name, "overwrite", comment=_COMMENTS[name])
+            elif added[name]:
+                # MERGE on the key, not append: a concurrent or repeated run can never duplicate a key.
+                tables.write(new, cfg, name, "merge", keys=[key])
+            new.unpersist()
+            log.info("%s: %d new entries", name, added[name])
+    return added
+
+
+def update_user_sequences(ctx, args) -> dict:
+    """The nightly update (``--nightly``): vocabularies extended, gold_user_sequences rewritten for
+    the users whose silver_events rows are newer than the table's watermark, nothing else.
+
+    What it reads grows with the night's changes, not with the history: the changed users are found
+    by ``processed_at > watermark`` (Delta skips every file written before the watermark on its
+    min/max statistics), and only their events are indexed and windowed. The vocabulary counts
+    still read two columns of every event (an item's count spans all users). Sequences of users
+    not rewritten keep OOV for an item that reached ``min_item_count`` tonight until their next
+    event or the weekly rebuild. A crash between the MERGE and the watermark's commit only makes
+    the next night redo the same users (the MERGE is keyed on the user).
+    """
+    from pyspark.sql import functions as F
+
+    from ebbtide import tables
+
+    cfg, spark, sc = ctx.cfg, ctx.spark, ctx.cfg.sequences
+    mark = (_table_property(spark, cfg, USER_SEQUENCES, PROP_SOURCE_PROCESSED_AT)
+            if tables.exists(spark, cfg, USER_SEQUENCES) else None)
+    if mark is None:
+        log.info("%s has no watermark (first build, or built before watermarks): rebuilding everything",
+                 USER_SEQUENCES)
+        return rebuild(ctx, args)
+    silver = tables.read(spark, cfg, SOURCE)
+    changed = silver.where(F.col("processed_at") > F.lit(_to_datetime(mark)))
+    with step(log, f"finding users with silver_events rows newer than {mark}"):
+        row = changed.agg(F.max("processed_at").alias("newest"), F.count(F.lit(1)).alias("n")).first()
+    summary = {"mode": "nightly", "watermark": mark, "users_updated": 0, "max_len": sc.max_len,
+               "item_vocab_added": 0, "event_type_vocab_added": 0}
+    if not row["n"]:
+        log.info("no silver_events rows newer than %s: gold_user_sequences is current", mark)
+        return summary
+    users = changed.select("user_id").distinct().localCheckpoint(eager=True)
+    events = silver.select(
+        "user_id", "event_id", "ts", "item_id", "event_type", "category", "is_session_start"
+    )
+    added = _extend_vocabularies(ctx, events)
+    mine = events.join(users, "user_id", "left_semi")
+    indexed = index_events(mine, tables.read(spark, cfg, ITEM_VOCAB), tables.read(spark, cfg, EVENT_TYPE_VOCAB))
+    parts = getattr(args, "partitions", 0) or int(spark.conf.get("spark.sql.shuffle.partitions"))
+    n_users = users.count()
+    with step(log, f"rewriting {USER_SEQUENCES} rows of {n_users} users"):
+        seqs = indexed_user_windows(indexed, sc.max_len, num_partitions=parts).withColumn(
+            "processed_at", F.current_timestamp())
+        tables.write(seqs, cfg, USER_SEQUENCES, "merge", keys=["user_id"], update_matched=True)
+        newest = _iso(_utc(row["newest"]))
+        spark.sql(f"ALTER TABLE delta.`{tables.table_path(cfg, USER_SEQUENCES)}` SET TBLPROPERTIES "
+                  f"('{PROP_SOURCE_PROCESSED_AT}' = '{newest}')")
+    users.unpersist()
+    summary.update(users_updated=n_users, watermark=newest, item_vocab_added=added[ITEM_VOCAB],
+                   event_type_vocab_added=added[EVENT_TYPE_VOCAB])
+    log.info("nightly: %d users' sequences rewritten; watermark %s", n_users, newest)
+    return summary
+
+
 def run(ctx, args) -> dict:
+    if getattr(args, "nightly", False):
+        return update_user_sequences(ctx, args)
+    return rebuild(ctx, args)
+
+
+def rebuild(ctx, args) -> dict:
+    """Vocabularies extended, gold_training_examples and gold_user_sequences rebuilt from every event."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -648,7 +756,11 @@ def run(ctx, args) -> dict:
     if sc.min_item_count < 1:
         raise ValueError(f"sequences.min_item_count must be >= 1, got {sc.min_item_count}")
     # Four passes read the events (cut-offs, two vocabularies, indexing): read them once.
-    events = tables.read(spark, cfg, SOURCE).select(
+    source = tables.read(spark, cfg, SOURCE)
+    # Read before the events: rows sessionize writes while this runs are then newer than the mark,
+    # and the next nightly update picks their users up.
+    newest = source.agg(F.max("processed_at")).first()[0]
+    events = source.select(
         "user_id", "event_id", "ts", "item_id", "event_type", "category", "is_session_start"
     ).persist(StorageLevel.MEMORY_AND_DISK)
 
@@ -675,25 +787,7 @@ def run(ctx, args) -> dict:
             )
         log.info("split (%s): train < %s <= valid < %s <= test <= %s (end of data)", source, _iso(t1), _iso(t2), _iso(end))
 
-    vocab_added = {}
-    for name, key, index_col, min_count, extra in (
-        (ITEM_VOCAB, "item_id", "item_index", sc.min_item_count, ("category", "first_seen")),
-        (EVENT_TYPE_VOCAB, "event_type", "event_type_index", 1, ()),
-    ):
-        with step(log, f"extend {name}"):
-            current = tables.read(spark, cfg, name) if tables.exists(spark, cfg, name) else None
-            new = extend_vocab(vocab_stats(events, key), current, key, index_col, min_count, extra)
-            if name == ITEM_VOCAB:
-                new = new.withColumn("added_run_id", F.lit(ctx.run_id))
-            new = new.persist()
-            vocab_added[name] = new.count()
-            if current is None:
-                tables.write(new, cfg, name, "overwrite", comment=_COMMENTS[name])
-            elif vocab_added[name]:
-                # MERGE on the key, not append: a concurrent or repeated run can never duplicate a key.
-                tables.write(new, cfg, name, "merge", keys=[key])
-            new.unpersist()
-            log.info("%s: %d new entries", name, vocab_added[name])
+    vocab_added = _extend_vocabularies(ctx, events)
 
     item_vocab = tables.read(spark, cfg, ITEM_VOCAB)
     type_vocab = tables.read(spark, cfg, EVENT_TYPE_VOCAB)
@@ -720,7 +814,8 @@ def run(ctx, args) -> dict:
         seqs = indexed_user_windows(indexed, sc.max_len, num_partitions=parts).withColumn(
             "processed_at", F.current_timestamp()
         )
-        tables.write(seqs, cfg, USER_SEQUENCES, "overwrite", comment=_COMMENTS[USER_SEQUENCES])
+        mark = {PROP_SOURCE_PROCESSED_AT: _iso(_utc(newest))} if newest is not None else None
+        tables.write(seqs, cfg, USER_SEQUENCES, "overwrite", comment=_COMMENTS[USER_SEQUENCES], properties=mark)
     indexed.unpersist()
     events.unpersist()
 
@@ -732,6 +827,7 @@ def run(ctx, args) -> dict:
     censored = {s: counts.get((s, 1), 0) for s in SPLITS}
     n_users = tables.read(spark, cfg, USER_SEQUENCES).count()
     summary = {
+        "mode": "rebuild",
         "events": n_events,
         "users": n_users,
         "examples": rows,

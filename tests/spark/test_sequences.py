@@ -405,3 +405,49 @@ def test_examples_are_written_in_feed_order_random_per_file_and_reproducible(spa
         assert len({u for u, _ in f}) >= 35  # every file holds nearly every user...
         same_user_next = sum(a[0] == b[0] for a, b in zip(f, f[1:]))
         assert same_user_next < 0.1 * len(f)  # ...in no user's order
+
+
+def test_nightly_update_rewrites_only_changed_users_and_matches_a_rebuild(ctx):
+    ctx.cfg = with_seq(ctx.cfg, max_len=3, min_item_count=1,
+                       valid_start="2025-01-08T00:00:00Z", test_start="2025-01-09T00:00:00Z")
+    spark, cfg = ctx.spark, ctx.cfg
+    first = [
+        ("u1", "x", h(0), "view", "a1"), ("u1", "y", h(1), "view", "a2"),
+        ("u2", "y", h(3), "view", "a3"), ("u2", "x", h(80), "click", "a4"),
+    ]
+
+    def write(events, stamps):
+        rows = silver_rows(events)
+        for r in rows:
+            r["processed_at"] = stamps.get(r["user_id"], T0)
+        tables.write(spark.createDataFrame(rows, SILVER_DDL), cfg, "silver_events", "overwrite")
+
+    write(first, {})
+    assert run_stage(ctx)["mode"] == "rebuild"
+    examples_version = tables.version(spark, cfg, "gold_training_examples")
+    before = {r["user_id"]: r for r in tables.read(spark, cfg, "gold_user_sequences").collect()}
+
+    # The next night: u2 has a late event and a new item, u3 is new; sessionize restamped both.
+    later = T0 + timedelta(days=9)
+    second = first + [("u2", "w", h(90), "view", "b1"), ("u3", "x", h(100), "view", "b2")]
+    write(second, {"u2": later, "u3": later})
+    s = sequences.run(ctx, argparse.Namespace(partitions=2, nightly=True))
+    assert s["mode"] == "nightly" and s["users_updated"] == 2 and s["item_vocab_added"] == 1
+    assert tables.version(spark, cfg, "gold_training_examples") == examples_version  # weekly's job
+    after = {r["user_id"]: r for r in tables.read(spark, cfg, "gold_user_sequences").collect()}
+    assert after["u1"] == before["u1"]  # not rewritten: same row, same processed_at
+    assert after["u2"]["n_events"] == 3 and after["u3"]["n_events"] == 1
+
+    # Nothing newer since: the next nightly run writes nothing.
+    version = tables.version(spark, cfg, "gold_user_sequences")
+    again = sequences.run(ctx, argparse.Namespace(partitions=2, nightly=True))
+    assert again["users_updated"] == 0 and tables.version(spark, cfg, "gold_user_sequences") == version
+
+    # The nightly table equals a rebuild from every event (processed_at aside).
+    def features(rows):
+        return {u: {k: v for k, v in r.asDict().items() if k != "processed_at"} for u, r in rows.items()}
+
+    nightly = features(after)
+    assert run_stage(ctx)["mode"] == "rebuild"
+    rebuilt = features({r["user_id"]: r for r in tables.read(spark, cfg, "gold_user_sequences").collect()})
+    assert nightly == rebuilt

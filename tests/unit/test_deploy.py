@@ -97,6 +97,8 @@ def test_nightly_job_is_the_etl_chain(bundle):
                          "monitor": {"score"}}
     monitor = next(t for t in job["tasks"] if t["task_key"] == "monitor")["python_wheel_task"]["parameters"]
     assert "--fail-on-alert" in monitor and "--day-before" in monitor
+    seq = next(t for t in job["tasks"] if t["task_key"] == "sequences")["python_wheel_task"]["parameters"]
+    assert "--nightly" in seq
     assert job["schedule"]["quartz_cron_expression"] and job["schedule"]["timezone_id"] == "UTC"
     clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job["job_clusters"]}
     version = bundle["variables"]["spark_version"]["default"]
@@ -108,7 +110,9 @@ def test_nightly_job_is_the_etl_chain(bundle):
 
 def test_training_job_on_gpu_then_gated_evaluate(bundle):
     job = bundle["resources"]["jobs"]["ebbtide_training"]
-    assert _dag(job) == {"train": set(), "evaluate": {"train"}}
+    assert _dag(job) == {"sequences": set(), "train": {"sequences"}, "evaluate": {"train"}}
+    seq = next(t for t in job["tasks"] if t["task_key"] == "sequences")["python_wheel_task"]["parameters"]
+    assert "--nightly" not in seq  # the weekly rebuild of the training examples
     cluster = job["job_clusters"][0]["new_cluster"]
     gpu_version = bundle["variables"]["gpu_spark_version"]["default"]
     assert cluster["spark_version"] == "${var.gpu_spark_version}" and "gpu-ml" in gpu_version
@@ -176,7 +180,7 @@ def test_every_wheel_task_calls_a_real_stage_with_valid_arguments(bundle):
             assert args.env == "databricks"
             build_parser().parse_args([stage, "--env", "databricks"])
             n += 1
-    assert n == 7
+    assert n == 8
 
 
 def test_wheel_library_is_what_package_sh_builds(bundle):
@@ -295,8 +299,9 @@ def test_emr_bootstrap_is_valid_bash():
 
 
 def test_weekly_and_nightly_chains(tmp_path):
-    """weekly.sh: train as a warm start from the champion (from scratch while there is none), then
-    evaluate; nightly.sh: ingest, sessionize, sequences, score, monitor. Checked on the commands a
+    """weekly.sh: sequences (the full rebuild), train as a warm start from the champion (from scratch
+    while there is none), then evaluate; nightly.sh: ingest, sessionize, sequences --nightly, score,
+    monitor. Checked on the commands a
     dry run prints, each parsed by its stage's real parser."""
     import os
     import shlex
@@ -317,12 +322,14 @@ def test_weekly_and_nightly_chains(tmp_path):
         return cmds
 
     weekly = chain("weekly.sh", "--launcher", "horovod")
-    assert [stage for stage, _ in weekly] == ["train", "evaluate"]
-    train = _parse_stage_args("train", weekly[0][1])
+    assert [stage for stage, _ in weekly] == ["sequences", "train", "evaluate"]
+    assert not _parse_stage_args("sequences", weekly[0][1]).nightly
+    train = _parse_stage_args("train", weekly[1][1])
     assert (train.warm_start, train.warm_start_if_missing, train.launcher) == (
         "models:/ebbtide@champion", "scratch", "horovod")
     nightly = chain("nightly.sh", "s3://bucket/raw", "2025-03-02")
     assert [stage for stage, _ in nightly] == ["ingest", "sessionize", "sequences", "score", "monitor"]
+    assert _parse_stage_args("sequences", nightly[2][1]).nightly
     for stage, argv in weekly + nightly:
         _parse_stage_args(stage, argv)
 
