@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # checkout that last ran setup, so each target puts its own lib/ first (Spark's Python workers inherit it).
 export PYTHONPATH := $(CURDIR)/lib$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup demo loop-demo test test-fast cluster-test bench-sessionize bench-ingest bench-train bench-model bench-score bad-input chaos results results-quick clean help
+.PHONY: setup demo loop-demo test test-fast cluster-test bench-sessionize bench-ingest bench-train bench-model bench-score bench-scale bad-input chaos results results-quick clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -44,6 +44,9 @@ bench-model: setup  ## EbbtideNet training step vs a plain cuDNN-style nn.LSTM s
 
 bench-score: setup  ## Spark scoring against the bare matrix product + top-k
 	@$(PY) bench/bench_score.py
+
+bench-scale: setup  ## 30 days x 300 k events, the nightly workflow after each: does night 30 cost what night 1 does? (ARGS=--days 3 ...)
+	@$(PY) bench/bench_scale.py $(ARGS)
 
 bad-input: setup  ## every kind of broken input in tests/data/bad_input through `ebbtide ingest`: nothing lost, no traceback (ARGS=--subprocess ...)
 	@$(PY) bench/bad_input.py $(ARGS)

@@ -105,82 +105,17 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-# ------------------------------------------------------------------------------------------
-# State: the steps done so far, so that a rerun resumes instead of repeating them
-# ------------------------------------------------------------------------------------------
-
-
-class State:
-    def __init__(self, root: Path, identity: dict):
-        self.path = root / STATE_FILE
-        data = json.loads(self.path.read_text()) if self.path.exists() else {}
-        if data and data.get("identity") != identity:
-            raise SystemExit(
-                f"loop_demo.py: {self.path} was made with {data.get('identity')}, not {identity}; "
-                "rerun with --fresh (or another --root)")
-        self.data = {"identity": identity, "steps": data.get("steps", {})}
-
-    def done(self, key: str) -> Optional[dict]:
-        return self.data["steps"].get(key)
-
-    def record(self, key: str, summary: dict) -> None:
-        self.data["steps"][key] = summary
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=str))
-        tmp.replace(self.path)  # atomic: a kill leaves the old or the new state, never half of one
-
-    def forget(self, prefix: str) -> None:
-        for k in [k for k in self.data["steps"] if k.startswith(prefix)]:
-            del self.data["steps"][k]
-
-
-# ------------------------------------------------------------------------------------------
-# The generated days
-# ------------------------------------------------------------------------------------------
-
-
-def day_file(days_dir: Path, day: dt.date) -> Path:
-    return days_dir / f"events-{day.isoformat()}.parquet"
-
-
 def generate_days(cfg, args, days_dir: Path) -> dict:
-    """The whole window from ebbtide.synth, one Parquet file per UTC day (the raw contract)."""
+    """The whole window from ebbtide.synth, one Parquet file per UTC day (ebbtide.replay)."""
     import dataclasses
 
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from ebbtide import synth
+    from ebbtide import replay
 
     conf = dataclasses.replace(cfg.synth, users=args.users, days=args.history_days + args.days, seed=args.seed,
                                bad_rows=0.0, **({"items": args.items} if args.items else {}))
-    result = synth.generate(conf)
-    events = result.events  # sorted by ts
-    day_ms = 86_400_000
-    ts = events.column("ts").to_numpy()
-    day_no = ts // day_ms
-    days_dir.mkdir(parents=True, exist_ok=True)
-    cuts = np.flatnonzero(np.diff(day_no)) + 1
-    bounds = np.concatenate([[0], cuts, [len(ts)]])
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        day = dt.date(1970, 1, 1) + dt.timedelta(days=int(day_no[lo]))
-        pq.write_table(events.slice(int(lo), int(hi - lo)), day_file(days_dir, day))
-    start = dt.date.fromisoformat(result.meta["start"][:10])
-    return {"events": events.num_rows, "files": len(bounds) - 1, "start": start.isoformat(),
-            "replay_start": (start + dt.timedelta(days=args.history_days)).isoformat()}
-
-
-def land(days_dir: Path, raw: Path, day: dt.date) -> int:
-    """Put one day's file into the source folder (a day without events has none)."""
-    src = day_file(days_dir, day)
-    if not src.exists():
-        return 0
-    raw.mkdir(parents=True, exist_ok=True)
-    dst = raw / src.name
-    if not dst.exists():
-        shutil.copyfile(src, dst.with_suffix(".part"))
-        dst.with_suffix(".part").replace(dst)  # ingest never sees a half-written file
-    return 1
+    gen = replay.generate_days(conf, days_dir)
+    start = dt.date.fromisoformat(gen["start"])
+    return {**gen, "replay_start": (start + dt.timedelta(days=args.history_days)).isoformat()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -258,7 +193,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from ebbtide.cli import Context, run_stage
     from ebbtide.config import load_config
     from ebbtide.log import get_logger, setup_logging
-    from ebbtide.model import warm_start
+    from ebbtide.replay import State, land, serving_model
     from ebbtide.synth import MODEL_SETTINGS
 
     # train.epochs caps the trainings from scratch; warm starts train train.warm_start_epochs.
@@ -274,7 +209,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     k = cfg.section("monitor").k
     hit, pop = f"outcomes.hit_rate@{k}", f"outcomes.popular_hit_rate@{k}"
     identity = {key: getattr(args, key) for key in IDENTITY}
-    state = State(root, identity)
+    state = State(root / STATE_FILE, identity, "loop_demo.py")
     if args.rerun_day is not None:
         state.forget(f"day{args.rerun_day:02d}.nightly.")
     days_dir, raw = root / "days", root / "raw"
@@ -284,21 +219,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def stage(key: str, cmd: str, argv: list[str]) -> dict:
         """Run one stage unless the state says it is done; record its summary."""
-        got = state.done(key)
-        if got is not None:
-            return got
-        log.info("%s: ebbtide %s %s", key, cmd, " ".join(argv))
-        s = run_stage(cmd, argv, ctx)
-        state.record(key, s)
-        return s
+        def run() -> dict:
+            log.info("%s: ebbtide %s %s", key, cmd, " ".join(argv))
+            return run_stage(cmd, argv, ctx)
 
-    def serving_model() -> list[str]:
-        """The champion; before the first promotion (a gate that refused), the challenger, said so."""
-        why = warm_start.unset_alias(cfg, f"models:/{name}@champion")
-        if why:
-            say(f"  no champion yet ({why}): scoring the challenger instead")
-            return ["--model-uri", f"models:/{name}@challenger"]
-        return []
+        return state.once(key, run)
 
     # 1. The generated logs, one file per day.
     gen = state.done("generate")
@@ -330,7 +255,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         say(f"  the gate refused the first model: {gate.get('summary')}")
     sc_argv = ["--score-date", replay[0].isoformat()]
     if state.done("bootstrap.score") is None:
-        sc_argv += serving_model()
+        sc_argv += serving_model(cfg, say)
     stage("bootstrap.score", "score", sc_argv)
     say(f"bootstrap: {ing.get('bronze_new', 0):,} events ingested, model v{tr.get('model_version')} from scratch "
         f"({tr.get('epochs_completed')} epochs), gate: {gate.get('summary')}; {time.perf_counter() - t0:.0f} s")
@@ -347,7 +272,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         stage(f"{key}.sequences", "sequences", ["--nightly"])
         sc_argv = ["--score-date", night.isoformat()]
         if state.done(f"{key}.score") is None:
-            sc_argv += serving_model()
+            sc_argv += serving_model(cfg, say)
         sc = stage(f"{key}.score", "score", sc_argv)
         mo = stage(f"{key}.monitor", "monitor", ["--day-before", night.isoformat()])
         got = metrics_by_day(ctx.spark, cfg, [hit, pop], [day])

@@ -70,6 +70,13 @@ def version(spark: "SparkSession", cfg: Config, name: str) -> int:
     return int(DeltaTable.forPath(spark, table_path(cfg, name)).history(1).collect()[0]["version"])
 
 
+def num_files(spark: "SparkSession", cfg: Config, name: str) -> int:
+    """Data files in the table's current snapshot (Delta's DESCRIBE DETAIL numFiles)."""
+    from delta.tables import DeltaTable
+
+    return int(DeltaTable.forPath(spark, table_path(cfg, name)).detail().first()["numFiles"])
+
+
 def parquet_files(spark: "SparkSession", cfg: Config, name: str, version: Optional[int] = None) -> list[str]:
     """The Parquet files of one Delta snapshot (what Petastorm reads), as URLs in the warehouse's
     scheme (file:, dbfs:, s3:, s3a:, abfss:...): open them with ebbtide.storage."""
