@@ -29,6 +29,23 @@ TINY = (
 )
 
 
+def load_script(rel_path: str, name: str):
+    """A script of the repository (bench/, scripts/) imported as a module, to call its main()."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / rel_path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def last_json(text: str) -> dict:
+    """The last line of a bench or demo's stdout that is a JSON object."""
+    import json
+
+    return json.loads([ln for ln in text.splitlines() if ln.startswith("{")][-1])
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cluster` start a local cluster and servers (minutes): they run only when the
     marker expression names them (`pytest -m cluster`; `make test` deselects them)."""

@@ -3,37 +3,21 @@ nightly workflow in the test run's Spark session; its JSON line carries every fi
 for every table, and a rerun without --fresh resumes: it runs no night again and writes no table."""
 from __future__ import annotations
 
-import importlib.util
-import json
-from pathlib import Path
-
 import pytest
 
-from conftest import TINY
+from conftest import TINY, last_json, load_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
-ROOT = Path(__file__).resolve().parents[2]
 KEYS = ["bench", "days", "events", "first_day_s", "last_day_s", "growth", "files", "first_day_cpu_s",
         "last_day_cpu_s", "cpu_growth", "stage_growth", "load_avg"]
-
-
-def _bench_scale():
-    spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "bench" / "bench_scale.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _last_json(text: str) -> dict:
-    return json.loads([ln for ln in text.splitlines() if ln.startswith("{")][-1])
 
 
 def test_bench_scale_small_and_resumable(tmp_path, spark, capsys):
     from ebbtide import tables
     from ebbtide.config import load_config
 
-    bench = _bench_scale()
+    bench = load_script("bench/bench_scale.py", "bench_scale")
     root = tmp_path / "scale"
     database = f"scale_{abs(hash(tmp_path)) % 10**8}"
     settings = (*TINY, "train.max_steps_per_epoch=5", f"storage.database={database}")
@@ -41,7 +25,7 @@ def test_bench_scale_small_and_resumable(tmp_path, spark, capsys):
             "1", "--epochs", "1", "--no-check", *[a for kv in settings for a in ("--set", kv)]]
     assert bench.main(argv) == 0
     text = capsys.readouterr().out
-    out = _last_json(text)
+    out = last_json(text)
     assert list(out) == KEYS and out["bench"] == "scale"
     assert out["days"] == 2
     assert out["events"] == 2 * 2000  # every day is cut to --events-per-day
@@ -62,7 +46,7 @@ def test_bench_scale_small_and_resumable(tmp_path, spark, capsys):
     # Again without --fresh: every night is recorded, nothing runs, no table gets a commit.
     assert bench.main(argv) == 0
     text = capsys.readouterr().out
-    again = _last_json(text)
+    again = last_json(text)
     lines = [ln for ln in text.splitlines() if ln.startswith("day ")]
     assert len(lines) == 2 and all(ln.endswith("(recorded)") for ln in lines)
     assert {k: again[k] for k in KEYS if k != "load_avg"} == {k: out[k] for k in KEYS if k != "load_avg"}

@@ -3,46 +3,31 @@ with a weekly retrain every 2 days, in the test run's Spark session; its JSON li
 field, and a day run again (or the whole loop run again) doubles no row of any table."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-
 import pytest
 
-from conftest import TINY
+from conftest import TINY, last_json, load_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
-ROOT = Path(__file__).resolve().parents[2]
 KEYS = ["bench", "days", "retrains", "promotions", "monitor_rows", "explained_share", "hit_at_10_by_day",
         "popular_hit_at_10_by_day", "seconds"]
 TABLES = ["bronze_events", "silver_events", "silver_sessions", "gold_item_vocab", "gold_recommendations",
           "gold_churn_decay", "ops_monitoring"]
 
 
-def _loop_demo():
-    spec = importlib.util.spec_from_file_location("loop_demo", ROOT / "scripts" / "loop_demo.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _last_json(text: str) -> dict:
-    return json.loads([ln for ln in text.splitlines() if ln.startswith("{")][-1])
-
-
 def test_loop_demo_small_and_rerunnable(tmp_path, spark, capsys):
     from ebbtide import tables
     from ebbtide.config import load_config
 
-    loop = _loop_demo()
+    loop = load_script("scripts/loop_demo.py", "loop_demo")
     root = tmp_path / "loop"
     database = f"loop_{abs(hash(tmp_path)) % 10**8}"
     argv = ["--root", str(root), "--days", "3", "--history-days", "14", "--users", "150", "--retrain-every", "2",
             "--epochs", "1", "--warm-epochs", "1", "--no-check",
             *[a for kv in (*TINY, f"storage.database={database}") for a in ("--set", kv)]]
     assert loop.main(argv) == 0
-    out = _last_json(capsys.readouterr().out)
+    out = last_json(capsys.readouterr().out)
     assert list(out) == KEYS and out["bench"] == "loop"
     assert (out["days"], out["retrains"]) == (3, 1)  # the weekly workflow after day 2
     assert out["promotions"] in (0, 1)
@@ -63,11 +48,11 @@ def test_loop_demo_small_and_rerunnable(tmp_path, spark, capsys):
 
     # Day 3's nightly workflow again: every stage runs, no table grows.
     assert loop.main(argv + ["--rerun-day", "3"]) == 0
-    again = _last_json(capsys.readouterr().out)
+    again = last_json(capsys.readouterr().out)
     assert {t: tables.read(spark, cfg, t).count() for t in TABLES} == sizes
     assert {k: again[k] for k in KEYS if k != "seconds"} == {k: out[k] for k in KEYS if k != "seconds"}
 
     # The whole loop again without --fresh: everything is recorded as done, nothing runs twice.
     assert loop.main(argv) == 0
-    assert _last_json(capsys.readouterr().out)["retrains"] == 1
+    assert last_json(capsys.readouterr().out)["retrains"] == 1
     assert {t: tables.read(spark, cfg, t).count() for t in TABLES} == sizes
