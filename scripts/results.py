@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -472,6 +473,9 @@ def write_markdown(path: Path, res, info, args, seconds: float) -> None:
                     cells.append("-")
                     continue
                 mu, sd = _agg(v[metric])
+                if math.isnan(mu):  # e.g. no user active in the week before the cut: no ROC-AUC
+                    cells.append("undefined")
+                    continue
                 cells.append(f"{mu:.1f}" if metric.endswith("_s") else f"{mu:.4f} ± {sd:.4f}" if len(v[metric]) > 1 else f"{mu:.4f}")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         if "ebbtide" in models:

@@ -24,8 +24,8 @@ def test_report_from_saved_lanes(tmp_path):
         "ebbtide#43": {"ndcg@10": 0.032, "recall@10": 0.06, "mrr@10": 0.02, "churn_auc": 0.99, "train_s": 320.0, "best_s": 240.0},
         "markov#42": {"ndcg@10": 0.0320, "recall@10": 0.04, "mrr@10": 0.03},
         "markov#43": {"ndcg@10": 0.0320, "recall@10": 0.04, "mrr@10": 0.03},
-        "rfm_logistic#42": {"churn_auc": 0.99},
-        "rfm_logistic#43": {"churn_auc": 0.99},
+        "rfm_logistic#42": {"churn_auc": 0.99, "churn_auc_recent": float("nan")},  # no user active last week
+        "rfm_logistic#43": {"churn_auc": 0.99, "churn_auc_recent": float("nan")},
         "SASRec#42": {"ndcg@10": 0.0250, "recall@10": 0.05, "mrr@10": 0.01, "train_s": 900.0, "best_s": 900.0,
                       "epochs_run": 30, "best_epoch": 30, "stopped_early": 0.0},
     }
@@ -51,6 +51,7 @@ def test_report_from_saved_lanes(tmp_path):
     assert "- churn ROC-AUC against rfm_logistic: -0.0050" in text
     assert "SASRec: 30 epoch(s) run, best 30; ended by the epoch cap" in text
     assert "77 test examples" in text
+    assert "| rfm_logistic | 2 |" in text and "undefined" in text and "nan" not in text
     figures = json.loads(out.with_suffix(".json").read_text())
     assert figures["datasets"]["ds"]["models"]["SASRec"]["best_epoch"] == [30]
     res["rfm_logistic"]["churn_auc_recent"] = [float("nan")]
