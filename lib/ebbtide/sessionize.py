@@ -43,11 +43,6 @@ SESSION_COLUMNS = (
     "n_events", "n_items", "event_types",
 )
 
-# Both silver tables take deletion vectors: a night's MERGE then marks the replaced rows of the
-# affected users in a small side file instead of copying every other row of each file it touches
-# (with users spread over all files, that was most of the table). Spark is their only reader.
-SILVER_PROPERTIES = {"delta.enableDeletionVectors": "true"}
-
 EVENTS_COMMENT = (
     "Bronze events with their session: session_id = user_id#session_index, event_seq = "
     "position in the user's history, gap_s = seconds since the user's previous event. "
@@ -269,14 +264,12 @@ def run(ctx, args) -> dict[str, Any]:
         # 8,000 days of history made thousands of 20-row files under daily partitions).
         events = with_processed_at(sessionize_events(by_user(bronze), gap), processed_at)
         with step(log, "writing silver_events (all users)"):
-            tables.write(events, cfg, SILVER_EVENTS, "overwrite", comment=EVENTS_COMMENT,
-                         table_properties=SILVER_PROPERTIES)
+            tables.write(events, cfg, SILVER_EVENTS, "overwrite", comment=EVENTS_COMMENT)
         # Sessions are summarized from the table just written: cheaper than windowing twice.
         silver = by_user(tables.read(spark, cfg, SILVER_EVENTS))
         sessions = with_processed_at(summarize_sessions(silver), processed_at)
         with step(log, "writing silver_sessions (all users)"):
-            tables.write(sessions, cfg, SILVER_SESSIONS, "overwrite", comment=SESSIONS_COMMENT,
-                         table_properties=SILVER_PROPERTIES)
+            tables.write(sessions, cfg, SILVER_SESSIONS, "overwrite", comment=SESSIONS_COMMENT)
         summary["mode"] = "full"
         summary["affected_users"] = tables.read(spark, cfg, SILVER_SESSIONS).select("user_id").distinct().count()
     else:
@@ -284,13 +277,11 @@ def run(ctx, args) -> dict[str, Any]:
         mine = bronze.join(users_df, "user_id", "left_semi")
         events = with_processed_at(sessionize_events(mine, gap), processed_at)
         with step(log, f"merging silver_events rows of {n_users} users"):
-            tables.write(events, cfg, SILVER_EVENTS, "merge", keys=["event_id"], replace_scope=users_df,
-                         table_properties=SILVER_PROPERTIES)
+            tables.write(events, cfg, SILVER_EVENTS, "merge", keys=["event_id"], replace_scope=users_df)
         silver = tables.read(spark, cfg, SILVER_EVENTS).join(users_df, "user_id", "left_semi")
         sessions = with_processed_at(summarize_sessions(silver), processed_at)
         with step(log, f"merging silver_sessions rows of {n_users} users"):
-            tables.write(sessions, cfg, SILVER_SESSIONS, "merge", keys=["session_id"], replace_scope=users_df,
-                         table_properties=SILVER_PROPERTIES)
+            tables.write(sessions, cfg, SILVER_SESSIONS, "merge", keys=["session_id"], replace_scope=users_df)
         summary["mode"] = "incremental"
         summary["affected_users"] = n_users
 

@@ -192,7 +192,6 @@ def write(
     delete_unmatched: Optional[str] = None,
     merge_filter: Optional[str] = None,
     replace_scope: Optional["DataFrame"] = None,
-    table_properties: Optional[dict[str, str]] = None,
     partition_by: Optional[Iterable[str]] = None,
     replace_where: Optional[str] = None,
     comment: Optional[str] = None,
@@ -227,11 +226,6 @@ def write(
     commit. The scope stays distributed (a join, not a list on the driver), so it can name
     millions of users; ``df`` must hold only rows inside the scope.
 
-    ``table_properties`` (any mode): properties the table carries for good, such as Delta features
-    (``delta.enableDeletionVectors``): set when the table is created, and by one ALTER TABLE before
-    the write when an existing table lacks them (a table from an older release). Unlike
-    ``properties`` they describe the table, not this write's rows.
-
     ``properties`` (overwrite only): table properties that describe the rows, committed in the
     same commit as the rows (see :func:`_replace_with_properties`).
     """
@@ -256,7 +250,7 @@ def write(
     for attempt in range(1, CONFLICT_ATTEMPTS + 1):
         try:
             _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace_where, comment, properties,
-                        delete_unmatched, add_columns, merge_filter, replace_scope, table_properties)
+                        delete_unmatched, add_columns, merge_filter, replace_scope)
             break
         except Exception as e:  # noqa: BLE001 - only Delta's concurrency errors are retried
             if mode == "append" or attempt == CONFLICT_ATTEMPTS or not is_concurrent_write_error(e):
@@ -286,8 +280,7 @@ def is_concurrent_write_error(e: BaseException) -> bool:
 
 
 def _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace_where, comment, properties,
-                delete_unmatched=None, add_columns=False, merge_filter=None, replace_scope=None,
-                table_properties=None) -> None:
+                delete_unmatched=None, add_columns=False, merge_filter=None, replace_scope=None) -> None:
     from delta.tables import DeltaTable
 
     spark = df.sparkSession
@@ -296,9 +289,7 @@ def _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace
     is_new = not DeltaTable.isDeltaTable(spark, path)
     if is_new:
         set_aside_if_orphaned(cfg, name)
-        _create(spark, path, df.schema, parts, comment, table_properties)
-    elif table_properties:
-        _ensure_properties(spark, path, table_properties)
+        _create(spark, path, df.schema, parts, comment)
 
     if mode == "merge":
         keys = list(keys or [])
@@ -371,8 +362,7 @@ def _merge_replacing_scope(target, df: "DataFrame", scope: "DataFrame", keys: li
     )
 
 
-def _create(spark: "SparkSession", path: str, schema, parts: list[str], comment: Optional[str],
-            table_properties: Optional[dict[str, str]] = None) -> None:
+def _create(spark: "SparkSession", path: str, schema, parts: list[str], comment: Optional[str]) -> None:
     """Create an empty table in one metadata-only commit: no Spark job, no data file, so the table
     either exists (empty, with its comment) or does not; the rows follow in their own commit."""
     from delta.tables import DeltaTable
@@ -382,20 +372,7 @@ def _create(spark: "SparkSession", path: str, schema, parts: list[str], comment:
         b = b.partitionedBy(*parts)
     if comment:
         b = b.comment(comment)
-    for k, v in (table_properties or {}).items():
-        b = b.property(k, v)
     b.execute()
-
-
-def _ensure_properties(spark: "SparkSession", path: str, table_properties: dict[str, str]) -> None:
-    """One ALTER TABLE for the properties an existing table lacks or holds other values of; none when it
-    has them all (the usual case: only a table created by an older release gets the commit)."""
-    have = {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
-    missing = {k: v for k, v in table_properties.items() if have.get(k) != v}
-    if missing:
-        pairs = ", ".join(f"{_sql_str(k)} = {_sql_str(v)}" for k, v in missing.items())
-        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({pairs})")
-        log.info("set %s on %s", ", ".join(f"{k}={v}" for k, v in missing.items()), path)
 
 
 def _replace_with_properties(df: "DataFrame", path: str, parts: list[str], properties: dict[str, str],

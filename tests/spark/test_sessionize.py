@@ -202,12 +202,6 @@ def test_late_events_resessionize_only_affected_users(spark, cfg, ctx):
     ], run="r2")
     s = sessionize.run(ctx, args())
     assert s["mode"] == "incremental" and s["affected_users"] == 2
-    # Deletion vectors: the MERGE marked the replaced rows instead of copying the untouched ones.
-    from delta.tables import DeltaTable
-
-    merge = DeltaTable.forPath(spark, tables.table_path(cfg, "silver_events")).history(1).first()
-    assert merge["operation"] == "MERGE" and merge["operationMetrics"]["numTargetRowsCopied"] == "0"
-    assert int(merge["operationMetrics"]["numTargetDeletionVectorsAdded"]) > 0
     ev, ss = _silver(spark, cfg)
     r = by_event(ev)
     assert [r[k]["session_index"] for k in ("a1", "a2", "a5", "a3", "a4")] == [0, 0, 0, 0, 1]
