@@ -255,7 +255,10 @@ def table_state(path: str, name: str) -> dict:
                 key_set.add(json.dumps([r.get(k) for k in keys], default=str))
             if "score_date" in r:
                 by_date[str(r["score_date"])] += 1
-    props = {k: v for k, v in (meta.get("configuration") or {}).items() if k.startswith("ebbtide.")}
+    # Lineage properties (e.g. ebbtide.source.processed_at, a wall-clock watermark) differ between
+    # runs like the lineage columns do.
+    props = {k: v for k, v in (meta.get("configuration") or {}).items()
+             if k.startswith("ebbtide.") and not _LINEAGE.match(k.rsplit(".", 1)[-1])}
     out = {
         "n": sum(rows.values()),
         "keys": len(key_set) if keys else None,
