@@ -442,7 +442,12 @@ def _sorted_for_kernel(indexed_df: "DataFrame", num_partitions: Optional[int] = 
     from pyspark.sql import functions as F
 
     df = indexed_df.withColumn("ts_us", F.unix_micros("ts"))
-    df = df.repartition(num_partitions, "user_id") if num_partitions else df.repartition("user_id")
+    # Partitioned on a hash of user_id, not on user_id itself: after a join that already hash-partitions
+    # on user_id, Spark drops a repartition on user_id as redundant, and adaptive execution may then turn
+    # that join into a broadcast one that reads its shuffle locally (per map task), which splits users
+    # across partitions and gives the kernel two windows for one user. This exchange is never dropped.
+    key = F.xxhash64("user_id")
+    df = df.repartition(num_partitions, key) if num_partitions else df.repartition(key)
     # The kernel relies on this order: users contiguous, events by (ts, event_id).
     return df.sortWithinPartitions("user_id", "ts_us", "event_id").select(*_KERNEL_INPUT)
 
