@@ -723,11 +723,7 @@ def update_user_sequences(ctx, args) -> dict:
         "user_id", "event_id", "ts", "item_id", "event_type", "category", "is_session_start"
     )
     added = _extend_vocabularies(ctx, events)
-    # Broadcast, not a shuffle join: after a join that hash-partitions on user_id, Spark drops the
-    # kernel's own repartition on user_id as redundant, and when adaptive execution then turns the
-    # join into a broadcast one it reads that shuffle locally, splitting users across partitions
-    # (two rows for most users, found by make bench-scale on its 8th night).
-    mine = events.join(F.broadcast(users), "user_id", "left_semi")
+    mine = events.join(users, "user_id", "left_semi")
     indexed = index_events(mine, tables.read(spark, cfg, ITEM_VOCAB), tables.read(spark, cfg, EVENT_TYPE_VOCAB))
     parts = getattr(args, "partitions", 0) or int(spark.conf.get("spark.sql.shuffle.partitions"))
     n_users = users.count()
