@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # checkout that last ran setup, so each target puts its own lib/ first (Spark's Python workers inherit it).
 export PYTHONPATH := $(CURDIR)/lib$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup demo loop-demo test test-fast cluster-test bench-sessionize bench-ingest bench-train bench-model bench-score bench-scale bad-input chaos results results-quick clean help
+.PHONY: setup demo loop-demo test test-fast cluster-test bench-sessionize bench-ingest bench-train bench-model bench-score bench-scale bench-speed-quality bad-input chaos results results-quick clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -47,6 +47,9 @@ bench-score: setup  ## Spark scoring against the bare matrix product + top-k
 
 bench-scale: setup  ## 30 days x 300 k events, the nightly workflow after each: does night 30 cost what night 1 does? (ARGS=--days 3 ...)
 	@$(PY) bench/bench_scale.py $(ARGS)
+
+bench-speed-quality: setup  ## ML-100k: ebbtide with a tenth of GRU4Rec's training seconds against GRU4Rec trained to convergence (ARGS=--share 0.2 ...)
+	@$(PY) bench/bench_speed_quality.py $(ARGS)
 
 bad-input: setup  ## every kind of broken input in tests/data/bad_input through `ebbtide ingest`: nothing lost, no traceback (ARGS=--subprocess ...)
 	@$(PY) bench/bad_input.py $(ARGS)

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -148,6 +149,51 @@ def _etl_plan(ds: str, root: Path, recbole_py, log) -> list[tuple[str, list[str]
     raise SystemExit(f"unknown dataset {ds!r}; choose from {', '.join(DATASETS)}")
 
 
+def run_etl(ds: str, root: Path, ctx, recbole_py, log) -> dict:
+    """Ingest -> sessionize -> sequences of one dataset into ctx's storage root (each stage is
+    idempotent: a rerun on a built root changes nothing). Returns the split's sizes and cut dates
+    and the ETL's seconds."""
+    from ebbtide.cli import run_stage
+
+    info: dict = {}
+    t0 = time.perf_counter()
+    for stage, argv in (*_etl_plan(ds, root, recbole_py, log), ("sessionize", []), ("sequences", [])):
+        s = run_stage(stage, argv, ctx)
+        if stage == "sequences":
+            info.update({k: s.get(k) for k in ("events", "users", "item_vocab_size", "valid_start", "test_start", "end", "examples")})
+    info["etl_s"] = round(time.perf_counter() - t0, 1)
+    return info
+
+
+def run_peer(recbole_py: str, peer_dir: Path, model: str, seed: int, args, log) -> Optional[dict]:
+    """One RecBole peer trained on the exported split (early stopping on RecBole's own hold-out) and
+    ranked on ebbtide's rows: its metrics in both views, its fit seconds and the load around them;
+    None (logged) when RecBole fails."""
+    cmd = [recbole_py, str(ROOT / "scripts" / "recbole_peer.py"), "--data", str(peer_dir),
+           "--model", model, "--seed", str(seed), "--epochs", str(args.recbole_epochs),
+           "--stopping-step", str(args.recbole_patience),
+           "--threads", str(args.threads), *([] if args.keep_history else ["--exclude-history"])]
+    log.info("RecBole %s seed %d on %s (at most %d epochs, patience %d)", model, seed, peer_dir.name,
+             args.recbole_epochs, args.recbole_patience)
+    load = round(os.getloadavg()[0], 2)  # train_s counts as a timing only from an idle machine
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        log.error("RecBole %s failed:\n%s", model, r.stderr[-3000:])
+        return None
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    log.info("RecBole %s seed %d on %s: NDCG@10 %.4f, %d epochs (best %d), %.0f s", model, seed, peer_dir.name,
+             m["ndcg@10"], m["epochs_run"], m["best_epoch"], m["fit_s"])
+    rec = {metric: m[metric] for metric in METRICS}
+    rec.update({f"request_time_{metric}": m["request_time"][metric] for metric in METRICS})
+    # RecBole reports the fit's total seconds; its best epoch's share of them is pro rata.
+    rec.update({"train_s": m["fit_s"], "best_s": m["fit_s"] * m["best_epoch"] / max(1, m["epochs_run"]),
+                "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"],
+                "stopped_early": float(m["stopped_early"]), "load_1m": load,
+                "load_1m_end": round(os.getloadavg()[0], 2)})
+    return rec
+
+
 def run_dataset(ds: str, args, log, spark=None):
     """ETL, ebbtide and ebbtide_no_time x seeds (+ the baselines in each evaluate), RecBole peers, for
     one dataset. Each (model, seed) is saved as it finishes; a rerun with the same code and settings
@@ -176,13 +222,8 @@ def run_dataset(ds: str, args, log, spark=None):
         (root / "results.json").write_text(json.dumps({"signature": sig, "runs": runs, "info": info}, default=str, indent=1))
 
     save()  # a report mid-run must not show an older run's figures
-    t0 = time.perf_counter()
-    for stage, argv in (*_etl_plan(ds, root, recbole_py, log), ("sessionize", []), ("sequences", [])):
-        s = run_stage(stage, argv, ctx)
-        if stage == "sequences":
-            info.update({k: s.get(k) for k in ("events", "users", "item_vocab_size", "valid_start", "test_start", "end", "examples")})
+    info.update(run_etl(ds, root, ctx, recbole_py, log))
     spark = ctx.spark
-    info["etl_s"] = round(time.perf_counter() - t0, 1)
 
     variants = [("ebbtide", [])] + ([] if args.no_ablation else [("ebbtide_no_time", ["model.use_time=false"])])
     for seed in [42 + i for i in range(args.seeds)]:
@@ -220,7 +261,6 @@ def run_dataset(ds: str, args, log, spark=None):
         cut = read_cutoffs(spark, cfg)
         peer_dir = root / "recbole" / f"{ds}-peer"
         _, info["recbole_train_events"] = export_for_recbole(spark, cfg, peer_dir, cut["valid_start"].replace(tzinfo=None))
-        env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
         peer_cache = root / "recbole" / "peers.json"
         cached = json.loads(peer_cache.read_text()) if peer_cache.exists() and not args.fresh else {}
         peer_key = _peer_inputs(peer_dir, args)
@@ -236,27 +276,9 @@ def run_dataset(ds: str, args, log, spark=None):
                     continue
                 if f"{model}#{seed}" in runs:
                     continue
-                cmd = [recbole_py, str(ROOT / "scripts" / "recbole_peer.py"), "--data", str(peer_dir),
-                       "--model", model, "--seed", str(seed), "--epochs", str(args.recbole_epochs),
-                       "--stopping-step", str(args.recbole_patience),
-                       "--threads", str(args.threads), *([] if args.keep_history else ["--exclude-history"])]
-                log.info("RecBole %s seed %d on %s (at most %d epochs, patience %d)", model, seed, ds,
-                         args.recbole_epochs, args.recbole_patience)
-                load = round(os.getloadavg()[0], 2)  # train_s counts as a timing only from an idle machine
-                r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if r.returncode != 0:
-                    log.error("RecBole %s failed:\n%s", model, r.stderr[-3000:])
+                rec = run_peer(recbole_py, peer_dir, model, seed, args, log)
+                if rec is None:
                     continue
-                m = json.loads(r.stdout.strip().splitlines()[-1])
-                log.info("RecBole %s seed %d on %s: NDCG@10 %.4f, %d epochs (best %d), %.0f s", model, seed, ds,
-                         m["ndcg@10"], m["epochs_run"], m["best_epoch"], m["fit_s"])
-                rec = {metric: m[metric] for metric in METRICS}
-                rec.update({f"request_time_{metric}": m["request_time"][metric] for metric in METRICS})
-                # RecBole reports the fit's total seconds; its best epoch's share of them is pro rata.
-                rec.update({"train_s": m["fit_s"], "best_s": m["fit_s"] * m["best_epoch"] / max(1, m["epochs_run"]),
-                            "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"],
-                            "stopped_early": float(m["stopped_early"]), "load_1m": load,
-                            "load_1m_end": round(os.getloadavg()[0], 2)})
                 runs[f"{model}#{seed}"] = rec
                 save()
                 cached[f"{model}#{seed}"] = {"inputs": peer_key, "result": rec}

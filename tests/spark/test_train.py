@@ -159,6 +159,16 @@ def test_same_seed_same_data_one_process_same_weights(spark, data_root, tmp_path
     assert a["param_checksums"] != c["param_checksums"]
 
 
+def test_a_time_budget_ends_the_run_on_the_epochs_that_fit(spark, data_root, tmp_path):
+    # A budget smaller than one epoch: the first epoch always runs, then the plan is one epoch.
+    out, cfg = _train(spark, data_root, tmp_path, "train.epochs=5", "train.max_steps_per_epoch=4",
+                      "train.early_stopping_patience=10", "train.max_seconds=0.001", argv=["--no-register"])
+    assert out["epochs_completed"] == 1 and out["planned_epochs"] == 1 and out["best_epoch"] == 1
+    unbudgeted, _ = _train(spark, data_root, tmp_path / "b", "train.epochs=2", "train.max_steps_per_epoch=4",
+                           "train.early_stopping_patience=10", argv=["--no-register"])
+    assert unbudgeted["epochs_completed"] == 2 and unbudgeted["planned_epochs"] == 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["horovod", "horovodrun", "torch-distributor"])
 def test_two_processes_end_with_identical_weights(spark, data_root, tmp_path, launcher):

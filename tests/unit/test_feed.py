@@ -108,3 +108,27 @@ def test_learning_rate_warms_up_then_decays_to_its_floor():
     assert abs(curve[-1] - 0.05) < 0.01
     flat = lr_factor(TrainConf(lr_schedule="constant"), steps_per_epoch=25)
     assert flat(0) == flat(1000) == 1.0
+
+
+def test_a_shortened_plan_moves_the_end_of_the_schedule():
+    from ebbtide.model.config import TrainConf
+    from ebbtide.model.train import lr_factor
+
+    tc = TrainConf(epochs=10, warmup_share=0.05, min_lr_share=0.05)
+    plan = {"epochs": 10}
+    f = lr_factor(tc, steps_per_epoch=20, plan=plan)
+    mid_long = f(39)
+    plan["epochs"] = 2  # a time budget found that only two epochs fit
+    assert abs(f(39) - 0.05) < 0.01 < mid_long - 0.05  # now the last step of the run: the floor
+    assert f(39) < f(30) < f(21)
+
+
+def test_the_time_budget_plans_the_epochs_that_fit_and_never_grows_the_plan():
+    from ebbtide.model.train import plan_epochs
+
+    assert plan_epochs(0, 50.0, 1, 15) == 15  # no budget
+    assert plan_epochs(100, 21.0, 1, 15) == 4  # 79 s left, 21 s an epoch: 3 more
+    assert plan_epochs(100, 40.0, 2, 4) == 4  # on plan
+    assert plan_epochs(100, 90.0, 3, 4) == 3  # slower than planned: stop here
+    assert plan_epochs(100, 130.0, 1, 15) == 1  # the first epoch alone overran: never fewer than done
+    assert plan_epochs(1000, 10.0, 1, 15) == 15  # never more than train.epochs

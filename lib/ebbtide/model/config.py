@@ -74,6 +74,11 @@ class TrainConf:
     # auto: CUDA when available (NCCL, one GPU per process), else CPU (Gloo).
     device: Literal["auto", "cpu", "cuda"] = "auto"
     epochs: int = 15
+    # A wall-clock budget for training and validation, in seconds (0 = none): after each epoch the
+    # run plans as many more epochs as its mean epoch time leaves room for (never more than
+    # `epochs`), and the cosine schedule ends on the last planned one, so a retrain that must fit a
+    # nightly window still anneals instead of being cut mid-schedule.
+    max_seconds: float = 0.0
     # every_position: a next-item label at every position of each window (up to max_len labels per
     # recurrence); last: only the window's target. `last` with every window each epoch is the default:
     # ahead on validation on MovieLens-100k and the generated logs once the feed read uniform

@@ -240,23 +240,38 @@ def set_objective(net, tc) -> None:
     net.query_time_uniform_share = share
 
 
-def lr_factor(tc, steps_per_epoch: int):
+def lr_factor(tc, steps_per_epoch: int, plan: Optional[dict] = None):
     """The learning-rate multiplier per optimizer step (torch's LambdaLR): 1 for `constant`; for
     `cosine` a linear warm-up over warmup_share of the run's steps, then a half cosine down to
     min_lr_share at the last step of the last epoch. Early stopping may end the run sooner, on a
-    higher rate; the best epoch is what gets registered either way."""
-    total = max(1, steps_per_epoch * tc.epochs)
-    warm = int(tc.warmup_share * total)
+    higher rate; the best epoch is what gets registered either way. ``plan["epochs"]``, when given,
+    is read at every step: a time budget (``train.max_seconds``) shortens the run after it started,
+    and the cosine then ends on the new last epoch."""
+    plan = plan if plan is not None else {"epochs": tc.epochs}
 
     def factor(step: int) -> float:
         if tc.lr_schedule == "constant":
             return 1.0
+        total = max(1, steps_per_epoch * plan["epochs"])
+        warm = int(tc.warmup_share * total)
         if step < warm:
             return (step + 1) / warm
         done = min(1.0, (step - warm) / max(1, total - warm))
         return tc.min_lr_share + (1.0 - tc.min_lr_share) * 0.5 * (1.0 + math.cos(math.pi * done))
 
     return factor
+
+
+def plan_epochs(max_seconds: float, wall_s: float, epochs_done: int, planned: int) -> int:
+    """The epochs a run with a time budget plans after ``epochs_done`` epochs took ``wall_s`` wall
+    seconds in all (training and validation): those done plus as many more as the mean epoch time
+    leaves room for, never more than planned before (the plan only shrinks, so the schedule's end
+    never moves away) and never fewer than those done."""
+    if max_seconds <= 0 or epochs_done <= 0:
+        return planned
+    per_epoch = wall_s / epochs_done
+    more = int(max(0.0, max_seconds - wall_s) // per_epoch) if per_epoch > 0 else planned
+    return max(epochs_done, min(planned, epochs_done + more))
 
 
 def _metric_is_better(name: str, new: float, best: Optional[float]) -> bool:
@@ -407,7 +422,11 @@ def train_fn(spec: TrainSpec) -> dict:
     model, opt = pg.wrap(net, opt)
     metric = tc.early_stopping_metric
     steps = feed.steps_per_epoch(spec.train_rows, tc.batch_size, world, tc.max_steps_per_epoch, tc.epoch_share)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tc, steps))
+    if tc.max_seconds < 0:
+        raise ValueError(f"train.max_seconds must be >= 0 (0 = no budget), got {tc.max_seconds}")
+    # The epochs this run plans: train.epochs, or fewer once a time budget shows they do not fit.
+    plan = {"epochs": int(state.get("planned_epochs", tc.epochs)) if state else tc.epochs}
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tc, steps, plan))
     if state and state.get("scheduler"):
         sched.load_state_dict(state["scheduler"])
         # Building the scheduler set the optimizer's rate to that of step 0, and load_state_dict
@@ -427,8 +446,9 @@ def train_fn(spec: TrainSpec) -> dict:
                 if h["epoch"] not in have:
                     registry.log_epoch(spec.mlflow, spec.mlflow_run_id, h["epoch"], _mlflow_metrics(h))
         log.info(
-            "training on %s: %d process(es), %d steps/epoch of %d, lr %.4g, epochs %d..%d, backend %s",
-            device, world, steps, tc.batch_size, lr, start_epoch, tc.epochs, spec.backend,
+            "training on %s: %d process(es), %d steps/epoch of %d, lr %.4g, epochs %d..%d, backend %s%s",
+            device, world, steps, tc.batch_size, lr, start_epoch, plan["epochs"], spec.backend,
+            f", time budget {tc.max_seconds:.0f} s" if tc.max_seconds > 0 else "",
         )
 
     seq_per_s: list[float] = []
@@ -438,7 +458,7 @@ def train_fn(spec: TrainSpec) -> dict:
     model.train()
     epoch = start_epoch
     for epoch in range(start_epoch, tc.epochs + 1):
-        if stopped:
+        if stopped or epoch > plan["epochs"]:
             break
         t0 = time.perf_counter()
         sums = [0.0, 0.0, 0.0, 0.0]  # loss, next_item, return_time, batches
@@ -503,6 +523,14 @@ def train_fn(spec: TrainSpec) -> dict:
         else:
             bad_epochs += 1
         stopped = bad_epochs >= tc.early_stopping_patience
+        if tc.max_seconds > 0 and not stopped:
+            # wall_s is rank 0's, broadcast above, so every rank plans the same epochs.
+            planned = plan_epochs(tc.max_seconds, row["wall_s"], epoch, plan["epochs"])
+            if planned < plan["epochs"] and rank == 0:
+                log.info("time budget %.0f s: %.0f s spent after epoch %d (%.1f s an epoch), so %d epoch(s) in all "
+                         "instead of %d; the learning-rate schedule ends on the last of them",
+                         tc.max_seconds, row["wall_s"], epoch, row["wall_s"] / epoch, planned, plan["epochs"])
+            plan["epochs"] = planned
         if rank == 0:
             storage.torch_save(
                 {
@@ -510,6 +538,7 @@ def train_fn(spec: TrainSpec) -> dict:
                     "scaler": scaler.state_dict() if scaler is not None else None,
                     "scheduler": sched.state_dict(),
                     "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "stopped": stopped,
+                    "planned_epochs": plan["epochs"],
                     "history": history, "mlflow_run_id": spec.mlflow_run_id,
                     "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
                 },
@@ -518,7 +547,7 @@ def train_fn(spec: TrainSpec) -> dict:
             registry.log_epoch(spec.mlflow, spec.mlflow_run_id, epoch, _mlflow_metrics(row))
             log.info(
                 "epoch %d/%d: loss %.4f, %s %.4f (best %.4f at epoch %d), %.0f seq/s",
-                epoch, tc.epochs, row["train_loss"], metric, value, best if best is not None else float("nan"),
+                epoch, plan["epochs"], row["train_loss"], metric, value, best if best is not None else float("nan"),
                 best_epoch, row["train_seq_per_s"],
             )
         if stopped:
@@ -538,6 +567,8 @@ def train_fn(spec: TrainSpec) -> dict:
         "best_metric": best,
         "best_epoch": best_epoch,
         "seconds_to_best": next((h.get("wall_s") for h in history if h["epoch"] == best_epoch), None),
+        "planned_epochs": plan["epochs"],
+        "max_seconds": tc.max_seconds,
         "resumed_after_epoch": state["epoch"] if state else 0,
         "epochs_this_run": max(0, len(history) - (len(state["history"]) if state else 0)),
         "seq_per_s": float(np.mean(seq_per_s)) if seq_per_s else None,
@@ -922,6 +953,9 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
         "best_epoch": r0["best_epoch"],
         "seconds_to_best": r0.get("seconds_to_best"),
         "epochs_completed": len(r0["history"]),
+        "planned_epochs": r0.get("planned_epochs"),
+        "max_seconds": tc.max_seconds,
+        "train_wall_s": r0["history"][-1].get("wall_s") if r0["history"] else None,
         "resumed_after_epoch": r0["resumed_after_epoch"],
         "seq_per_s": r0["seq_per_s"],
         "param_checksums": r0["param_checksums"],
