@@ -135,6 +135,27 @@ def test_kaplan_meier_hand_case_and_conditional_return():
     assert p == pytest.approx([0.2, 0.5])
 
 
+def test_churn_fits_on_grouped_durations_equal_the_ungrouped_fit():
+    """Durations grouped as (value, observed, count), as evaluate aggregates them in Spark, fit
+    Kaplan-Meier and the exponential prior exactly as the raw durations do."""
+    rng = np.random.default_rng(3)
+    d = np.round(rng.exponential(5.0, 300), 1).astype(np.float32).astype(np.float64) * DAY_S
+    e = (rng.random(300) < 0.7).astype(float)
+    (v, o), n = np.unique(np.stack([d, e]), axis=1, return_counts=True)
+    assert len(v) < len(d)  # real ties, some shared by observed and censored entries
+    rev = np.arange(len(v))[::-1]  # in any order
+    t0, s0 = B.kaplan_meier(d, e)
+    t1, s1 = B.kaplan_meier(v[rev], o[rev], n[rev])
+    assert np.array_equal(t0, t1) and np.array_equal(s0, s1)
+    b = _batch([[0, 2], [2, 3]], gaps_days=[[0, 0], [0, 4]])
+    el = np.array([0.5, 3.0]) * DAY_S
+    for cls in (B.KaplanMeierChurn, B.ExponentialDecay):
+        raw = cls().fit(d, e).churn(b, el)
+        grouped = cls().fit(v[rev], o[rev], n[rev]).churn(b, el)
+        for k in raw:
+            assert np.array_equal(raw[k], grouped[k]), (cls.name, k)
+
+
 def test_exponential_decay_rate_from_the_window():
     m = B.ExponentialDecay((7,), prior_gaps=0.0, prior_days=0.0)
     b = _batch([[2, 3, 4], [0, 2, 3]], gaps_days=[[0, 1, 1], [0, 0, 10]])

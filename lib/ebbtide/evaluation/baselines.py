@@ -236,14 +236,22 @@ class RFMLogistic(_LogisticChurn):
     features = (0, 1, 2, 3, 4)
 
 
-def kaplan_meier(durations: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(event times, survival just after each): the product-limit estimate."""
+def _weights(weights: Optional[np.ndarray], n: int) -> np.ndarray:
+    """Per-duration counts (1 each when None): grouped durations weigh as many as they stand for."""
+    return np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+
+
+def kaplan_meier(durations: np.ndarray, observed: np.ndarray,
+                 weights: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(event times, survival just after each): the product-limit estimate. ``weights``: how
+    many users each (duration, observed) entry stands for (counts of grouped durations)."""
     d = np.asarray(durations, dtype=np.float64)
     e = np.asarray(observed).astype(bool)
+    w = _weights(weights, len(d))
     times, inv = np.unique(d, return_inverse=True)
-    deaths = np.bincount(inv, weights=e, minlength=len(times))
-    leaving = np.bincount(inv, minlength=len(times))
-    at_risk = len(d) - np.concatenate([[0], np.cumsum(leaving)[:-1]])
+    deaths = np.bincount(inv, weights=w * e, minlength=len(times))
+    leaving = np.bincount(inv, weights=w, minlength=len(times))
+    at_risk = w.sum() - np.concatenate([[0], np.cumsum(leaving)[:-1]])
     surv = np.cumprod(1.0 - deaths / np.maximum(at_risk, 1))
     keep = deaths > 0
     return times[keep], surv[keep]
@@ -258,8 +266,9 @@ class KaplanMeierChurn:
     def __init__(self, horizons_days=(7, 30)):
         self.horizons = tuple(int(d) for d in horizons_days)
 
-    def fit(self, durations_s: np.ndarray, observed: np.ndarray) -> "KaplanMeierChurn":
-        self.t, self.s = kaplan_meier(durations_s, observed)
+    def fit(self, durations_s: np.ndarray, observed: np.ndarray,
+            weights: Optional[np.ndarray] = None) -> "KaplanMeierChurn":
+        self.t, self.s = kaplan_meier(durations_s, observed, weights)
         return self
 
     def survival(self, t_s: np.ndarray) -> np.ndarray:
@@ -284,11 +293,19 @@ class ExponentialDecay:
         # A weak prior (one gap of prior_days) keeps one-event users finite.
         self.prior_gaps, self.prior_s = prior_gaps, prior_days * DAY_S
 
-    def fit(self, durations_s: Optional[np.ndarray] = None, observed=None) -> "ExponentialDecay":
+    def fit(self, durations_s: Optional[np.ndarray] = None, observed=None,
+            weights: Optional[np.ndarray] = None) -> "ExponentialDecay":
+        """The prior gap is the train mean return gap: exposure (every duration, ``weights``
+        times) over returns. The sum is exactly rounded (``math.fsum``): it does not depend on the
+        order the durations come in, which Spark's grouping does not fix."""
         if durations_s is not None and len(durations_s):
+            import math
+
             obs = np.asarray(observed).astype(bool)
+            w = _weights(weights, len(obs))
             if obs.any():
-                self.prior_s = float(np.sum(durations_s) / obs.sum()) * self.prior_gaps
+                exposure = math.fsum(np.asarray(durations_s, dtype=np.float64) * w)
+                self.prior_s = float(exposure / w[obs].sum()) * self.prior_gaps
         return self
 
     def churn(self, batch, elapsed_s):
