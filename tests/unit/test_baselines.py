@@ -38,6 +38,21 @@ EV = _events([
 ])
 
 
+def test_train_aggregates_count_real_targets_pairs_of_users_and_transitions():
+    ev = _events([(0, 2, 1, 0), (0, 3, 2, 2), (0, 3, 3, 3), (1, 3, 1, 0), (1, 2, 2, 3), (1, 1, 3, 2), (1, 9, 4, 2)])
+    agg = ev.aggregates(N_ITEMS, [DAY_S])
+    assert agg.count.tolist() == [0, 0, 2, 3, 0, 0, 0]  # OOV 1 and item 9 (outside the catalogue) left out
+    assert agg.item_users.tolist() == [0, 0, 2, 2, 0, 0, 0]  # user 0's repeat of 3 counts once
+    assert list(zip(agg.pair_a, agg.pair_b, agg.pair_n)) == [(2, 3, 2)]
+    assert sorted(zip(agg.last_item, agg.item, agg.n)) == [(0, 2, 1), (0, 3, 1), (2, 3, 1), (3, 2, 1), (3, 3, 1)]
+    assert agg.t_ref == 3 * DAY_S
+    assert agg.decayed[DAY_S][2:4] == pytest.approx([0.25 + 0.5, 0.5 + 1 + 0.25])
+    # a baseline given aggregates without its decay refuses them rather than guessing
+    with pytest.raises(ValueError, match="half-lives"):
+        B.RecentPopular(N_ITEMS, 2.0).fit(agg)
+    assert B.RecentPopular(N_ITEMS, 1.0).fit(agg).w[3] == pytest.approx(1.75)
+
+
 def test_most_popular_counts_train_targets_only():
     s = B.MostPopular(N_ITEMS).fit(EV).score_all(_batch([[0, 2]]), np.zeros(1))
     assert s.shape == (1, N_ITEMS)

@@ -12,13 +12,16 @@ by popularity rather than tied (ties are averaged by the metrics anyway).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol, Sequence
 
 import numpy as np
 
 from ebbtide.evaluation.metrics import N_SPECIAL
 from ebbtide.evaluation.protocols import DAY_S
 from ebbtide.model.calibration import rfm_features  # one definition for these baselines and the model's churn calibration
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 LN2 = np.log(2.0)
 _TIE_BREAK = 1e-6
@@ -38,30 +41,157 @@ class ChurnScorer(Protocol):
 
 @dataclass
 class TrainEvents:
-    """What item baselines fit on (from ``protocols.training_rows``): one row per train target."""
+    """Train targets as numpy arrays, one entry per train target (``protocols.training_rows``
+    collected): a small-data source of ``TrainAggregates``, e.g. for hand-built tests."""
 
     user: np.ndarray         # (m,) int user codes
     item: np.ndarray         # (m,) target item index
     ts_s: np.ndarray         # (m,) target time, epoch seconds
     last_item: np.ndarray    # (m,) the last input item before the target (Markov)
+    time_to_next_s: Optional[np.ndarray] = None  # (m,) return gap, target - last input (churn)
 
     @classmethod
     def from_pandas(cls, pdf) -> "TrainEvents":
         codes = pdf["user_id"].astype("category").cat.codes.to_numpy().astype(np.int64)
+        gaps = pdf["time_to_next_s"].to_numpy().astype(np.float64) if "time_to_next_s" in pdf else None
         return cls(
             user=codes,
             item=pdf["target_item"].to_numpy().astype(np.int64),
             ts_s=pdf["target_ts_s"].to_numpy().astype(np.float64),
             last_item=pdf["last_item"].to_numpy().astype(np.int64),
+            time_to_next_s=gaps,
         )
 
     def real(self, n_items: int) -> "TrainEvents":
         keep = (self.item >= N_SPECIAL) & (self.item < n_items)
         return TrainEvents(self.user[keep], self.item[keep], self.ts_s[keep], self.last_item[keep])
 
+    def aggregates(self, n_items: int, half_lives_s: Sequence[float] = ()) -> "TrainAggregates":
+        """The numpy twin of ``TrainAggregates.from_spark``: the same counts from these arrays."""
+        gap_s = gap_n = None
+        if self.time_to_next_s is not None:
+            gap_s, gap_n = _value_counts(self.time_to_next_s)
+        ev = self.real(n_items)
+        last = np.clip(ev.last_item, 0, n_items - 1)
+        key, n = np.unique(last * n_items + ev.item, return_counts=True)
+        t_ref = float(ev.ts_s.max()) if len(ev.ts_s) else 0.0
+        decayed = {
+            float(h): np.bincount(ev.item, weights=decay_weight(t_ref - ev.ts_s, h), minlength=n_items)[:n_items]
+            for h in half_lives_s
+        }
+        # Users per item, and per pair of items a < b the users who have both (user x item presence).
+        from scipy import sparse
 
-def _popularity(ev: TrainEvents, n_items: int) -> np.ndarray:
-    c = np.bincount(ev.item, minlength=n_items).astype(np.float64)[:n_items]
+        n_users = int(ev.user.max()) + 1 if len(ev.user) else 0
+        ui = sparse.csr_matrix((np.ones(len(ev.item), dtype=np.int64), (ev.user, ev.item)), shape=(n_users, n_items))
+        ui.data[:] = 1  # the constructor summed repeats: keep presence only
+        c = sparse.triu(ui.T @ ui, k=1).tocoo()
+        return TrainAggregates(
+            n_items=n_items, last_item=key // n_items, item=key % n_items, n=n, t_ref=t_ref, decayed=decayed,
+            pair_a=c.row.astype(np.int64), pair_b=c.col.astype(np.int64), pair_n=c.data.astype(np.int64),
+            item_users=np.asarray(ui.sum(axis=0)).ravel().astype(np.int64),
+            gap_s=gap_s, gap_n=gap_n,
+        )
+
+
+@dataclass
+class TrainAggregates:
+    """What item baselines fit on: counts over the train split's targets with a real item
+    (``N_SPECIAL <= item < n_items``), never one row per example. Built in Spark
+    (``from_spark``, only these aggregates reach the driver) or from ``TrainEvents``
+    (``TrainEvents.aggregates``); every ``fit`` reads only this, so both sources fit alike.
+
+    Sizes: O(items) for the per-item arrays, O(nonzero pairs) for the transition and
+    co-occurrence triplets, O(distinct gaps) for the return gaps."""
+
+    n_items: int
+    last_item: np.ndarray    # (k,) transitions last input item (clipped to [0, n_items)) ->
+    item: np.ndarray         # (k,) target item,
+    n: np.ndarray            # (k,) how many train targets: popularity and Markov
+    t_ref: float             # the latest train target time (0 when none)
+    decayed: dict            # half-life s -> (n_items,) sum over targets of 2^(-(t_ref - ts) / half-life)
+    pair_a: np.ndarray       # (p,) item pairs a < b ...
+    pair_b: np.ndarray
+    pair_n: np.ndarray       # (p,) ... and the users who have both among their train targets
+    item_users: np.ndarray   # (n_items,) users who have the item among their train targets
+    gap_s: Optional[np.ndarray] = None  # distinct return gaps (time_to_next_s) of ALL train targets
+    gap_n: Optional[np.ndarray] = None  # and how many targets have each
+
+    @property
+    def count(self) -> np.ndarray:
+        """(n_items,) train targets per item."""
+        return np.bincount(self.item, weights=self.n, minlength=self.n_items)[: self.n_items]
+
+    @property
+    def n_rows(self) -> int:
+        """Train targets of any item (pad/OOV included): the rows the return gaps are counted over."""
+        return int(np.sum(self.gap_n)) if self.gap_n is not None else int(np.sum(self.n))
+
+    @classmethod
+    def from_spark(cls, tr: "DataFrame", n_items: int, half_lives_s: Sequence[float] = ()) -> "TrainAggregates":
+        """From ``protocols.training_rows``: one Spark aggregation per kind (``protocols``'s
+        ``train_*`` functions) on the persisted rows; only the aggregates are collected."""
+        from pyspark import StorageLevel
+
+        from ebbtide.evaluation import protocols as P
+
+        tr = tr.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            trans = P.train_transitions(tr, n_items).toPandas()
+            t_ref = float(trans["max_ts_s"].max()) if len(trans) else 0.0
+            dec = P.train_decayed_counts(tr, n_items, t_ref, half_lives_s).toPandas() if len(half_lives_s) else None
+            pairs = P.train_item_pairs(tr, n_items).toPandas()
+            users = P.train_item_users(tr, n_items).toPandas()
+            gaps = P.train_return_gaps(tr).toPandas()
+        finally:
+            tr.unpersist()
+
+        def col(pdf, c, dtype=np.int64):
+            return pdf[c].to_numpy().astype(dtype)
+
+        def per_item(pdf, c, dtype):
+            out = np.zeros(n_items, dtype=dtype)
+            out[col(pdf, "item")] = col(pdf, c, dtype)
+            return out
+
+        decayed = {float(h): per_item(dec, f"w{j}", np.float64) for j, h in enumerate(half_lives_s)}
+        item_users = per_item(users, "n", np.int64)
+        return cls(
+            n_items=n_items, last_item=col(trans, "last_item"), item=col(trans, "item"), n=col(trans, "n"),
+            t_ref=t_ref, decayed=decayed,
+            pair_a=col(pairs, "item_a"), pair_b=col(pairs, "item_b"), pair_n=col(pairs, "n"),
+            item_users=item_users, gap_s=col(gaps, "time_to_next_s", np.float64), gap_n=col(gaps, "n"),
+        )
+
+
+def _value_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values, how many times each) of a float array; NaN (a null) counts as one value."""
+    v, n = np.unique(np.asarray(values, dtype=np.float64), return_counts=True, equal_nan=True)
+    return v, n
+
+
+def as_aggregates(train, n_items: int, half_lives_s: Sequence[float] = ()) -> TrainAggregates:
+    """``TrainAggregates`` as is (checked for this catalogue and these half-lives), or built
+    from ``TrainEvents``."""
+    if isinstance(train, TrainEvents):
+        return train.aggregates(n_items, half_lives_s)
+    if train.n_items != n_items:
+        raise ValueError(f"aggregates of {train.n_items} items given to a baseline of {n_items}")
+    missing = [h for h in half_lives_s if float(h) not in train.decayed]
+    if missing:
+        raise ValueError(f"aggregates lack the decayed counts for half-lives {missing} s; "
+                         f"pass them to TrainAggregates.from_spark (has {sorted(train.decayed)})")
+    return train
+
+
+def decay_weight(age_s, half_life_s: float):
+    """2^(-age / half-life), in the numeric form every decayed count uses (exp of -ln 2 x age / h);
+    ``protocols.train_decayed_counts`` writes the same expression in Spark."""
+    return np.exp(-LN2 * np.asarray(age_s, dtype=np.float64) / half_life_s)
+
+
+def _popularity(count: np.ndarray, n_items: int) -> np.ndarray:
+    c = np.asarray(count, dtype=np.float64)[:n_items].copy()
     c[:N_SPECIAL] = 0.0
     return c / max(c.max(), 1.0)
 
@@ -80,8 +210,9 @@ class MostPopular:
     def __init__(self, n_items: int):
         self.n_items = n_items
 
-    def fit(self, ev: TrainEvents) -> "MostPopular":
-        self.pop = _popularity(ev.real(self.n_items), self.n_items)
+    def fit(self, train) -> "MostPopular":
+        """``train``: ``TrainAggregates`` or ``TrainEvents`` (``as_aggregates``), as for every item baseline."""
+        self.pop = _popularity(as_aggregates(train, self.n_items).count, self.n_items)
         return self
 
     def score_all(self, batch, elapsed_s):
@@ -102,11 +233,10 @@ class RecentPopular:
         self.n_items = n_items
         self.h = half_life_days * DAY_S
 
-    def fit(self, ev: TrainEvents) -> "RecentPopular":
-        ev = ev.real(self.n_items)
-        self.t_ref = float(ev.ts_s.max()) if len(ev.ts_s) else 0.0
-        w = np.exp(-LN2 * (self.t_ref - ev.ts_s) / self.h)
-        self.w = np.bincount(ev.item, weights=w, minlength=self.n_items)[: self.n_items]
+    def fit(self, train) -> "RecentPopular":
+        agg = as_aggregates(train, self.n_items, (self.h,))
+        self.t_ref = agg.t_ref
+        self.w = np.asarray(agg.decayed[float(self.h)], dtype=np.float64)[: self.n_items]
         self.log_w = np.log(np.maximum(self.w, 1e-300))
         self.log_w[self.w == 0] = -700.0
         return self
@@ -127,28 +257,27 @@ class ItemCooccurrence:
         self.n_items = n_items
         self.h = half_life_days * DAY_S
 
-    def fit(self, ev: TrainEvents) -> "ItemCooccurrence":
+    def fit(self, train) -> "ItemCooccurrence":
         from scipy import sparse
 
-        ev = ev.real(self.n_items)
-        n_users = int(ev.user.max()) + 1 if len(ev.user) else 0
-        ui = sparse.csr_matrix(
-            (np.ones(len(ev.item), dtype=np.float32), (ev.user, ev.item)), shape=(n_users, self.n_items)
-        )
-        ui.data[:] = 1.0  # the constructor summed repeats: keep presence only
-        c = (ui.T @ ui).tocoo()
-        occ = np.asarray(ui.sum(axis=0)).ravel()
-        jac = c.data / (occ[c.row] + occ[c.col] - c.data)
-        off = c.row != c.col  # an item does not recommend itself through itself
-        self.sim = sparse.csr_matrix((jac[off], (c.row[off], c.col[off])), shape=(self.n_items, self.n_items))
-        self.pop = _popularity(ev, self.n_items)
+        agg = as_aggregates(train, self.n_items)
+        # Jaccard = users with both / users with either, in float32 (exact counts up to 2^24).
+        both = agg.pair_n.astype(np.float32)
+        occ = agg.item_users.astype(np.float32)
+        jac = both / (occ[agg.pair_a] + occ[agg.pair_b] - both)
+        # Symmetric, and no diagonal: an item does not recommend itself through itself.
+        row = np.concatenate([agg.pair_a, agg.pair_b])
+        col = np.concatenate([agg.pair_b, agg.pair_a])
+        self.sim = sparse.csr_matrix((np.concatenate([jac, jac]), (row, col)), shape=(self.n_items, self.n_items))
+        self.sim.sum_duplicates()  # canonical (sorted) whatever order the pairs came in
+        self.pop = _popularity(agg.count, self.n_items)
         return self
 
     def score_all(self, batch, elapsed_s):
         from scipy import sparse
 
         items = np.asarray(batch["item_idx"], dtype=np.int64)
-        w = np.exp(-LN2 * input_ages_s(batch, elapsed_s) / self.h)  # 0 for pad (age inf)
+        w = decay_weight(input_ages_s(batch, elapsed_s), self.h)  # 0 for pad (age inf)
         n, L = items.shape
         rows = np.repeat(np.arange(n), L)
         aff = sparse.csr_matrix((w.ravel(), (rows, items.ravel())), shape=(n, self.n_items))
@@ -164,19 +293,19 @@ class LastItemMarkov:
     def __init__(self, n_items: int):
         self.n_items = n_items
 
-    def fit(self, ev: TrainEvents) -> "LastItemMarkov":
+    def fit(self, train) -> "LastItemMarkov":
         from scipy import sparse
 
-        ev = ev.real(self.n_items)
-        li = np.clip(ev.last_item, 0, self.n_items - 1)
+        agg = as_aggregates(train, self.n_items)
+        li = np.clip(agg.last_item, 0, self.n_items - 1)
         t = sparse.csr_matrix(
-            (np.ones(len(li)), (li, ev.item)), shape=(self.n_items, self.n_items)
+            (agg.n.astype(np.float64), (li, agg.item)), shape=(self.n_items, self.n_items)
         )
         t.sum_duplicates()
         rs = np.asarray(t.sum(axis=1)).ravel()
         self.trans = sparse.diags(1.0 / np.maximum(rs, 1.0)) @ t
         self.trans = self.trans.tocsr()
-        self.pop = _popularity(ev, self.n_items)
+        self.pop = _popularity(agg.count, self.n_items)
         return self
 
     def score_all(self, batch, elapsed_s):

@@ -33,7 +33,9 @@ Baselines' churn models fit on the same kind of snapshot taken inside the train 
 (``cut = T1 - max horizon``, observed only up to T1).
 
 The Spark functions are pure DataFrame -> DataFrame; ``to_batch`` turns collected rows into
-the numpy batch every scorer takes.
+the numpy batch every scorer takes. The baselines fit on aggregates of ``training_rows``
+(``train_*``: per item, per item pair, per distinct return gap), never on its rows
+(``baselines.TrainAggregates.from_spark`` collects them).
 """
 from __future__ import annotations
 
@@ -145,6 +147,80 @@ def training_rows(df: "DataFrame") -> "DataFrame":
             F.col("time_to_next_s").cast("double").alias("time_to_next_s"),
         )
     )
+
+
+def _real_targets(tr: "DataFrame", n_items: int) -> "DataFrame":
+    from pyspark.sql import functions as F
+
+    from ebbtide.sequences import FIRST_INDEX
+
+    return tr.filter((F.col("target_item") >= FIRST_INDEX) & (F.col("target_item") < n_items))
+
+
+def train_transitions(tr: "DataFrame", n_items: int) -> "DataFrame":
+    """Of ``training_rows``: one row per (``last_item`` clipped to [0, n_items), ``item``) with
+    ``n`` targets of that real item after that last input item, and their latest ``max_ts_s``.
+    Summed over ``last_item`` it is the items' popularity; its max ts is the decay's reference."""
+    from pyspark.sql import functions as F
+
+    last = F.least(F.greatest(F.col("last_item"), F.lit(0)), F.lit(n_items - 1)).cast("long")
+    return (
+        _real_targets(tr, n_items)
+        .groupBy(last.alias("last_item"), F.col("target_item").cast("long").alias("item"))
+        .agg(F.count(F.lit(1)).alias("n"), F.max("target_ts_s").alias("max_ts_s"))
+    )
+
+
+def train_decayed_counts(tr: "DataFrame", n_items: int, t_ref_s: float, half_lives_s) -> "DataFrame":
+    """Of ``training_rows``: one row per real ``item``, and per half-life h (column ``w{j}``,
+    j its position) the sum over its targets of 2^(-(t_ref - ts) / h), written as
+    ``baselines.decay_weight`` writes it (exp(-ln 2 x age / h))."""
+    from pyspark.sql import functions as F
+
+    ln2 = float(np.log(2.0))
+    age = F.lit(float(t_ref_s)) - F.col("target_ts_s")
+    sums = [F.sum(F.exp(F.lit(-ln2) * age / F.lit(float(h)))).alias(f"w{j}") for j, h in enumerate(half_lives_s)]
+    return _real_targets(tr, n_items).groupBy(F.col("target_item").cast("long").alias("item")).agg(*sums)
+
+
+def _item_presence(tr: "DataFrame", n_items: int) -> "DataFrame":
+    """(user_id, item): each real item among a user's train targets, once."""
+    from pyspark.sql import functions as F
+
+    return _real_targets(tr, n_items).select("user_id", F.col("target_item").cast("long").alias("item")).distinct()
+
+
+def train_item_users(tr: "DataFrame", n_items: int) -> "DataFrame":
+    """Of ``training_rows``: one row per real ``item``, ``n`` the users with it among their targets."""
+    return value_counts(_item_presence(tr, n_items), "item")
+
+
+def train_item_pairs(tr: "DataFrame", n_items: int) -> "DataFrame":
+    """Of ``training_rows``: one row per pair of real items ``item_a < item_b`` that some user has
+    both of among their train targets, ``n`` those users (a self-join of the presence on the user)."""
+    from pyspark.sql import functions as F
+
+    pres = _item_presence(tr, n_items)
+    a = pres.select("user_id", F.col("item").alias("item_a"))
+    b = pres.select("user_id", F.col("item").alias("item_b"))
+    return (
+        a.join(b, "user_id")
+        .filter(F.col("item_a") < F.col("item_b"))
+        .groupBy("item_a", "item_b")
+        .count()
+        .withColumnRenamed("count", "n")
+    )
+
+
+def train_return_gaps(tr: "DataFrame") -> "DataFrame":
+    """Of ``training_rows``: one row per distinct ``time_to_next_s`` (every train target, real or
+    not), ``n`` the targets with it: the churn baselines' observed return times, grouped."""
+    return value_counts(tr, "time_to_next_s")
+
+
+def value_counts(df: "DataFrame", column: str) -> "DataFrame":
+    """One row per distinct value of ``column`` and ``n`` the rows with it."""
+    return df.groupBy(column).count().withColumnRenamed("count", "n")
 
 
 def split_start(df: "DataFrame", split: str, configured: str = "") -> float:
