@@ -3,7 +3,8 @@
 Reads ``gold_training_examples`` (and ``gold_item_vocab`` for the catalogue size), applies the
 protocol, collects the evaluation split to the driver in two views (numpy; the rows and one
 churn snapshot row per user must fit in driver memory: ``evaluate.max_examples`` caps each
-view, above it a seeded uniform sample is evaluated), fits the baselines on the train split,
+view, above it a seeded uniform sample is evaluated), fits the baselines on Spark aggregates
+of the train split (per item, item pair and distinct return gap; no train row is collected),
 ranks the candidate catalogue for every scorer in chunks, writes ``ops_evaluations``, logs the
 same to MLflow with the report, and applies the promotion gate on the nightly view.
 
@@ -345,12 +346,14 @@ def run(ctx, args) -> dict:
         rt["negatives"] = negatives
 
     # -- baselines: fit on the train split only ------------------------------------------
+    # Aggregated in Spark (per item, item pair, distinct return gap): no train row reaches the driver.
     with step(log, "fitting baselines on the train split"):
-        tr = P.training_rows(df).toPandas()
-        if tr.empty:
+        item_scorers = B.item_baselines(n_items, ec.popularity_half_life_days, ec.cooccurrence_half_life_days)
+        agg = B.TrainAggregates.from_spark(P.training_rows(df), n_items,
+                                           [b.h for b in item_scorers if isinstance(b, B.RecentPopular)])
+        if agg.n_rows == 0:
             raise ValueError("the train split is empty; nothing to fit baselines on")
-        events = B.TrainEvents.from_pandas(tr)
-        item_scorers = [b.fit(events) for b in B.item_baselines(n_items, ec.popularity_half_life_days, ec.cooccurrence_half_life_days)]
+        item_scorers = [b.fit(agg) for b in item_scorers]
 
     # -- churn snapshots: evaluation as of the split's cut, fit inside the train period ---
     with step(log, "churn snapshots"):
@@ -361,20 +364,22 @@ def run(ctx, args) -> dict:
         snap = P.churn_snapshot(ex, cut).select(*snap_cols).orderBy("user_id").toPandas()
         fit_cut = t1 - max(horizons) * P.DAY_S
         fit = P.churn_snapshot(ex, fit_cut, observe_until_s=t1).select(*snap_cols).toPandas()
-        at_t1 = P.churn_snapshot(ex, t1, observe_until_s=t1).select("elapsed_s").toPandas()
+        at_t1 = P.value_counts(P.churn_snapshot(ex, t1, observe_until_s=t1), "elapsed_s").toPandas()
     churn_scorers = []
     if len(snap) and len(fit):
         fb = P.to_batch(fit)
         fe = fit["elapsed_s"].to_numpy()
         flab = {d: P.churn_labels(fit["returned"].to_numpy(), fit["return_after_s"].to_numpy(), d) for d in horizons}
-        # Return gaps seen in train, plus every window still open at T1 (censored there).
-        dur = np.concatenate([tr["time_to_next_s"].to_numpy(), at_t1["elapsed_s"].to_numpy()])
-        obs = np.concatenate([np.ones(len(tr)), np.zeros(len(at_t1))])
+        # Return gaps seen in train, plus every window still open at T1 (censored there), each
+        # distinct value once with its count.
+        dur = np.concatenate([agg.gap_s, at_t1["elapsed_s"].to_numpy(dtype=np.float64)])
+        obs = np.concatenate([np.ones(len(agg.gap_s)), np.zeros(len(at_t1))])
+        cnt = np.concatenate([agg.gap_n, at_t1["n"].to_numpy(dtype=np.int64)])
         churn_scorers = [
             B.DaysSinceLast(horizons).fit(fb, fe, flab),
             B.RFMLogistic(horizons).fit(fb, fe, flab),
-            B.KaplanMeierChurn(horizons).fit(dur, obs),
-            B.ExponentialDecay(horizons).fit(dur, obs),
+            B.KaplanMeierChurn(horizons).fit(dur, obs, cnt),
+            B.ExponentialDecay(horizons).fit(dur, obs, cnt),
         ]
     else:
         log.warning("no churn snapshot rows around the cut dates: churn metrics skipped")
