@@ -117,6 +117,17 @@ class TrainAggregates:
     gap_s: Optional[np.ndarray] = None  # distinct return gaps (time_to_next_s) of ALL train targets
     gap_n: Optional[np.ndarray] = None  # and how many targets have each
 
+    def __post_init__(self):
+        """One order whatever the source (Spark's grouping has none): transitions by (last
+        item, item), pairs by (a, b), gaps by value."""
+        o = np.lexsort((self.item, self.last_item))
+        self.last_item, self.item, self.n = self.last_item[o], self.item[o], self.n[o]
+        o = np.lexsort((self.pair_b, self.pair_a))
+        self.pair_a, self.pair_b, self.pair_n = self.pair_a[o], self.pair_b[o], self.pair_n[o]
+        if self.gap_s is not None:
+            o = np.argsort(self.gap_s, kind="stable")
+            self.gap_s, self.gap_n = self.gap_s[o], self.gap_n[o]
+
     @property
     def count(self) -> np.ndarray:
         """(n_items,) train targets per item."""
