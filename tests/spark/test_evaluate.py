@@ -144,6 +144,11 @@ def test_temporal_training_rows_never_hold_a_test_period_event(spark, cfg):
     assert TEST_ONLY_ITEM not in set(ev.item.tolist()) | set(ev.last_item.tolist())
     pop = B.MostPopular(N_ITEMS).fit(ev)
     assert pop.pop[TEST_ONLY_ITEM] == 0
+    # nor from the Spark aggregates evaluate fits them on
+    agg = B.TrainAggregates.from_spark(P.training_rows(ex), N_ITEMS)
+    assert agg.count[TEST_ONLY_ITEM] == 0 and agg.item_users[TEST_ONLY_ITEM] == 0
+    assert TEST_ONLY_ITEM not in set(agg.last_item.tolist()) | set(agg.pair_a.tolist()) | set(agg.pair_b.tolist())
+    assert agg.t_ref < _epoch(T1_DAY) and agg.n_rows == len(tr)
     # evaluation rows are the split's uncensored rows, all after T2
     te = P.evaluation_rows(ex, "test").select(F.min(F.col("target_ts").cast("double")), F.max("censored")).collect()[0]
     assert te[0] >= _epoch(T2_DAY) and te[1] == 0
@@ -315,6 +320,32 @@ def test_evaluate_baselines_only_writes_table_report_and_mlflow_idempotently(ctx
     # leave-last-out on the valid split is another set of rows
     out3 = R.run(ctx, _args(baselines_only=True, protocol="leave-last-out", split="valid"))
     assert tables.read(spark, cfg, "ops_evaluations").count() == n1 + out3["rows"]
+
+
+def _figures(summary, path=""):
+    """The summary's numbers, flattened to path -> value."""
+    if isinstance(summary, dict):
+        return {k: v for key, sub in summary.items() for k, v in _figures(sub, f"{path}/{key}").items()}
+    return {path: summary} if isinstance(summary, (int, float)) and not isinstance(summary, bool) else {}
+
+
+@pytest.mark.slow
+def test_evaluate_figures_equal_those_of_baselines_fitted_on_the_collected_train_rows(ctx, spark, cfg, monkeypatch):
+    """Evaluate fits the baselines on Spark aggregates of the train split. Fitted on the collected
+    train rows instead, as it did before (their numpy aggregates, TrainEvents.aggregates), every
+    figure of the summary is the same."""
+    from ebbtide.evaluation import baselines as B, run as R
+
+    out = R.run(ctx, _args(baselines_only=True))
+
+    def from_collected_rows(cls, tr, n_items, half_lives_s=()):
+        return B.TrainEvents.from_pandas(tr.toPandas()).aggregates(n_items, half_lives_s)
+
+    monkeypatch.setattr(B.TrainAggregates, "from_spark", classmethod(from_collected_rows))
+    before = R.run(ctx, _args(baselines_only=True))
+    got, want = _figures(out), _figures(before)
+    assert set(got) == set(want) and "/nightly/ndcg@10/cooccurrence" in got and "/churn_roc_auc_7d/kaplan_meier" in got
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-12, nan_ok=True)
 
 
 def test_evaluate_with_unloadable_model_names_the_fix(ctx, spark, cfg):
