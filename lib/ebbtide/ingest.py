@@ -44,6 +44,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
+from ebbtide import catalog
 from ebbtide.config import ConfigError, IngestConf, SourceConf, parse_utc
 from ebbtide.log import get_logger, step
 
@@ -52,9 +53,9 @@ if TYPE_CHECKING:
 
 log = get_logger("ingest")
 
-BRONZE = "bronze_events"
-QUARANTINE = "quarantine_events"
-OPS_LOG = "ops_ingest_log"
+# The tables this stage writes: columns, comments, keys and partitioning are in ebbtide.catalog.
+BRONZE_SPEC, QUARANTINE_SPEC, OPS_LOG_SPEC = catalog.BRONZE_EVENTS, catalog.QUARANTINE_EVENTS, catalog.OPS_INGEST_LOG
+BRONZE, QUARANTINE, OPS_LOG = BRONZE_SPEC.name, QUARANTINE_SPEC.name, OPS_LOG_SPEC.name
 
 # The raw event contract: what a source column can be mapped to.
 CONTRACT_FIELDS = ("user_id", "item_id", "ts", "event_type", "event_id", "value", "category", "session_id")
@@ -71,26 +72,6 @@ MS_THRESHOLD = 1e11
 US_THRESHOLD = 1e14
 NS_THRESHOLD = 1e17
 _UNIT_MICROS = {"s": 1e6, "ms": 1e3, "us": 1.0, "ns": 1e-3}
-
-BRONZE_SCHEMA = (
-    "event_id string, user_id string, item_id string, event_type string, ts timestamp, "
-    "event_date date, value double, category string, source_session_id string, "
-    "extra map<string,string>, source_file string, ingest_run_id string, ingested_at timestamp"
-)
-QUARANTINE_SCHEMA = (
-    "quarantine_id string, source_file string, raw string, reason string, "
-    "ingest_run_id string, quarantined_at timestamp"
-)
-OPS_LOG_SCHEMA = (
-    "ingest_run_id string, stream_id string, source string, batch_id long, files array<string>, "
-    "rows_read long, rows_bronze_new long, rows_quarantined long, rows_duplicate long, processed_at timestamp"
-)
-
-BRONZE_COMMENT = "Raw behaviour events that passed the raw event contract, deduplicated on event_id (ebbtide ingest)"
-QUARANTINE_COMMENT = "Raw rows that broke the raw event contract: the text as read and the reason (ebbtide ingest)"
-OPS_LOG_COMMENT = (
-    "One row per ingest micro-batch; rows_read = rows_bronze_new + rows_quarantined + rows_duplicate"
-)
 
 # Quarantine reasons, in the order they are checked: a row gets the first that applies.
 R_ENCODING = "invalid {encoding}"  # e.g. "invalid utf-8": the line's bytes are not text in the encoding
@@ -699,8 +680,7 @@ def event_id_col() -> "Column":
     return F.coalesce(F.col("source_event_id"), F.col("row_hash"))
 
 
-BRONZE_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "ts", "event_date", "value", "category",
-                  "source_session_id", "extra", "source_file", "ingest_run_id", "ingested_at")
+BRONZE_COLUMNS = BRONZE_SPEC.names
 
 
 def _bronze_columns() -> list:
@@ -1006,13 +986,12 @@ def parquet_schema(spark: "SparkSession", files: list[str]):
                           "ingest them as separate sources (--glob), or rewrite them with one type") from None
 
 
-def _ensure_table(spark: "SparkSession", cfg, name: str, schema: str, keys: list[str],
-                  comment: str, partition_by: Optional[list[str]] = None) -> None:
+def _ensure_table(spark: "SparkSession", cfg, spec: catalog.TableSpec) -> None:
     from ebbtide import tables
 
-    if not tables.exists(spark, cfg, name):
-        tables.write(spark.createDataFrame([], schema), cfg, name, mode="merge", keys=keys,
-                     partition_by=partition_by, comment=comment)
+    if not tables.exists(spark, cfg, spec.name):
+        tables.write(spark.createDataFrame([], spec.spark_schema()), cfg, spec.name, mode="merge", keys=spec.keys,
+                     partition_by=spec.partition_by, comment=spec.comment)
 
 
 # --------------------------------------------------------------------------------------
@@ -1311,8 +1290,8 @@ class _BatchWriter:
 
             if quarantined:
                 bad = to_quarantine(staged.where(~good), run_id)
-                tables.write(bad, cfg, QUARANTINE, mode="merge", keys=["quarantine_id"],
-                             comment=QUARANTINE_COMMENT)
+                tables.write(QUARANTINE_SPEC.with_comments(bad), cfg, QUARANTINE, mode="merge",
+                             keys=QUARANTINE_SPEC.keys, comment=QUARANTINE_SPEC.comment)
                 phase("quarantine")
 
             new = 0
@@ -1338,10 +1317,10 @@ class _BatchWriter:
                     # committing the same rows meanwhile) inserts nothing twice. The match is
                     # confined to the batch's days, so Delta reads only those partitions; a
                     # replacing batch's scope takes in the replaced files (Reread.merge_filter).
-                    tables.write(insert, cfg, BRONZE, mode="merge", keys=["event_id"],
+                    tables.write(BRONZE_SPEC.with_comments(insert), cfg, BRONZE, mode="merge", keys=BRONZE_SPEC.keys,
                                  merge_filter=reread.merge_filter(days, id_range),
                                  delete_unmatched=reread.delete_unmatched,
-                                 partition_by=["event_date"], comment=BRONZE_COMMENT)
+                                 partition_by=BRONZE_SPEC.partition_by, comment=BRONZE_SPEC.comment)
                     phase("bronze")
         finally:
             # The one built on the other first: uncaching staged while decision is still cached
@@ -1359,14 +1338,14 @@ class _BatchWriter:
             [(run_id, self.source.stream_id, self.source.pattern, stats["batch_id"], files,
               stats["rows_read"], stats["rows_bronze_new"], stats["rows_quarantined"],
               stats["rows_duplicate"])],
-            "ingest_run_id string, stream_id string, source string, batch_id long, files array<string>, "
-            "rows_read long, rows_bronze_new long, rows_quarantined long, rows_duplicate long",
+            OPS_LOG_SPEC.spark_schema(OPS_LOG_SPEC.names[:-1]),
         ).withColumn("processed_at", F.current_timestamp())
         # The row's own keys bound the match: Delta skips, by their min/max statistics, every file of
         # the log but the one that may hold this batch's row, however long the log grows.
-        tables.write(entry, cfg, OPS_LOG, mode="merge", keys=["stream_id", "batch_id"], update_matched=True,
+        tables.write(OPS_LOG_SPEC.with_comments(entry), cfg, OPS_LOG, mode="merge", keys=OPS_LOG_SPEC.keys,
+                     update_matched=True,
                      merge_filter=f"t.stream_id = '{self.source.stream_id}' AND t.batch_id = {int(batch_id)}",
-                     comment=OPS_LOG_COMMENT)
+                     comment=OPS_LOG_SPEC.comment)
         phase("log")
         stats["seconds"] = round(time.perf_counter() - t0, 2)
         self.batches.append(stats)
@@ -1645,9 +1624,8 @@ def run(ctx, args: argparse.Namespace) -> dict:
             log.info("no new files since the last run; nothing to ingest")
 
     # Downstream stages and SQL users find all three tables even after a run with no rows.
-    _ensure_table(spark, cfg, BRONZE, BRONZE_SCHEMA, ["event_id"], BRONZE_COMMENT, ["event_date"])
-    _ensure_table(spark, cfg, QUARANTINE, QUARANTINE_SCHEMA, ["quarantine_id"], QUARANTINE_COMMENT)
-    _ensure_table(spark, cfg, OPS_LOG, OPS_LOG_SCHEMA, ["stream_id", "batch_id"], OPS_LOG_COMMENT)
+    for spec in (BRONZE_SPEC, QUARANTINE_SPEC, OPS_LOG_SPEC):
+        _ensure_table(spark, cfg, spec)
     log.info("ingest done: %d rows read -> %d new bronze rows, %d quarantined, %d duplicates",
              summary["rows_read"], summary["bronze_new"], summary["quarantined"], summary["duplicates"])
     return summary

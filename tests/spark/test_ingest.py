@@ -12,6 +12,7 @@ import pytest
 
 from ebbtide import ingest, tables
 from ebbtide.cli import Context
+from spec_check import assert_matches_spec
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "ingest"
 
@@ -176,6 +177,8 @@ def test_tables_are_registered_partitioned_and_logged(adapters):
     assert len(log_rows) == len(summaries)  # one stream, one batch per source
     assert_invariant(log_rows)
     assert sorted(r["rows_read"] for r in log_rows) == sorted(s["rows_read"] for s in summaries.values())
+    for name in (ingest.BRONZE, ingest.QUARANTINE, ingest.OPS_LOG):
+        assert_matches_spec(ctx.spark, ctx.cfg, name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,6 +394,7 @@ def test_an_empty_source_creates_empty_tables(ctx, tmp_path):
     assert (s["batches"], s["rows_read"]) == (0, 0)
     for name in (ingest.BRONZE, ingest.QUARANTINE, ingest.OPS_LOG):
         assert ctx.spark.table(tables.full_name(ctx.cfg, name)).count() == 0
+        assert_matches_spec(ctx.spark, ctx.cfg, name)
     with pytest.raises(FileNotFoundError, match="--source"):
         run_ingest(ctx, "--source", str(tmp_path / "nowhere"))
 
