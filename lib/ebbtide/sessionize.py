@@ -21,7 +21,7 @@ import argparse
 import datetime as dt
 from typing import TYPE_CHECKING, Any, Optional
 
-from ebbtide import tables
+from ebbtide import catalog, tables
 from ebbtide.log import get_logger, step
 
 if TYPE_CHECKING:
@@ -31,24 +31,15 @@ if TYPE_CHECKING:
 
 log = get_logger("sessionize")
 
-BRONZE = "bronze_events"
-SILVER_EVENTS = "silver_events"
-SILVER_SESSIONS = "silver_sessions"
-OPS_LOG = "ops_sessionize_log"
+# The tables: columns, comments and keys are in ebbtide.catalog.
+EVENTS_SPEC, SESSIONS_SPEC, OPS_LOG_SPEC = catalog.SILVER_EVENTS, catalog.SILVER_SESSIONS, catalog.OPS_SESSIONIZE_LOG
+BRONZE = catalog.BRONZE_EVENTS.name
+SILVER_EVENTS, SILVER_SESSIONS, OPS_LOG = EVENTS_SPEC.name, SESSIONS_SPEC.name, OPS_LOG_SPEC.name
 
 # Bronze columns that silver_events drops (raw lineage that sequences never read).
 _DROPPED = ("extra", "source_file")
-SESSION_COLUMNS = (
-    "user_id", "session_id", "session_index", "start_ts", "end_ts", "duration_s",
-    "n_events", "n_items", "event_types",
-)
-
-EVENTS_COMMENT = (
-    "Bronze events with their session: session_id = user_id#session_index, event_seq = "
-    "position in the user's history, gap_s = seconds since the user's previous event. "
-    "Ordered by (ts, event_id); a new session starts when the gap exceeds sessionize.gap_minutes."
-)
-SESSIONS_COMMENT = "One row per user session (gap-based, see silver_events)."
+# silver_sessions less processed_at: what summarize_sessions returns.
+SESSION_COLUMNS = SESSIONS_SPEC.names[:-1]
 
 
 # --------------------------------------------------------------------------------------
@@ -201,15 +192,11 @@ def _last_state(spark: "SparkSession", cfg: "Config") -> Optional[dict[str, Any]
 
 
 def _log_row(spark: "SparkSession", run_id: str, summary: dict[str, Any], processed_at: dt.datetime) -> "DataFrame":
-    schema = (
-        "run_id string, mode string, bronze_version long, gap_minutes double, affected_users long, "
-        "events_written long, sessions_written long, processed_at timestamp"
-    )
     row = (
         run_id, summary["mode"], summary["bronze_version"], summary["gap_minutes"],
         summary["affected_users"], summary["events_written"], summary["sessions_written"], processed_at,
     )
-    return spark.createDataFrame([row], schema)
+    return spark.createDataFrame([row], OPS_LOG_SPEC.spark_schema())
 
 
 def run(ctx, args) -> dict[str, Any]:
@@ -264,12 +251,13 @@ def run(ctx, args) -> dict[str, Any]:
         # 8,000 days of history made thousands of 20-row files under daily partitions).
         events = with_processed_at(sessionize_events(by_user(bronze), gap), processed_at)
         with step(log, "writing silver_events (all users)"):
-            tables.write(events, cfg, SILVER_EVENTS, "overwrite", comment=EVENTS_COMMENT)
+            tables.write(EVENTS_SPEC.with_comments(events), cfg, SILVER_EVENTS, "overwrite", comment=EVENTS_SPEC.comment)
         # Sessions are summarized from the table just written: cheaper than windowing twice.
         silver = by_user(tables.read(spark, cfg, SILVER_EVENTS))
         sessions = with_processed_at(summarize_sessions(silver), processed_at)
         with step(log, "writing silver_sessions (all users)"):
-            tables.write(sessions, cfg, SILVER_SESSIONS, "overwrite", comment=SESSIONS_COMMENT)
+            tables.write(SESSIONS_SPEC.with_comments(sessions), cfg, SILVER_SESSIONS, "overwrite",
+                         comment=SESSIONS_SPEC.comment)
         summary["mode"] = "full"
         summary["affected_users"] = tables.read(spark, cfg, SILVER_SESSIONS).select("user_id").distinct().count()
     else:
@@ -277,18 +265,20 @@ def run(ctx, args) -> dict[str, Any]:
         mine = bronze.join(users_df, "user_id", "left_semi")
         events = with_processed_at(sessionize_events(mine, gap), processed_at)
         with step(log, f"merging silver_events rows of {n_users} users"):
-            tables.write(events, cfg, SILVER_EVENTS, "merge", keys=["event_id"], replace_scope=users_df)
+            tables.write(EVENTS_SPEC.with_comments(events), cfg, SILVER_EVENTS, "merge", keys=EVENTS_SPEC.keys,
+                         replace_scope=users_df, comment=EVENTS_SPEC.comment)
         silver = tables.read(spark, cfg, SILVER_EVENTS).join(users_df, "user_id", "left_semi")
         sessions = with_processed_at(summarize_sessions(silver), processed_at)
         with step(log, f"merging silver_sessions rows of {n_users} users"):
-            tables.write(sessions, cfg, SILVER_SESSIONS, "merge", keys=["session_id"], replace_scope=users_df)
+            tables.write(SESSIONS_SPEC.with_comments(sessions), cfg, SILVER_SESSIONS, "merge", keys=SESSIONS_SPEC.keys,
+                         replace_scope=users_df, comment=SESSIONS_SPEC.comment)
         summary["mode"] = "incremental"
         summary["affected_users"] = n_users
 
     summary["events_written"] = _rows_written(spark, cfg, SILVER_EVENTS)
     summary["sessions_written"] = _rows_written(spark, cfg, SILVER_SESSIONS)
     # Recorded last: a crash before this line makes the next run redo the same users.
-    tables.write(_log_row(spark, ctx.run_id, summary, processed_at), cfg, OPS_LOG, "append")
+    tables.write(_log_row(spark, ctx.run_id, summary, processed_at), cfg, OPS_LOG, "append", comment=OPS_LOG_SPEC.comment)
     log.info(
         "sessionized %s: %d users, %d events, %d sessions written (bronze v%d)",
         summary["mode"], summary["affected_users"], summary["events_written"], summary["sessions_written"], bronze_version,

@@ -6,13 +6,10 @@ import datetime as dt
 
 import pytest
 
-from ebbtide import sessionize, tables
+from ebbtide import catalog, sessionize, tables
+from spec_check import assert_matches_spec
 
-BRONZE_SCHEMA = (
-    "event_id string, user_id string, item_id string, event_type string, ts timestamp, "
-    "event_date date, value double, category string, source_session_id string, "
-    "extra map<string,string>, source_file string, ingest_run_id string, ingested_at timestamp"
-)
+BRONZE_SCHEMA = catalog.BRONZE_EVENTS.schema_ddl()
 
 
 def _ts(s: str) -> dt.datetime:
@@ -158,6 +155,8 @@ def test_run_writes_tables_and_rerun_changes_nothing(spark, cfg, ctx):
         "session_id", "session_index", "event_seq", "gap_s", "is_session_start", "processed_at",
     ]
     assert ss.columns == [*sessionize.SESSION_COLUMNS, "processed_at"]
+    for name in ("silver_events", "silver_sessions", "ops_sessionize_log"):
+        assert_matches_spec(spark, cfg, name)
     assert spark.sql(f"SELECT count(*) FROM {cfg.storage.database}.silver_sessions").first()[0] == 3
     parts = {r["event_date"] for r in spark.sql(f"SELECT DISTINCT event_date FROM {cfg.storage.database}.silver_events").collect()}
     assert parts == {dt.date(2025, 3, 1), dt.date(2025, 3, 2)}
@@ -214,6 +213,8 @@ def test_late_events_resessionize_only_affected_users(spark, cfg, ctx):
     # u3's rows were not rewritten: same contents, same processed_at.
     assert _contents(ev.where("user_id = 'u3'"), drop=()) + _contents(ss.where("user_id = 'u3'"), drop=()) == u3_before
     assert ev.count() == 9
+    for name in ("silver_events", "silver_sessions", "ops_sessionize_log"):
+        assert_matches_spec(spark, cfg, name)
 
     # The incremental result equals a from-scratch recompute.
     inc = (_contents(ev), _contents(ss))
