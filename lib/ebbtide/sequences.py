@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 
+from ebbtide import catalog
 from ebbtide.config import parse_utc
 from ebbtide.log import get_logger, step
 
@@ -41,11 +42,12 @@ FIRST_INDEX = 2
 SPLITS = ("train", "valid", "test")
 FEATURES = ("item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start")
 
-ITEM_VOCAB = "gold_item_vocab"
-EVENT_TYPE_VOCAB = "gold_event_type_vocab"
-EXAMPLES = "gold_training_examples"
-USER_SEQUENCES = "gold_user_sequences"
-SOURCE = "silver_events"
+# The tables: columns, comments, keys and partitioning are in ebbtide.catalog.
+ITEM_VOCAB = catalog.GOLD_ITEM_VOCAB.name
+EVENT_TYPE_VOCAB = catalog.GOLD_EVENT_TYPE_VOCAB.name
+EXAMPLES = catalog.GOLD_TRAINING_EXAMPLES.name
+USER_SEQUENCES = catalog.GOLD_USER_SEQUENCES.name
+SOURCE = catalog.SILVER_EVENTS.name
 
 # Table properties of gold_training_examples recording the cut-offs a build used.
 PROP_VALID_START = "ebbtide.split.valid_start"
@@ -356,16 +358,8 @@ def _latest_kernel(max_len: int):
 
 
 def _feature_schema():
-    from pyspark.sql import types as T
-
-    return [
-        T.StructField("item_idx", T.ArrayType(T.IntegerType())),
-        T.StructField("event_type_idx", T.ArrayType(T.IntegerType())),
-        T.StructField("gap_s", T.ArrayType(T.FloatType())),
-        T.StructField("hour_of_week", T.ArrayType(T.IntegerType())),
-        T.StructField("session_start", T.ArrayType(T.IntegerType())),
-        T.StructField("length", T.IntegerType()),
-    ]
+    """The window pass's feature fields, typed as gold_training_examples declares them."""
+    return list(catalog.GOLD_TRAINING_EXAMPLES.spark_schema([*FEATURES, "length"], comments=False).fields)
 
 
 def vocab_stats(events_df: "DataFrame", key: str) -> "DataFrame":
@@ -665,10 +659,11 @@ def _extend_vocabularies(ctx, events: "DataFrame") -> dict[str, int]:
 
     cfg, spark, sc = ctx.cfg, ctx.spark, ctx.cfg.sequences
     added = {}
-    for name, key, index_col, min_count, extra in (
-        (ITEM_VOCAB, "item_id", "item_index", sc.min_item_count, ("category", "first_seen")),
-        (EVENT_TYPE_VOCAB, "event_type", "event_type_index", 1, ()),
+    for spec, index_col, min_count, extra in (
+        (catalog.GOLD_ITEM_VOCAB, "item_index", sc.min_item_count, ("category", "first_seen")),
+        (catalog.GOLD_EVENT_TYPE_VOCAB, "event_type_index", 1, ()),
     ):
+        name, (key,) = spec.name, spec.keys
         with step(log, f"extend {name}"):
             current = tables.read(spark, cfg, name) if tables.exists(spark, cfg, name) else None
             new = extend_vocab(vocab_stats(events, key), current, key, index_col, min_count, extra)
@@ -677,10 +672,10 @@ def _extend_vocabularies(ctx, events: "DataFrame") -> dict[str, int]:
             new = new.persist()
             added[name] = new.count()
             if current is None:
-                tables.write(new, cfg, name, "overwrite", comment=_COMMENTS[name])
+                tables.write(spec.with_comments(new), cfg, name, "overwrite", comment=spec.comment)
             elif added[name]:
                 # MERGE on the key, not append: a concurrent or repeated run can never duplicate a key.
-                tables.write(new, cfg, name, "merge", keys=[key])
+                tables.write(spec.with_comments(new), cfg, name, "merge", keys=spec.keys, comment=spec.comment)
             new.unpersist()
             log.info("%s: %d new entries", name, added[name])
     return added
@@ -730,7 +725,9 @@ def update_user_sequences(ctx, args) -> dict:
     with step(log, f"rewriting {USER_SEQUENCES} rows of {n_users} users"):
         seqs = indexed_user_windows(indexed, sc.max_len, num_partitions=parts).withColumn(
             "processed_at", F.current_timestamp())
-        tables.write(seqs, cfg, USER_SEQUENCES, "merge", keys=["user_id"], update_matched=True)
+        spec = catalog.GOLD_USER_SEQUENCES
+        tables.write(spec.with_comments(seqs), cfg, USER_SEQUENCES, "merge", keys=spec.keys, update_matched=True,
+                     comment=spec.comment)
         newest = _iso(_utc(row["newest"]))
         spark.sql(f"ALTER TABLE delta.`{tables.table_path(cfg, USER_SEQUENCES)}` SET TBLPROPERTIES "
                   f"('{PROP_SOURCE_PROCESSED_AT}' = '{newest}')")
@@ -812,7 +809,9 @@ def rebuild(ctx, args) -> dict:
         # The cut-offs are committed with the rows they split (one REPLACE commit): a separate
         # ALTER TABLE after the write left, when a crash fell between the two, the new rows
         # described by the previous build's cut-offs (evaluation would read them silently).
-        tables.write(examples, cfg, EXAMPLES, "overwrite", partition_by=["split"], comment=_COMMENTS[EXAMPLES],
+        spec = catalog.GOLD_TRAINING_EXAMPLES
+        tables.write(spec.with_comments(examples), cfg, EXAMPLES, "overwrite", partition_by=spec.partition_by,
+                     comment=spec.comment,
                      properties={PROP_VALID_START: _iso(t1), PROP_TEST_START: _iso(t2), PROP_END: _iso(end)})
 
     with step(log, f"rebuild {USER_SEQUENCES}"):
@@ -820,7 +819,8 @@ def rebuild(ctx, args) -> dict:
             "processed_at", F.current_timestamp()
         )
         mark = {PROP_SOURCE_PROCESSED_AT: _iso(_utc(newest))} if newest is not None else None
-        tables.write(seqs, cfg, USER_SEQUENCES, "overwrite", comment=_COMMENTS[USER_SEQUENCES], properties=mark)
+        spec = catalog.GOLD_USER_SEQUENCES
+        tables.write(spec.with_comments(seqs), cfg, USER_SEQUENCES, "overwrite", comment=spec.comment, properties=mark)
     indexed.unpersist()
     events.unpersist()
 
@@ -850,11 +850,3 @@ def rebuild(ctx, args) -> dict:
     log.info("examples per split %s (censored %s); %d users", rows, censored, n_users)
     return summary
 
-
-_COMMENTS = {
-    ITEM_VOCAB: "Item vocabulary: stable item_index (0 pad, 1 OOV, real items from 2), append-only.",
-    EVENT_TYPE_VOCAB: "Event-type vocabulary: stable event_type_index (0 pad, 1 OOV), append-only.",
-    EXAMPLES: "One row per (user, target event) plus censored rows; fixed-length left-padded windows; "
-    "split by target ts against the cut-offs in the ebbtide.split.* table properties.",
-    USER_SEQUENCES: "Latest window per user (last max_len events), same features as gold_training_examples.",
-}

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ebbtide import sequences, tables
+from ebbtide import catalog, sequences, tables
+from spec_check import assert_matches_spec
 
 UTC = timezone.utc
 
@@ -44,12 +45,8 @@ def silver_rows(events, gap_minutes=30):
     return rows
 
 
-SILVER_DDL = (
-    "event_id string, user_id string, item_id string, event_type string, ts timestamp, "
-    "event_date date, value double, category string, source_session_id string, "
-    "ingest_run_id string, ingested_at timestamp, session_id string, session_index int, "
-    "event_seq int, gap_s double, is_session_start boolean, processed_at timestamp"
-)
+SILVER_DDL = catalog.SILVER_EVENTS.schema_ddl()
+GOLD = ("gold_item_vocab", "gold_event_type_vocab", "gold_training_examples", "gold_user_sequences")
 
 
 def write_silver(spark, cfg, events, mode="overwrite"):
@@ -97,6 +94,8 @@ def test_windows_padding_features_and_censoring(ctx):
     summary = run_stage(ctx)
     assert summary["valid_start"] == "2025-01-10T00:00:00Z" and summary["split_source"] == "config"
     assert summary["item_vocab_size"] == 5 and summary["event_type_vocab_size"] == 2
+    for name in GOLD:
+        assert_matches_spec(ctx.spark, ctx.cfg, name)
 
     ex = tables.read(ctx.spark, ctx.cfg, "gold_training_examples")
     assert ex.columns == EXAMPLE_COLUMNS
@@ -437,6 +436,8 @@ def test_nightly_update_rewrites_only_changed_users_and_matches_a_rebuild(ctx):
     after = {r["user_id"]: r for r in tables.read(spark, cfg, "gold_user_sequences").collect()}
     assert after["u1"] == before["u1"]  # not rewritten: same row, same processed_at
     assert after["u2"]["n_events"] == 3 and after["u3"]["n_events"] == 1
+    for name in GOLD:
+        assert_matches_spec(spark, cfg, name)
 
     # Nothing newer since: the next nightly run writes nothing.
     version = tables.version(spark, cfg, "gold_user_sequences")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ebbtide import storage
+from ebbtide import catalog, storage
 
 if TYPE_CHECKING:
     import torch
@@ -41,12 +41,15 @@ if TYPE_CHECKING:
 
     from ebbtide.config import Config
 
-EXAMPLES_TABLE = "gold_training_examples"
-# Model inputs, then the training targets (docs/architecture.md, gold_training_examples).
+_EXAMPLES = catalog.GOLD_TRAINING_EXAMPLES
+EXAMPLES_TABLE = _EXAMPLES.name
+# Model inputs, then the training targets (docs/tables.md, gold_training_examples).
 INPUT_COLUMNS = ("item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start", "length")
 TARGET_COLUMNS = ("target_item", "time_to_next_s", "censored")
 FEED_COLUMNS = INPUT_COLUMNS + TARGET_COLUMNS
-FLOAT_COLUMNS = frozenset({"gap_s", "time_to_next_s"})
+# The table's float columns become float32 tensors, everything else (indices, flags) long; a feed
+# column the table does not have fails here, at import.
+FLOAT_COLUMNS = frozenset(c for c in FEED_COLUMNS if catalog.element_type(_EXAMPLES.column(c).type) == "float")
 SPLITS = ("train", "valid", "test")
 
 # Petastorm 0.13 drives pyarrow's legacy dataset API, which warns on every reader; nothing to act on.
