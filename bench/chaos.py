@@ -149,16 +149,16 @@ def _prestart(cfg, jobs: list[str]) -> Any:
     import importlib
 
     from ebbtide import cli, spark as espark, tables
-    from ebbtide.scoring import catalog
+    from ebbtide.scoring import views
 
-    saved = (tables.ensure_database, tables.register_all, catalog.create_views)
+    saved = (tables.ensure_database, tables.register_all, views.create_views)
     tables.ensure_database = lambda *a, **k: None
     tables.register_all = lambda *a, **k: []
-    catalog.create_views = lambda *a, **k: []
+    views.create_views = lambda *a, **k: []
     try:
         spark = espark.get_spark(cfg)
     finally:
-        tables.ensure_database, tables.register_all, catalog.create_views = saved
+        tables.ensure_database, tables.register_all, views.create_views = saved
     for job in jobs:
         importlib.import_module(cli.STAGES[job][0])
     if any(j in ("train", "evaluate", "score") for j in jobs):

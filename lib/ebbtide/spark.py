@@ -103,7 +103,7 @@ def get_spark(cfg: Config) -> "SparkSession":
     tables.ensure_database(spark, cfg)
     if not sc.use_platform_session:
         # The local catalog lives in memory: re-register tables and the analysts' views.
-        from ebbtide.scoring.catalog import create_views
+        from ebbtide.scoring.views import create_views
 
         tables.register_all(spark, cfg)
         create_views(spark, cfg.storage.database)

@@ -175,6 +175,10 @@ def test_publish_rerun_backfill_and_no_future_leakage(spark, cfg, ctx):
     desc = spark.sql(f"DESCRIBE TABLE EXTENDED {db}.gold_churn_decay").collect()
     assert "7 days" in {r.col_name: r.comment for r in desc}["p_return_7d"]
     assert any("churn" in (r.data_type or "") for r in desc if r.col_name == "Comment")
+    from spec_check import assert_matches_spec
+
+    for name in ("gold_recommendations", "gold_churn_decay"):
+        assert_matches_spec(spark, cfg, name)
 
     first = {n: partition(spark, cfg, n) for n in ("gold_recommendations", "gold_churn_decay")}
     # Backfill the day before: its own partition appears, D's stays as it was.
@@ -243,8 +247,8 @@ def test_tables_written_before_the_new_columns_gain_them_on_the_next_publish(spa
     """Score tables of the previous release (no `because`, `events_last_7d`, `activity_ratio`) keep
     working: every command starts by creating the views on them, and the next publish adds the
     columns at the end, with their comments; the earlier date's rows read null there."""
-    from ebbtide import tables
-    from ebbtide.scoring import catalog, transform
+    from ebbtide import catalog, tables
+    from ebbtide.scoring import transform, views
 
     write_inputs(spark, cfg)
     prev, at = D - dt.timedelta(days=1), dt.datetime(2025, 3, 9, 1, tzinfo=dt.timezone.utc)
@@ -253,7 +257,7 @@ def test_tables_written_before_the_new_columns_gain_them_on_the_next_publish(spa
     tables.write(spark.createDataFrame([(prev, "u1", 0.5, 0.4, 0.9, 3.0, 2.0, "low", [], "tiny", 6, "r0", at)],
                                        OLD_CHURN_DDL), cfg, "gold_churn_decay", "overwrite", partition_by=["score_date"])
     db = cfg.storage.database
-    assert catalog.create_views(spark, db) == [f"{db}.latest_recommendations", f"{db}.latest_churn_decay"]
+    assert views.create_views(spark, db) == [f"{db}.latest_recommendations", f"{db}.latest_churn_decay"]
 
     out = score(ctx, cfg)
     assert f"{db}.explained_recommendations" in out["views"]
@@ -273,7 +277,7 @@ def test_tables_written_before_the_new_columns_gain_them_on_the_next_publish(spa
     for name in ("gold_recommendations", "gold_churn_decay"):
         desc = {r.col_name: r.comment for r in spark.sql(f"DESCRIBE TABLE {db}.{name}").collect()}
         for col in ("because",) if name == "gold_recommendations" else ("events_last_7d", "activity_ratio"):
-            assert desc[col] == catalog.COLUMN_COMMENTS[name][col]
+            assert desc[col] == catalog.spec(name).column(col).comment
     assert spark.sql(f"SELECT count(*) FROM {db}.explained_recommendations WHERE score_date = '{prev}'").first()[0] == 1
 
 

@@ -78,7 +78,8 @@ def run_query(spark, name: str, variables: dict[str, str] | None = None):
 
 
 def test_ddl_matches_the_job_schema_and_comments(spark, db):
-    from ebbtide.scoring import catalog, transform
+    from ebbtide import catalog
+    from ebbtide.scoring import transform
     from ebbtide.scoring.inference import CHURN_DDL, RECS_DDL
     from pyspark.sql.types import _parse_datatype_string
 
@@ -95,19 +96,20 @@ def test_ddl_matches_the_job_schema_and_comments(spark, db):
         for f in schema.fields:
             assert f.dataType == job[f.name], (table, f.name)
         desc = {r.col_name: r.comment for r in spark.sql(f"DESCRIBE TABLE {table}").collect()}
-        for c, text in catalog.COLUMN_COMMENTS[table].items():
+        spec = catalog.spec(table)
+        for c, text in spec.comments.items():
             assert desc[c] == text, (table, c)
         ext = {r.col_name: r.data_type for r in spark.sql(f"DESCRIBE TABLE EXTENDED {table}").collect()}
-        assert ext.get("Comment") == catalog.TABLE_COMMENTS[table]
+        assert ext.get("Comment") == spec.comment
         parts = [r.col_name for r in spark.sql(f"DESCRIBE TABLE {table}").collect()]
-        assert parts[parts.index("# Partition Information") + 2] == "score_date"
+        assert parts[parts.index("# Partition Information") + 2] == "score_date" == spec.partition_by[0]
 
 
 def test_views_show_the_newest_date(spark, db):
     assert {r[0] for r in spark.sql("SELECT DISTINCT score_date FROM latest_recommendations").collect()} == {D2}
     assert spark.sql("SELECT count(*) FROM latest_churn_decay").first()[0] == 4
     # The job's own view text says the same as the DDL file.
-    from ebbtide.scoring.catalog import create_views
+    from ebbtide.scoring.views import create_views
 
     assert create_views(spark, db) == [f"{db}.latest_recommendations", f"{db}.latest_churn_decay",
                                        f"{db}.explained_recommendations"]
@@ -131,7 +133,7 @@ def test_views_show_a_day_only_once_both_tables_have_it(spark, tmp_path):
     follow its own table's newest date, so between the two commits latest_recommendations showed
     the new day and latest_churn_decay the previous one (a half-published day, found by the chaos
     bench's reader). Both views now show the newest day published in both tables."""
-    from ebbtide.scoring.catalog import create_views
+    from ebbtide.scoring.views import create_views
 
     name = f"v_{abs(hash(tmp_path)) % 10**8}"
     before = spark.catalog.currentDatabase()

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
+from ebbtide import catalog
 from ebbtide.mlflow_uris import MlflowUris
 
 # The sequence features a scorer reads, as in gold_training_examples / gold_user_sequences.
@@ -39,58 +40,20 @@ _MODELS: dict[tuple, Any] = {}
 # (uri, stores, identity, allow, deny) -> boolean mask of catalogue indices that may never be recommended.
 _BASE_MASKS: dict[tuple, np.ndarray] = {}
 
-BECAUSE_TYPE = pa.list_(
-    pa.struct(
-        [
-            ("item_id", pa.string()),
-            ("ts", pa.timestamp("us", tz="UTC")),
-            ("weight", pa.float64()),
-        ]
-    )
-)
-RECS_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.string()),
-        ("rank", pa.int32()),
-        ("item_index", pa.int32()),
-        ("item_id", pa.string()),
-        ("score", pa.float64()),
-        ("because", BECAUSE_TYPE),
-    ]
-)
-RECS_DDL = (
-    "user_id string, rank int, item_index int, item_id string, score double, "
-    "because array<struct<item_id: string, ts: timestamp, weight: double>>"
-)
+# What the workers return (mapInArrow), typed as the tables declare the columns (ebbtide.catalog):
+# the driver adds score_date, churn_risk and the lineage. item_index (the recommended item's index in
+# the model) is no table column: the table keeps item_id.
+_RECS, _CHURN = catalog.GOLD_RECOMMENDATIONS, catalog.GOLD_CHURN_DECAY
+RECS_WORKER_COLUMNS = ("user_id", "rank", "item_id", "score", "because")
+CHURN_WORKER_COLUMNS = ("user_id", "days_since_last_event", "p_return_7d", "p_return_30d", "expected_days_to_return",
+                        "interest_half_life_days", "top_fading", "events_last_7d", "activity_ratio")
+BECAUSE_TYPE = catalog.arrow_type(_RECS.column("because").type)
+RECS_SCHEMA = _RECS.arrow_schema(RECS_WORKER_COLUMNS).insert(2, pa.field("item_index", pa.int32()))
+RECS_DDL = f"{_RECS.schema_ddl(RECS_WORKER_COLUMNS[:2])}, item_index int, {_RECS.schema_ddl(RECS_WORKER_COLUMNS[2:])}"
 
-FADING_TYPE = pa.list_(
-    pa.struct(
-        [
-            ("item_or_category", pa.string()),
-            ("decayed_interest", pa.float64()),
-            ("interest_at_last_event", pa.float64()),
-        ]
-    )
-)
-CHURN_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.string()),
-        ("days_since_last_event", pa.float64()),
-        ("p_return_7d", pa.float64()),
-        ("p_return_30d", pa.float64()),
-        ("expected_days_to_return", pa.float64()),
-        ("interest_half_life_days", pa.float64()),
-        ("top_fading", FADING_TYPE),
-        ("events_last_7d", pa.int32()),
-        ("activity_ratio", pa.float64()),
-    ]
-)
-CHURN_DDL = (
-    "user_id string, days_since_last_event double, p_return_7d double, p_return_30d double, expected_days_to_return double, "
-    "interest_half_life_days double, "
-    "top_fading array<struct<item_or_category: string, decayed_interest: double, interest_at_last_event: double>>, "
-    "events_last_7d int, activity_ratio double"
-)
+FADING_TYPE = catalog.arrow_type(_CHURN.column("top_fading").type)
+CHURN_SCHEMA = _CHURN.arrow_schema(CHURN_WORKER_COLUMNS)
+CHURN_DDL = _CHURN.schema_ddl(CHURN_WORKER_COLUMNS)
 # Recent activity against the user's own pace: events in this many days before the score date.
 RECENT_DAYS = 7
 

@@ -143,24 +143,18 @@ def build(ctx, score_date: dt.date, model: ModelRef, *, loader=None):
     return inputs, recs, churn, lineage
 
 
-def with_column_comments(df, comments: dict[str, str]):
-    """Column comments travel in the schema, so the table's first commit already carries them
-    (one ALTER per column would cost a Delta commit each)."""
-    from pyspark.sql import functions as F
-
-    return df.select(*[F.col(c).alias(c, metadata={"comment": comments[c]}) if c in comments else F.col(c)
-                       for c in df.columns])
-
-
 def publish(spark, cfg, df, name: str, score_date: dt.date) -> None:
     """Replace the score date's partition in one atomic Delta commit; other dates stay as they are.
-    A table written before a column was added gains it in the same commit (older rows read null)."""
-    from ebbtide.scoring.catalog import COLUMN_COMMENTS, TABLE_COMMENTS
+    A table written before a column was added gains it in the same commit (older rows read null).
+    Column comments travel in the schema (ebbtide.catalog), so the table's first commit already
+    carries them (one ALTER per column would cost a Delta commit each)."""
+    from ebbtide import catalog
 
+    spec = catalog.spec(name)
     tables.write(
-        with_column_comments(df, COLUMN_COMMENTS[name]), cfg, name, mode="replace_where",
-        replace_where=f"score_date = '{score_date.isoformat()}'", partition_by=["score_date"],
-        comment=TABLE_COMMENTS[name], add_columns=True,
+        spec.with_comments(df), cfg, name, mode="replace_where",
+        replace_where=f"score_date = '{score_date.isoformat()}'", partition_by=spec.partition_by,
+        comment=spec.comment, add_columns=True,
     )
 
 
@@ -177,7 +171,8 @@ def run(ctx, args) -> dict:
 
 def score_and_publish(ctx, score_date: dt.date, model: ModelRef, *, loader=None) -> dict:
     """Score, gate, publish. Nothing is written unless every quality check passes."""
-    from ebbtide.scoring import catalog, quality
+    from ebbtide.scoring import quality
+    from ebbtide.scoring.views import CHURN_DECAY, RECOMMENDATIONS, create_views
 
     cfg, spark = ctx.cfg, ctx.spark
     sc = cfg.section("score")
@@ -199,9 +194,9 @@ def score_and_publish(ctx, score_date: dt.date, model: ModelRef, *, loader=None)
                 log.debug("%s", c)
             quality.enforce(checks)
         with step(log, f"publishing score date {score_date}"):
-            publish(spark, cfg, recs, catalog.RECOMMENDATIONS, score_date)
-            publish(spark, cfg, churn, catalog.CHURN_DECAY, score_date)
-            views = catalog.create_views(spark, cfg.storage.database)
+            publish(spark, cfg, recs, RECOMMENDATIONS, score_date)
+            publish(spark, cfg, churn, CHURN_DECAY, score_date)
+            views = create_views(spark, cfg.storage.database)
     finally:
         for df in (recs, churn, inputs):
             df.unpersist()
@@ -210,8 +205,8 @@ def score_and_publish(ctx, score_date: dt.date, model: ModelRef, *, loader=None)
         "model": model.uri,
         "model_version": model.version,
         "active_users": n_active,
-        "recommendation_rows": quality.rows(checks, catalog.RECOMMENDATIONS),
-        "churn_rows": quality.rows(checks, catalog.CHURN_DECAY),
+        "recommendation_rows": quality.rows(checks, RECOMMENDATIONS),
+        "churn_rows": quality.rows(checks, CHURN_DECAY),
         "checks": len(checks),
         "views": views,
     }

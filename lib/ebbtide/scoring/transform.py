@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
+from ebbtide import catalog
+
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
@@ -132,13 +134,9 @@ def with_lineage(
 # Columns added after a table's first release go last: a table that existing rows evolve (Delta
 # appends new columns at the end) then has the same layout as one created fresh, so positional
 # inserts and SELECT * read the same everywhere.
-RECS_COLUMNS = ["score_date", "user_id", "rank", "item_id", "score", "model_name", "model_version", "run_id", "scored_at",
-                "because"]
-CHURN_COLUMNS = [
-    "score_date", "user_id", "days_since_last_event", "p_return_7d", "p_return_30d", "expected_days_to_return",
-    "interest_half_life_days", "churn_risk", "top_fading", "model_name", "model_version", "run_id", "scored_at",
-    "events_last_7d", "activity_ratio",
-]
+# The order is the tables' own, as ebbtide.catalog declares it.
+RECS_COLUMNS = list(catalog.GOLD_RECOMMENDATIONS.names)
+CHURN_COLUMNS = list(catalog.GOLD_CHURN_DECAY.names)
 
 
 def recommendations(inputs: "DataFrame", fn: Callable, lineage: dict[str, Any]) -> "DataFrame":

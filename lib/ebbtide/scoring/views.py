@@ -1,64 +1,16 @@
-"""What analysts see in the catalog: table and column comments, the two `latest_*` views and
-`explained_recommendations`.
+"""The analysts' views over the scoring tables: `latest_recommendations` and `latest_churn_decay`
+(the newest score date published in both tables) and `explained_recommendations`.
 
-deploy/sql/ holds the same definitions as DDL for platforms where the tables are created
-ahead of the job; a test keeps the two in step.
+deploy/sql/02_score_views.sql holds the same views as DDL for platforms where they are created
+ahead of the job; a test keeps the two in step. The tables themselves (columns, comments,
+partitioning) are specified in ebbtide.catalog.
 """
 from __future__ import annotations
 
-RECOMMENDATIONS = "gold_recommendations"
-CHURN_DECAY = "gold_churn_decay"
+from ebbtide import catalog
 
-TABLE_COMMENTS = {
-    RECOMMENDATIONS: (
-        "Nightly top-K recommendations per active user, as of score_date 00:00 UTC (only events "
-        "before it are used). One partition per score_date, a rerun replaces that date only."
-    ),
-    CHURN_DECAY: (
-        "Nightly churn and interest-decay scores per active user, as of score_date 00:00 UTC. "
-        "One partition per score_date, a rerun replaces that date only."
-    ),
-}
-
-_LINEAGE = {
-    "model_name": "registered model name (or the model URI when scored from a bare URI)",
-    "model_version": "registered model version, null when scored from a bare URI",
-    "run_id": "id of the scoring run that wrote the row",
-    "scored_at": "UTC time the scoring run started",
-}
-
-COLUMN_COMMENTS = {
-    RECOMMENDATIONS: {
-        "score_date": "the day scored: features use events before this date 00:00 UTC (partition)",
-        "user_id": "user scored (active within score.lookback_days before score_date)",
-        "rank": "1 = best, at most score.k per user",
-        "item_id": "recommended item, items the user already consumed are excluded unless configured otherwise",
-        "score": "model score (logit) of the item for this user at the time elapsed since the last event, "
-                 "comparable within a user and a model version only",
-        **_LINEAGE,
-        "because": "up to score.because_top past events of the user that weighed most for this item in the model, "
-                   "most weight first: item_id, ts (event time), weight (share of the event in the positive "
-                   "attribution over the window of the user, 0..1); empty when the model cannot explain itself, "
-                   "null on rows scored before the column existed",
-    },
-    CHURN_DECAY: {
-        "score_date": "the day scored: features use events before this date 00:00 UTC (partition)",
-        "user_id": "user scored (active within score.lookback_days before score_date)",
-        "days_since_last_event": "days from the last event of the user to score_date 00:00 UTC",
-        "p_return_7d": "probability of any event within 7 days after score_date, given none since the last event",
-        "p_return_30d": "probability of any event within 30 days after score_date, given none since the last event",
-        "expected_days_to_return": "expected days from score_date to the next event (see docs: Scoring)",
-        "interest_half_life_days": "days for the urge of this user to come back to fall to half (the return-time hazard of the model)",
-        "churn_risk": "high / medium / low from p_return_30d and score.churn_high_below / churn_medium_below",
-        "top_fading": "categories (or items) whose predicted interest fell most since the last event: "
-                      "item_or_category, decayed_interest (share of next-item probability now), "
-                      "interest_at_last_event (the same share right after the last event)",
-        **_LINEAGE,
-        "events_last_7d": "events of the user in the 7 days before score_date (among the last sequences.max_len)",
-        "activity_ratio": "events_last_7d over the usual pace of the user (events per 7 days in the window, first event to "
-                          "score_date, at least 7 days): 0 silent lately, < 1 slowing down, 1 as usual, > 1 more active",
-    },
-}
+RECOMMENDATIONS = catalog.GOLD_RECOMMENDATIONS.name
+CHURN_DECAY = catalog.GOLD_CHURN_DECAY.name
 
 VIEWS = {
     "latest_recommendations": RECOMMENDATIONS,
