@@ -271,6 +271,7 @@ def _args(**kw):
 def test_evaluate_baselines_only_writes_table_report_and_mlflow_idempotently(ctx, spark, cfg):
     from ebbtide import mlflow_uris, tables
     from ebbtide.evaluation import run as R
+    from spec_check import assert_matches_spec
 
     out = R.run(ctx, _args(baselines_only=True))
     json.dumps(out, default=str)
@@ -293,6 +294,7 @@ def test_evaluate_baselines_only_writes_table_report_and_mlflow_idempotently(ctx
     ops = tables.read(spark, cfg, "ops_evaluations")
     n1 = ops.count()
     assert n1 == out["rows"]
+    assert_matches_spec(spark, cfg, "ops_evaluations")
     r = ops.filter("model_name = 'markov' AND metric = 'ndcg' AND k = 10").collect()
     by_protocol = {x["protocol"]: x for x in r}
     assert set(by_protocol) == {"temporal/nightly", "temporal/request_time"}

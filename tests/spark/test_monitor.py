@@ -104,10 +104,10 @@ def rows_of(spark, cfg, day=D) -> dict:
 
 
 def test_monitor_values_rerun_report_and_fail_on_alert(spark, cfg, capfd):
-    from ebbtide import tables
+    from ebbtide import catalog, tables
     from ebbtide.cli import Context, main, run_stage
     from ebbtide.monitor import metrics as M
-    from ebbtide.monitor.run import ROW_SCHEMA
+    from spec_check import assert_matches_spec
 
     write_tables(spark, cfg)
     mcfg = with_monitor(cfg, gap_edges_s=[3600.0])  # two gap bins: < 1 h, >= 1 h
@@ -115,6 +115,7 @@ def test_monitor_values_rerun_report_and_fail_on_alert(spark, cfg, capfd):
     rows = rows_of(spark, cfg)
     n = len(rows)
     assert n == out["rows"] == 36
+    assert_matches_spec(spark, cfg, "ops_monitoring")
     v = {k: r["value"] for k, r in rows.items()}
     status = {k: r["status"] for k, r in rows.items()}
 
@@ -180,7 +181,7 @@ def test_monitor_values_rerun_report_and_fail_on_alert(spark, cfg, capfd):
     stale = spark.createDataFrame(
         [(D, "old.metric", 1.0, "ok", None, None, None, "", "{}", "old", at),
          (D - dt.timedelta(days=1), "inputs.events", 7.0, "ok", "lower", None, 1.0, "", "{}", "old", at)],
-        ROW_SCHEMA)
+        catalog.OPS_MONITORING.schema_ddl())
     tables.write(stale, cfg, "ops_monitoring", "merge", keys=["monitor_date", "metric"])
     assert len(rows_of(spark, cfg)) == n + 1
     run_stage("monitor", ["--date", D.isoformat()], Context(mcfg, run_id="second", _spark=spark))

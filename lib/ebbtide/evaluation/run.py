@@ -23,13 +23,15 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ebbtide import mlflow_uris, storage, tables
+from ebbtide import catalog, mlflow_uris, storage, tables
 from ebbtide.log import get_logger, step
 
 log = get_logger("evaluate")
 
-OPS_TABLE = "ops_evaluations"
-OPS_KEYS = ("model_name", "model_version", "examples_version", "split", "protocol", "metric", "k")
+# ops_evaluations: columns, comments and MERGE keys are in ebbtide.catalog.
+OPS_SPEC = catalog.OPS_EVALUATIONS
+OPS_TABLE = OPS_SPEC.name
+OPS_KEYS = OPS_SPEC.keys
 EXAMPLE_COLUMNS = (
     "example_id", "user_id", "item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start",
     "length", "last_ts", "target_item", "target_ts", "time_to_next_s",
@@ -171,26 +173,9 @@ def metric_rows(name: str, role: str, version: str, uri: str, metrics: dict[str,
 
 
 def _ops_df(spark, rows: list[dict]):
-    from pyspark.sql import types as T
-
-    schema = T.StructType([
-        T.StructField("run_id", T.StringType()),
-        T.StructField("evaluated_at", T.TimestampType()),
-        T.StructField("model_name", T.StringType()),
-        T.StructField("model_role", T.StringType()),
-        T.StructField("model_version", T.StringType()),
-        T.StructField("model_uri", T.StringType()),
-        T.StructField("examples_version", T.LongType()),
-        T.StructField("split", T.StringType()),
-        T.StructField("protocol", T.StringType()),
-        T.StructField("metric", T.StringType()),
-        T.StructField("k", T.IntegerType()),
-        T.StructField("value", T.DoubleType()),
-        T.StructField("n_examples", T.LongType()),
-        T.StructField("mlflow_run_id", T.StringType()),
-    ])
-    names = [f.name for f in schema.fields]
-    return spark.createDataFrame([tuple(r.get(n) for n in names) for r in rows], schema)
+    """ops_evaluations rows (column comments in the schema)."""
+    names = OPS_SPEC.names
+    return spark.createDataFrame([tuple(r.get(n) for n in names) for r in rows], OPS_SPEC.spark_schema())
 
 
 # ---------------------------------------------------------------------------------------
@@ -492,8 +477,7 @@ def run(ctx, args) -> dict:
         rows_out += [dict(r, n_examples=len(snap))
                      for r in metric_rows(name, *roles[name], met, dict(common, protocol=f"{protocol}/nightly"))]
     tables.write(_ops_df(spark, rows_out), cfg, OPS_TABLE, "merge", keys=OPS_KEYS, update_matched=True,
-                 comment="One row per (model or baseline, metric, k, split, protocol/view, examples version); "
-                         "k = rank cut-off, or the horizon in days for churn metrics")
+                 comment=OPS_SPEC.comment)
 
     primary = {k: v.get(metric) for k, v in headline.items()}
     log.info("%s %s by scorer: %s", VIEWS[0], metric,

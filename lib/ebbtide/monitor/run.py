@@ -30,7 +30,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ebbtide import storage, tables
+from ebbtide import catalog, storage, tables
 from ebbtide.config import ConfigError, parse_utc
 from ebbtide.log import get_logger, step
 from ebbtide.monitor import metrics as M
@@ -42,32 +42,11 @@ EXAMPLES = "gold_training_examples"
 ITEM_VOCAB = "gold_item_vocab"
 RECOMMENDATIONS = "gold_recommendations"
 CHURN_DECAY = "gold_churn_decay"
-OPS_TABLE = "ops_monitoring"
+# ops_monitoring: columns, comments and MERGE keys are in ebbtide.catalog.
+OPS_SPEC = catalog.OPS_MONITORING
+OPS_TABLE = OPS_SPEC.name
 TIERS = ("high", "medium", "low")
 HORIZON_COLUMNS = {7: "p_return_7d", 30: "p_return_30d"}
-
-TABLE_COMMENT = (
-    "Daily monitoring: one row per (monitor_date, metric) with its value, thresholds and status "
-    "(ok / warn / alert). Written by `ebbtide monitor --date D`; a rerun replaces D's rows."
-)
-COLUMN_COMMENTS = {
-    "monitor_date": "the UTC day monitored: events of that day, the tables of score date monitor_date",
-    "metric": "section.name, e.g. drift.gap_psi, outcomes.hit_rate@10, calibration.p_return_7d.brier",
-    "value": "the metric's value; null when there was nothing to measure",
-    "status": "ok / warn / alert against warn_threshold / alert_threshold (ok when the metric has none)",
-    "bound": "lower (breach below the threshold), upper (above) or abs (|value| above); null: recorded only",
-    "warn_threshold": "monitor.thresholds.<key>.warn when the row was written",
-    "alert_threshold": "monitor.thresholds.<key>.alert when the row was written",
-    "subject": "what was measured: table, score date and days",
-    "detail": "JSON: bins, shares, counts behind the value",
-    "run_id": "id of the monitor run that wrote the row",
-    "computed_at": "UTC time the monitor run started",
-}
-ROW_SCHEMA = (
-    "monitor_date date, metric string, value double, status string, bound string, warn_threshold double, "
-    "alert_threshold double, subject string, detail string, run_id string, computed_at timestamp"
-)
-
 
 class MonitorAlert(ValueError):
     """``--fail-on-alert``: a metric crossed its alert threshold (rows and report are written)."""
@@ -426,11 +405,9 @@ def _value(v: Any) -> Optional[float]:
 
 def rows_frame(spark, day: dt.date, metrics: list, run_id: str, computed_at: dt.datetime):
     """ops_monitoring rows of the day (column comments in the schema)."""
-    from ebbtide.scoring.run import with_column_comments
-
     rows = [(day, m.name, _value(m.value), m.status, m.bound, m.warn, m.alert, m.subject,
              json.dumps(m.detail, sort_keys=True, default=str), run_id, computed_at) for m in metrics]
-    return with_column_comments(spark.createDataFrame(rows, ROW_SCHEMA), COLUMN_COMMENTS)
+    return spark.createDataFrame(rows, OPS_SPEC.spark_schema())
 
 
 def publish(spark, cfg, day: dt.date, metrics: list, run_id: str) -> None:
@@ -438,8 +415,8 @@ def publish(spark, cfg, day: dt.date, metrics: list, run_id: str) -> None:
     and rows of the same day that this run did not produce are deleted, all in one commit."""
     computed_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     tables.write(rows_frame(spark, day, metrics, run_id, computed_at), cfg, OPS_TABLE, "merge",
-                 keys=["monitor_date", "metric"], update_matched=True,
-                 delete_unmatched=f"t.monitor_date = DATE'{day.isoformat()}'", comment=TABLE_COMMENT)
+                 keys=OPS_SPEC.keys, update_matched=True,
+                 delete_unmatched=f"t.monitor_date = DATE'{day.isoformat()}'", comment=OPS_SPEC.comment)
 
 
 def history(spark, cfg, day: dt.date, names: list[str], days: int) -> dict[str, list[tuple[dt.date, float]]]:
