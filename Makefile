@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # checkout that last ran setup, so each target puts its own lib/ first (Spark's Python workers inherit it).
 export PYTHONPATH := $(CURDIR)/lib$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup demo loop-demo test test-fast cluster-test bench-sessionize bench-ingest bench-train bench-model bench-score bench-scale bench-speed-quality bad-input chaos results results-quick clean help
+.PHONY: setup demo loop-demo test test-fast catalog-docs cluster-test bench-sessionize bench-ingest bench-train bench-model bench-score bench-scale bench-speed-quality bad-input chaos results results-quick clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -25,6 +25,9 @@ test: setup  ## the full test suite (real Spark, Delta, Petastorm, Horovod, MLfl
 
 test-fast: setup  ## the tests not marked slow
 	@$(PY) -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
+
+catalog-docs: setup  ## docs/tables.md and the DDL of deploy/sql/01_score_tables.sql from the table specs (lib/ebbtide/catalog.py; ARGS=--check)
+	@$(PY) scripts/catalog_docs.py $(ARGS)
 
 cluster-test: setup  ## the chain on a local standalone cluster (master + 2 workers), moto S3 (s3a) and an MLflow server; last line JSON (ARGS=--help)
 	@bash scripts/setup.sh --s3a

@@ -401,7 +401,8 @@ SILVER_EVENTS = TableSpec(
            "(replace_scope on user_id)",
     keys=("event_id",),
     layout="not partitioned: a full run writes the rows range-partitioned on user_id, sorted by (user_id, ts) "
-           "within each file, so each file holds a contiguous run of users",
+           "within each file, so each file holds a contiguous run of users (a warehouse written before this layout "
+           "keeps event_date partitions until `ebbtide sessionize --full`)",
 )
 
 SILVER_SESSIONS = TableSpec(

@@ -81,3 +81,28 @@ def test_score_tables_ddl_file_is_the_specs_ddl():
     assert text[start:] == catalog.create_tables_sql(catalog.SCORE_TABLES), (
         f"{DDL_FILE.relative_to(ROOT)} differs from the table specs: run `make catalog-docs`")
     assert all(line.startswith("--") or not line.strip() for line in text[:start].splitlines())
+
+
+def test_tables_doc_is_the_specs_markdown():
+    """docs/tables.md is generated (scripts/catalog_docs.py): it cannot drift from the specs."""
+    doc = ROOT / "docs" / "tables.md"
+    assert doc.read_text() == catalog.render_markdown(), "docs/tables.md differs from the table specs: run `make catalog-docs`"
+    for s in catalog.TABLES.values():
+        assert f"\n## {s.name}\n" in doc.read_text()
+
+
+def test_generator_check_mode_agrees_and_the_docs_link_to_it():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "catalog_docs.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "(tables.md)" in (ROOT / "docs" / "architecture.md").read_text()
+    assert "(docs/tables.md)" in (ROOT / "README.md").read_text()
+    # Every table the architecture describes has a spec, and every spec a section there.
+    import re
+
+    described = set(re.findall(r"^### ([a-z_]+)", (ROOT / "docs" / "architecture.md").read_text(), re.M))
+    assert set(catalog.TABLES) <= described
+    assert {d for d in described if d.startswith(("bronze_", "silver_", "gold_", "ops_", "quarantine_"))} == set(catalog.TABLES)
