@@ -3,6 +3,8 @@
 -- Run in the ebbtide database: `ebbtide sql -f deploy/sql/01_score_tables.sql`.
 -- Columns added in later releases come last (`because`, `events_last_7d`, `activity_ratio`): a
 -- table created before them gains them, at its end, on the next `ebbtide score` publish.
+-- The statements below are generated from the table specs in lib/ebbtide/catalog.py by
+-- `make catalog-docs`: change the specs, not this file (a unit test compares the two).
 
 CREATE TABLE IF NOT EXISTS gold_recommendations (
   score_date    DATE      COMMENT 'the day scored: features use events before this date 00:00 UTC (partition)',
