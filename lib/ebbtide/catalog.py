@@ -299,7 +299,8 @@ _BRONZE_COLUMNS = _cols(
                "the same id"),
     Column("user_id", "string", "trimmed, never empty", nullable=False),
     Column("item_id", "string", "trimmed, never empty", nullable=False),
-    Column("event_type", "string", "lower-cased; ingest.source.event_type_default (interaction) when the source has none",
+    Column("event_type", "string",
+           "lower-cased; ingest.source.event_type_default (interaction) when the source has none",
            doc="lower-cased; default `interaction` (`ingest.source.event_type_default`)"),
     Column("ts", "timestamp", "event time, UTC", nullable=False),
     Column("event_date", "date", "to_date(ts), the partition", nullable=False, doc="`to_date(ts)`, the partition"),
@@ -327,8 +328,8 @@ QUARANTINE_EVENTS = TableSpec(
     name="quarantine_events",
     comment="Raw rows that broke the raw event contract: the text as read and the reason (ebbtide ingest)",
     columns=_cols(
-        Column("quarantine_id", "string", "sha2-256 of source_file, raw and the line's occurrence number among identical "
-               "lines of that file, so two identical bad lines stay two rows", nullable=False),
+        Column("quarantine_id", "string", "sha2-256 of source_file, raw and the line's occurrence number among "
+               "identical lines of that file, so two identical bad lines stay two rows", nullable=False),
         Column("source_file", "string", "the file the line came from (a URI)"),
         Column("raw", "string", "the line as read (a Parquet row as JSON; bytes that are not text in "
                "ingest.source.encoding read as Latin-1, one character per byte)"),
@@ -356,7 +357,8 @@ OPS_INGEST_LOG = TableSpec(
         Column("rows_read", "bigint", "rows the batch read (header and blank lines are not rows)"),
         Column("rows_bronze_new", "bigint", "rows inserted into bronze_events"),
         Column("rows_quarantined", "bigint", "rows written to quarantine_events"),
-        Column("rows_duplicate", "bigint", "rows whose event_id bronze_events already held, or held twice in the batch"),
+        Column("rows_duplicate", "bigint",
+               "rows whose event_id bronze_events already held, or held twice in the batch"),
         Column("processed_at", "timestamp", "UTC time the row was written"),
     ),
     written_by="ebbtide ingest",
@@ -369,8 +371,8 @@ OPS_INGEST_LOG = TableSpec(
 # sessionize: silver_events, silver_sessions, ops_sessionize_log
 # --------------------------------------------------------------------------------------
 
-_SESSIONIZED_AT = Column("processed_at", "timestamp", "UTC time the sessionize run that (re)wrote the user's rows started",
-                         nullable=False)
+_SESSIONIZED_AT = Column("processed_at", "timestamp",
+                         "UTC time the sessionize run that (re)wrote the user's rows started", nullable=False)
 
 def _silver(c: Column) -> Column:
     """A bronze column as silver_events keeps it."""
@@ -486,9 +488,9 @@ _WINDOW = _cols(
            "sequences.max_len", nullable=False, doc="input items, oldest first, left-padded (L = sequences.max_len)"),
     Column("event_type_idx", "array<int>", "event types of the inputs (gold_event_type_vocab indices), left-padded",
            nullable=False, doc="event-type indices of the inputs (L)"),
-    Column("gap_s", "array<float>", "seconds since the previous event in the window (0 for its first event and for pad)",
-           nullable=False, doc="seconds since the previous event *in the window* (0 for the window's first event and "
-                               "for pad) (L)"),
+    Column("gap_s", "array<float>",
+           "seconds since the previous event in the window (0 for its first event and for pad)", nullable=False,
+           doc="seconds since the previous event *in the window* (0 for the window's first event and for pad) (L)"),
     Column("hour_of_week", "array<int>", "UTC hour of the week of each input, Monday 00:00-00:59 = 0 ... Sunday 23h = "
            "167; 0 for pad", nullable=False, doc="UTC, Monday 00:00-00:59 = 0 ... Sunday 23h = 167; 0 for pad (L)"),
     Column("session_start", "array<int>", "1 where the input starts a session (silver_events.is_session_start), else 0",
@@ -508,16 +510,16 @@ GOLD_TRAINING_EXAMPLES = TableSpec(
                doc="`{user_id}#{event_seq of target}` (0-based position of the target in the user's history, = "
                    "silver_events.event_seq); censored rows: `{user_id}#censored-{split}`"),
         Column("user_id", "string", "the user", nullable=False),
-        Column("split", "string", "train / valid / test: observed rows by target_ts against the cut-offs, censored rows "
-               "by their cut-off", nullable=False,
+        Column("split", "string", "train / valid / test: observed rows by target_ts against the cut-offs, censored "
+               "rows by their cut-off", nullable=False,
                doc="`train` / `valid` / `test`: observed rows by target_ts (`< T1`, `< T2`, else test); censored rows "
                    "by their cut-off"),
         *_WINDOW,
         Column("target_item", "int", "item index of the target event (1 if OOV); 0 when censored", nullable=False),
         Column("target_event_type", "int", "event-type index of the target; 0 when censored", nullable=False),
         Column("target_ts", "timestamp", "time of the target event; null when censored"),
-        Column("time_to_next_s", "float", "observed: target_ts - last_ts (the return time); censored: cut-off - last_ts",
-               nullable=False),
+        Column("time_to_next_s", "float",
+               "observed: target_ts - last_ts (the return time); censored: cut-off - last_ts", nullable=False),
         Column("censored", "int", "0 observed, 1 censored (the next event is not seen before the split's cut-off)",
                nullable=False),
         Column("run_id", "string", "the sequences run that built the row", nullable=False),
@@ -636,7 +638,8 @@ GOLD_CHURN_DECAY = TableSpec(
         Column("p_return_30d", "double",
                "probability of any event within 30 days after score_date, given none since the last event",
                doc="the same within 30 days"),
-        Column("expected_days_to_return", "double", "expected days from score_date to the next event (see docs: Scoring)",
+        Column("expected_days_to_return", "double",
+               "expected days from score_date to the next event (see docs: Scoring)",
                doc="days from score_date to the next event given a return within the model's horizon (see "
                    "docs/architecture.md, Model)"),
         Column("interest_half_life_days", "double", "days for the urge of this user to come back to fall to half (the "
@@ -694,7 +697,8 @@ OPS_EVALUATIONS = TableSpec(
         Column("model_uri", "string", "the model evaluated"),
         Column("examples_version", "bigint", "Delta version of gold_training_examples evaluated", nullable=False),
         Column("split", "string", "valid / test", nullable=False, doc="`valid` / `test`"),
-        Column("protocol", "string", "protocol/view: temporal or leave-last-out, nightly or request_time", nullable=False,
+        Column("protocol", "string", "protocol/view: temporal or leave-last-out, nightly or request_time",
+               nullable=False,
                doc="`{protocol}/{view}`: protocol `temporal` / `leave-last-out`, view `nightly` (the headline; churn "
                    "rows too) / `request_time` (rows written before the views existed say `temporal` alone)"),
         Column("metric", "string", "hr, recall, ndcg, mrr, coverage, ...; churn_* and return_cindex for churn",
@@ -722,10 +726,10 @@ OPS_MONITORING = TableSpec(
         "(ok / warn / alert). Written by `ebbtide monitor --date D`; a rerun replaces D's rows."
     ),
     columns=_cols(
-        Column("monitor_date", "date", "the UTC day monitored: events of that day, the tables of score date monitor_date",
-               nullable=False),
-        Column("metric", "string", "section.name, e.g. drift.gap_psi, outcomes.hit_rate@10, calibration.p_return_7d.brier",
-               nullable=False,
+        Column("monitor_date", "date",
+               "the UTC day monitored: events of that day, the tables of score date monitor_date", nullable=False),
+        Column("metric", "string",
+               "section.name, e.g. drift.gap_psi, outcomes.hit_rate@10, calibration.p_return_7d.brier", nullable=False,
                doc="`section.name`: `inputs.*`, `drift.*`, `outputs.*`, `outcomes.*`, `calibration.p_return_<h>d.*` "
                    "(docs/architecture.md, Monitoring)"),
         Column("value", "double", "the metric's value; null when there was nothing to measure"),

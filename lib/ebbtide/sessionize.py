@@ -251,7 +251,8 @@ def run(ctx, args) -> dict[str, Any]:
         # 8,000 days of history made thousands of 20-row files under daily partitions).
         events = with_processed_at(sessionize_events(by_user(bronze), gap), processed_at)
         with step(log, "writing silver_events (all users)"):
-            tables.write(EVENTS_SPEC.with_comments(events), cfg, SILVER_EVENTS, "overwrite", comment=EVENTS_SPEC.comment)
+            tables.write(EVENTS_SPEC.with_comments(events), cfg, SILVER_EVENTS, "overwrite",
+                         comment=EVENTS_SPEC.comment)
         # Sessions are summarized from the table just written: cheaper than windowing twice.
         silver = by_user(tables.read(spark, cfg, SILVER_EVENTS))
         sessions = with_processed_at(summarize_sessions(silver), processed_at)
@@ -278,7 +279,8 @@ def run(ctx, args) -> dict[str, Any]:
     summary["events_written"] = _rows_written(spark, cfg, SILVER_EVENTS)
     summary["sessions_written"] = _rows_written(spark, cfg, SILVER_SESSIONS)
     # Recorded last: a crash before this line makes the next run redo the same users.
-    tables.write(_log_row(spark, ctx.run_id, summary, processed_at), cfg, OPS_LOG, "append", comment=OPS_LOG_SPEC.comment)
+    tables.write(_log_row(spark, ctx.run_id, summary, processed_at), cfg, OPS_LOG, "append",
+                 comment=OPS_LOG_SPEC.comment)
     log.info(
         "sessionized %s: %d users, %d events, %d sessions written (bronze v%d)",
         summary["mode"], summary["affected_users"], summary["events_written"], summary["sessions_written"], bronze_version,

@@ -86,7 +86,8 @@ def test_score_tables_ddl_file_is_the_specs_ddl():
 def test_tables_doc_is_the_specs_markdown():
     """docs/tables.md is generated (scripts/catalog_docs.py): it cannot drift from the specs."""
     doc = ROOT / "docs" / "tables.md"
-    assert doc.read_text() == catalog.render_markdown(), "docs/tables.md differs from the table specs: run `make catalog-docs`"
+    assert doc.read_text() == catalog.render_markdown(), \
+        "docs/tables.md differs from the table specs: run `make catalog-docs`"
     for s in catalog.TABLES.values():
         assert f"\n## {s.name}\n" in doc.read_text()
 
@@ -105,4 +106,5 @@ def test_generator_check_mode_agrees_and_the_docs_link_to_it():
 
     described = set(re.findall(r"^### ([a-z_]+)", (ROOT / "docs" / "architecture.md").read_text(), re.M))
     assert set(catalog.TABLES) <= described
-    assert {d for d in described if d.startswith(("bronze_", "silver_", "gold_", "ops_", "quarantine_"))} == set(catalog.TABLES)
+    tables = {d for d in described if d.startswith(("bronze_", "silver_", "gold_", "ops_", "quarantine_"))}
+    assert tables == set(catalog.TABLES)
