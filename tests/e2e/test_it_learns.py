@@ -33,11 +33,16 @@ OVERRIDES = (
     "train.shuffle_rows=2000",
     "train.reader_workers=1",
     "train.early_stopping_patience=2",
+    # The return-time loss weighed 4x the default: on another world of the same generator (synth
+    # seed 12) the half-life Spearman rose from 0.768 (0.5) to 0.795 (1.0), 0.835 (2.0) and 0.833
+    # (4.0) with the validation NDCG@10 unchanged (0.344, 0.342, 0.345, 0.341); 2.0 was then run
+    # once on this test's seed 11: 0.820 (0.786 at 0.5). docs/training.md, "Half-lives".
+    "model.hazard_weight=2.0",
     "score.lookback_days=400",
     "score.batch_users=256",
 )
 MIN_HR_LIFT = 2.0
-MIN_SPEARMAN = 0.6
+MIN_SPEARMAN = 0.8
 
 
 def test_learns_next_items_and_planted_half_lives(tmp_path, spark):
