@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS gold_recommendations (
 )
 USING DELTA
 PARTITIONED BY (score_date)
-COMMENT 'Nightly top-K recommendations per active user, as of score_date 00:00 UTC (only events before it are used). One partition per score_date, a rerun replaces that date only.';
+COMMENT 'Nightly top-K recommendations per active user, as of score_date 00:00 UTC (only events before it are used). One partition per score_date, a rerun replaces that date only.'
+TBLPROPERTIES ('delta.dataSkippingStatsColumns' = 'user_id,rank');
 
 CREATE TABLE IF NOT EXISTS gold_churn_decay (
   score_date              DATE      COMMENT 'the day scored: features use events before this date 00:00 UTC (partition)',
@@ -43,4 +44,5 @@ CREATE TABLE IF NOT EXISTS gold_churn_decay (
 )
 USING DELTA
 PARTITIONED BY (score_date)
-COMMENT 'Nightly churn and interest-decay scores per active user, as of score_date 00:00 UTC. One partition per score_date, a rerun replaces that date only.';
+COMMENT 'Nightly churn and interest-decay scores per active user, as of score_date 00:00 UTC. One partition per score_date, a rerun replaces that date only.'
+TBLPROPERTIES ('delta.dataSkippingStatsColumns' = 'user_id');

@@ -200,12 +200,18 @@ class Column:
         return self.doc or self.comment
 
 
+STATS_COLUMNS_PROPERTY = "delta.dataSkippingStatsColumns"
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """A published table. ``keys``: the columns that identify a row, which are the MERGE keys where
     the job MERGEs; ``partition_by``: Delta partition columns; ``layout``: how rows lie in the files;
     ``writes``: how the job writes it; ``properties``: table properties the job sets, with what they
-    hold."""
+    hold; ``stats_columns``: the only columns Delta keeps per-file min/max statistics for
+    (``delta.dataSkippingStatsColumns``), for a table whose readers filter on those alone; empty =
+    Delta's default (the first 32 columns). Statistics are computed for every row written, so on a
+    wide table each unused column costs every write and spares no read."""
 
     name: str
     comment: str
@@ -216,6 +222,7 @@ class TableSpec:
     partition_by: tuple[str, ...] = ()
     layout: str = ""
     properties: tuple[tuple[str, str], ...] = ()
+    stats_columns: tuple[str, ...] = ()
     _by_name: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -223,14 +230,19 @@ class TableSpec:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"{self.name}: columns named twice: {sorted(dup)}")
-        unknown = [k for k in (*self.keys, *self.partition_by) if k not in names]
+        unknown = [k for k in (*self.keys, *self.partition_by, *self.stats_columns) if k not in names]
         if unknown:
-            raise ValueError(f"{self.name}: keys or partition columns that are not columns: {unknown}")
+            raise ValueError(f"{self.name}: keys, partition or statistics columns that are not columns: {unknown}")
         self._by_name.update({c.name: c for c in self.columns})
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
+
+    @property
+    def table_properties(self) -> dict[str, str]:
+        """The Delta table properties the table is created with (beyond its comment)."""
+        return {STATS_COLUMNS_PROPERTY: ",".join(self.stats_columns)} if self.stats_columns else {}
 
     def column(self, name: str) -> Column:
         try:
@@ -618,6 +630,9 @@ GOLD_RECOMMENDATIONS = TableSpec(
     keys=("score_date", "user_id", "rank"),
     partition_by=("score_date",),
     layout="one folder per score_date",
+    # Readers pick a date (the partition) and users; statistics on item ids, scores and lineage
+    # skip nothing and cost every nightly write.
+    stats_columns=("user_id", "rank"),
 )
 
 GOLD_CHURN_DECAY = TableSpec(
@@ -675,6 +690,7 @@ GOLD_CHURN_DECAY = TableSpec(
     keys=("score_date", "user_id"),
     partition_by=("score_date",),
     layout="one folder per score_date",
+    stats_columns=("user_id",),  # as gold_recommendations: readers pick a date and users
 )
 
 
@@ -805,7 +821,11 @@ def create_table_sql(s: TableSpec) -> str:
     out = [f"CREATE TABLE IF NOT EXISTS {s.name} (", *lines, ")", "USING DELTA"]
     if s.partition_by:
         out.append(f"PARTITIONED BY ({', '.join(s.partition_by)})")
-    out.append(f"COMMENT {_sql_str(s.comment)};")
+    out.append(f"COMMENT {_sql_str(s.comment)}")
+    props = s.table_properties
+    if props:
+        out.append("TBLPROPERTIES (" + ", ".join(f"{_sql_str(k)} = {_sql_str(v)}" for k, v in props.items()) + ")")
+    out[-1] += ";"
     return "\n".join(out) + "\n"
 
 
@@ -852,6 +872,9 @@ def render_markdown() -> str:
         out.append(f"- partitioned by: {', '.join(f'`{p}`' for p in s.partition_by) if s.partition_by else 'none'}")
         if s.layout:
             out.append(f"- layout: {s.layout}")
+        if s.stats_columns:
+            out.append(f"- file statistics (data skipping) on: {', '.join(f'`{c}`' for c in s.stats_columns)} only "
+                       f"(`{STATS_COLUMNS_PROPERTY}`)")
         for k, v in s.properties:
             out.append(f"- table property `{k}`: {v}")
         out.append("")

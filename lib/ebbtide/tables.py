@@ -287,9 +287,12 @@ def _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace
     path = table_path(cfg, name)
     parts = list(partition_by or [])
     is_new = not DeltaTable.isDeltaTable(spark, path)
+    declared = _declared_properties(name)
     if is_new:
         set_aside_if_orphaned(cfg, name)
-        _create(spark, path, df.schema, parts, comment)
+        _create(spark, path, df.schema, parts, comment, declared)
+    elif declared:
+        _ensure_properties(spark, path, declared)
 
     if mode == "merge":
         keys = list(keys or [])
@@ -309,7 +312,7 @@ def _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace
             m = m.whenNotMatchedBySourceDelete(delete_unmatched)
         m.execute()
     elif properties:
-        _replace_with_properties(df, path, parts, properties, comment)
+        _replace_with_properties(df, path, parts, {**declared, **properties}, comment)
     elif mode == "replace_where":
         w = _writer(df, "overwrite", parts)
         if not is_new:
@@ -362,9 +365,33 @@ def _merge_replacing_scope(target, df: "DataFrame", scope: "DataFrame", keys: li
     )
 
 
-def _create(spark: "SparkSession", path: str, schema, parts: list[str], comment: Optional[str]) -> None:
+def _declared_properties(name: str) -> dict[str, str]:
+    """The table properties the catalog declares for ``name`` (none for a table it does not know)."""
+    from ebbtide import catalog
+
+    spec = catalog.TABLES.get(name)
+    return spec.table_properties if spec is not None else {}
+
+
+def _ensure_properties(spark: "SparkSession", path: str, wanted: dict[str, str]) -> None:
+    """Give an existing table the declared properties it lacks (a table created before they were
+    declared), in one metadata-only commit; nothing when it has them. Files written earlier keep
+    the statistics they were written with."""
+    from delta.tables import DeltaTable
+
+    have = DeltaTable.forPath(spark, path).detail().select("properties").first()[0] or {}
+    missing = {k: v for k, v in wanted.items() if have.get(k) != v}
+    if missing:
+        sets = ", ".join(f"{_sql_str(k)} = {_sql_str(v)}" for k, v in sorted(missing.items()))
+        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({sets})")
+        log.info("%s: set table properties %s", path, ", ".join(sorted(missing)))
+
+
+def _create(spark: "SparkSession", path: str, schema, parts: list[str], comment: Optional[str],
+            properties: Optional[dict[str, str]] = None) -> None:
     """Create an empty table in one metadata-only commit: no Spark job, no data file, so the table
-    either exists (empty, with its comment) or does not; the rows follow in their own commit."""
+    either exists (empty, with its comment and declared properties) or does not; the rows follow in
+    their own commit."""
     from delta.tables import DeltaTable
 
     b = DeltaTable.createIfNotExists(spark).location(path).addColumns(_nullable(schema))
@@ -372,6 +399,8 @@ def _create(spark: "SparkSession", path: str, schema, parts: list[str], comment:
         b = b.partitionedBy(*parts)
     if comment:
         b = b.comment(comment)
+    for k, v in sorted((properties or {}).items()):
+        b = b.property(k, v)
     b.execute()
 
 

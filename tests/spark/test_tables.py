@@ -154,3 +154,39 @@ def test_merge_with_replace_scope_makes_the_scopes_rows_equal_to_the_source_in_o
 
     with pytest.raises(ValueError, match="merge only"):
         tables.write(new, cfg, "scoped_table", "replace_where", replace_where="true", replace_scope=users)
+
+
+def _stats_of_new_files(spark, cfg, name: str) -> list[dict]:
+    """The min/max statistics of the data files the table's latest commit added."""
+    import json
+
+    log_dir = Path(tables.table_path(cfg, name)) / "_delta_log"
+    last = sorted(log_dir.glob("*.json"))[-1]
+    adds = [json.loads(line)["add"] for line in last.read_text().splitlines() if '"add"' in line]
+    return [json.loads(a["stats"]) for a in adds if a.get("stats")]
+
+
+def test_declared_statistics_columns_reach_new_and_existing_tables(spark, cfg):
+    from ebbtide import catalog
+
+    spec = catalog.GOLD_RECOMMENDATIONS
+    assert spec.stats_columns == ("user_id", "rank")
+    day1 = spark.createDataFrame([("u1", 1, "i1", 0.5)], "user_id string, rank int, item_id string, score double") \
+        .selectExpr("DATE'2025-01-01' score_date", "user_id", "rank", "item_id", "score")
+    # A table created before the declaration: Delta's default statistics on every column.
+    day1.write.format("delta").partitionBy("score_date").save(tables.table_path(cfg, spec.name))
+    assert set(_stats_of_new_files(spark, cfg, spec.name)[0]["minValues"]) == {"user_id", "rank", "item_id", "score"}
+
+    day2 = day1.selectExpr("DATE'2025-01-02' score_date", "user_id", "rank", "item_id", "score")
+    tables.write(day2, cfg, spec.name, "replace_where", replace_where="score_date = '2025-01-02'",
+                 partition_by=["score_date"])
+    props = spark.sql(f"SHOW TBLPROPERTIES delta.`{tables.table_path(cfg, spec.name)}`").collect()
+    assert {r["key"]: r["value"] for r in props}[catalog.STATS_COLUMNS_PROPERTY] == "user_id,rank"
+    (stats,) = _stats_of_new_files(spark, cfg, spec.name)
+    assert set(stats["minValues"]) == {"user_id", "rank"} and stats["numRecords"] == 1
+
+    # A table the writer creates has them from its first commit; a table the catalog does not know keeps the default.
+    tables.write(day2, cfg, catalog.GOLD_CHURN_DECAY.name, "overwrite", partition_by=["score_date"])
+    assert set(_stats_of_new_files(spark, cfg, catalog.GOLD_CHURN_DECAY.name)[0]["minValues"]) == {"user_id"}
+    tables.write(day2, cfg, "not_in_the_catalog", "overwrite")
+    assert set(_stats_of_new_files(spark, cfg, "not_in_the_catalog")[0]["minValues"]) >= {"item_id", "score"}
