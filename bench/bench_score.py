@@ -3,17 +3,21 @@
 For each catalogue size, the same user and item embeddings are scored twice:
 (a) through the scoring job's plumbing on Spark `local[2]`: users read from Parquet, the
     job's ``inference.recommend_fn`` over Arrow batches in ``mapInArrow`` (model cached per
-    worker, batched matrix product, masking, top-k, item ids), the result written as a Delta
-    table through ``ebbtide.tables``;
+    worker, batched matrix product, masking, top-k, item ids), the job's lineage columns, and
+    the job's publish (``scoring.run.publish``: one replaceWhere commit of the score date into
+    gold_recommendations, with the table's declared statistics columns), as a night after the
+    first writes it;
 (b) the bare batched matrix product plus top-k in this one process, same batch sizes.
-ratio = (a) users/s / (b) users/s; the target is 0.5 or more. Spark start-up and the first
-load of torch in the workers are excluded (a warm-up run), as the nightly job pays them once.
+ratio = (a) users/s / (b) users/s; the target is 0.5 or more. Spark start-up, the first
+load of torch in the workers and the table's creation are excluded (a warm-up run that publishes
+another date), as the nightly job pays them once.
 
 The last line is one JSON object: {"bench": "score", "users": ..., "runs": [...]}.
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -64,6 +68,9 @@ def main(argv=None) -> int:
     from ebbtide.config import load_config
     from ebbtide.log import get_logger, setup_logging
     from ebbtide.scoring import inference
+    from ebbtide.scoring import transform as T
+    from ebbtide.scoring.run import publish
+    from ebbtide.scoring.views import RECOMMENDATIONS
     from ebbtide.spark import get_spark
 
     setup_logging("WARNING")
@@ -90,25 +97,31 @@ def main(argv=None) -> int:
         pq.write_table(pa.table({"user_id": ids, "user_vec": vec}), udir / f"part-{i}.parquet")
     user_df = spark.read.parquet(str(udir))
 
-    def spark_path(item_path: str, df, name: str) -> float:
+    def spark_path(item_path: str, df, score_date: dt.date) -> float:
         fn = inference.recommend_fn(
             item_path, k=args.k, loader=inference.load_embeddings, exclude_consumed=False,
             batch_users=args.batch_users, max_batch_mfloats=args.max_batch_mfloats, torch_threads=1,
         )
+        lineage = dict(score_date=score_date, model_name="bench", model_version=1, run_id="bench",
+                       scored_at=dt.datetime(2025, 1, 1))
         t = time.perf_counter()
-        tables.write(df.mapInArrow(fn, inference.RECS_DDL), cfg, name, mode="overwrite")
+        recs = T.with_lineage(df.mapInArrow(fn, inference.RECS_DDL), **lineage).select(*T.RECS_COLUMNS)
+        publish(spark, cfg, recs, RECOMMENDATIONS, score_date)
         return time.perf_counter() - t
 
     runs = []
+    day = dt.date(2025, 1, 1)
     for n_items in [int(x) for x in args.items.split(",")]:
         items = rng.standard_normal((n_items, args.dim), dtype=np.float32)
         item_path = str(work / f"items-{n_items}.npy")
         np.save(item_path, items)
         # Warm-up: both workers (one user from each file) start, import torch and load the item
         # matrix once, as the job does on its first batch.
-        spark_path(item_path, user_df.where(F.col("user_id").isin("u0", f"u{half}")), f"warmup_{n_items}")
-        spark_s = spark_path(item_path, user_df, f"recs_{n_items}")
-        written = tables.read(spark, cfg, f"recs_{n_items}").count()
+        spark_path(item_path, user_df.where(F.col("user_id").isin("u0", f"u{half}")), day)
+        day += dt.timedelta(days=1)
+        spark_s = spark_path(item_path, user_df, day)
+        written = tables.read(spark, cfg, RECOMMENDATIONS).where(F.col("score_date") == F.lit(day)).count()
+        day += dt.timedelta(days=1)
         if written != args.users * args.k:
             raise RuntimeError(f"spark path wrote {written} rows, expected {args.users * args.k}")
         bare_s = bare(users, items, args.k, args.batch_users, args.max_batch_mfloats)
