@@ -159,3 +159,37 @@ def test_a_folder_saved_before_the_last_item_skip_still_loads(tmp_path):
     folder = P.save(str(tmp_path), net.state_dict(), old_conf, N_ITEMS, N_EVENTS, L, items, events, session_gap_s=1800.0)
     loaded = P.Predictor.load(folder)
     assert loaded.net.last_item_skip is None
+
+
+def test_one_encoder_pass_answers_every_question_of_a_batch(pred, monkeypatch):
+    """Scores, explanations, churn and interest of the same arrays share one encoder pass and give
+    what separate passes give; new arrays (another batch) are encoded afresh."""
+    p, net = pred
+    f = p.features_from_events([["i3", "i4", "i5"], ["i7", "i2"]],
+                               [[MONDAY, MONDAY + 60, MONDAY + 7200], [MONDAY, MONDAY + 99_000]])
+    e = np.array([3600.0, 86_400.0], np.float32)
+    tb = {k: torch.as_tensor(v) for k, v in f.items() if k != "last_ts"}
+    net.eval()
+    with torch.no_grad():
+        want_scores = net.item_scores(tb, torch.as_tensor(e)).numpy()
+        want_churn = net.return_time_at(tb, torch.as_tensor(e))["p_return_7d"].double().numpy()
+        want_interest = net.category_interest(tb, torch.as_tensor(p._item_category), torch.as_tensor(e)).numpy()
+    idx = np.argsort(-want_scores, axis=1)[:, :3]
+    with torch.no_grad():
+        want_pos, _ = net.explain(tb, torch.as_tensor(e), torch.as_tensor(idx), 2)
+
+    calls = []
+    real = p.net.encoder_outputs
+    monkeypatch.setattr(p.net, "encoder_outputs", lambda b: calls.append(1) or real(b))
+    p._encoded_memo.clear()
+    np.testing.assert_allclose(p.score_all(f, e), want_scores, rtol=1e-6)
+    np.testing.assert_allclose(p.churn(f, e)["p_return_7d_raw" if p.meta.get("churn_calibration") else "p_return_7d"],
+                               want_churn, rtol=1e-6)
+    np.testing.assert_allclose(p.category_interest(f, e)[:, : want_interest.shape[1]], want_interest, rtol=1e-6)
+    np.testing.assert_allclose(p.category_interest(f, np.zeros_like(e)).sum(), p.category_interest(f, 0 * e).sum())
+    assert (p.explain({**f}, e, idx, 2)["position"] == want_pos.numpy()).all()  # a new dict of the same arrays
+    assert len(calls) == 1
+
+    g = {k: v.copy() for k, v in f.items()}  # equal values, other arrays: encoded again
+    np.testing.assert_allclose(p.score_all(g, e), want_scores, rtol=1e-6)
+    assert len(calls) == 2 and len(p._encoded_memo) == 1

@@ -449,6 +449,13 @@ class EbbtideNet(nn.Module):
 
     # ------------------------------------------------------------------ public API
 
+    def encoder_outputs(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The encoder's pass over the windows, which every read-out below starts from. It does not
+        depend on the elapsed time, so a caller that asks several questions of the same windows
+        (scores, explanations, churn, interest now and then) passes it as ``enc`` to each instead
+        of running the recurrence again: the encoder is most of the cost of every one of them."""
+        return self._run_encoder(batch)
+
     def encode(self, batch: Mapping[str, Any], elapsed_s: Tensor | None = None) -> Tensor:
         """User state (B, hidden_dim) after the last event, as of `elapsed_s` seconds later (default 0)."""
         enc = self._run_encoder(batch)
@@ -523,10 +530,11 @@ class EbbtideNet(nn.Module):
 
     forward = loss
 
-    def item_scores(self, batch: Mapping[str, Any], elapsed_s: Tensor) -> Tensor:
+    def item_scores(self, batch: Mapping[str, Any], elapsed_s: Tensor, enc: dict[str, Tensor] | None = None) -> Tensor:
         """Scores (B, n_items) over the whole catalogue, as of `elapsed_s` seconds after each user's
-        last event; pad and OOV are -inf. Only the time_lstm encoder makes them depend on elapsed_s."""
-        enc = self._run_encoder(batch)
+        last event; pad and OOV are -inf. Only the time_lstm encoder makes them depend on elapsed_s.
+        ``enc``: this batch's `encoder_outputs`, when the caller has them."""
+        enc = enc if enc is not None else self._run_encoder(batch)
         state, weights = self._state_at(enc, self._elapsed(elapsed_s, enc["last"].shape[0]), return_weights=True)
         last_items = enc["items"][:, -1]
         return self._full_logits(self._item_vectors(state, last_items, self._transition(enc, last_items, weights))).float()
@@ -535,16 +543,17 @@ class EbbtideNet(nn.Module):
         """Return-time figures as of the last event (elapsed 0); see `return_time_at`."""
         return self.return_time_at(batch, None)
 
-    def return_time_at(self, batch: Mapping[str, Any], elapsed_s: Tensor | None) -> dict[str, Tensor]:
+    def return_time_at(self, batch: Mapping[str, Any], elapsed_s: Tensor | None,
+                       enc: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """Return-time figures as of `elapsed_s` seconds after the last event, given no return so far.
 
         p_return_7d / p_return_30d: P(an event within 7 / 30 days from then); p_return_ever: 1 - cure
         fraction; expected_days_to_return: mean days from then to the return given a return within
         model.return_horizon_days; half_life_days: ln 2 / b, the time for the return hazard to halve;
         readout_half_life_days: how fast the read-out forgets this user's events
-        (`readout_half_life_days`).
+        (`readout_half_life_days`). ``enc``: as in `item_scores`.
         """
-        enc = self._run_encoder(batch)
+        enc = enc if enc is not None else self._run_encoder(batch)
         elapsed = self._elapsed(elapsed_s, enc["last"].shape[0])
         e_days = elapsed / SECONDS_PER_DAY
         a, b = heads.hazard_rates(*self._hazard_params(enc))
@@ -571,15 +580,16 @@ class EbbtideNet(nn.Module):
         age = (enc["cum_days"][:, -1:] - enc["cum_days"]) + (elapsed / SECONDS_PER_DAY).unsqueeze(1)
         return torch.exp(-b.float().unsqueeze(1) * age)
 
-    def category_interest(self, batch: Mapping[str, Any], item_category: Tensor, elapsed_s: Tensor | None) -> Tensor:
+    def category_interest(self, batch: Mapping[str, Any], item_category: Tensor, elapsed_s: Tensor | None,
+                          enc: dict[str, Tensor] | None = None) -> Tensor:
         """Decayed interest per category (B, n_categories), n_categories = item_category.max() + 1.
 
         time_lstm: the read-out's attention mass on the user's events of each category at the given
         elapsed time (averaged over heads); it sums to at most 1 and shrinks as interest fades into
         the sink. lstm / gru: each event weighted by exp(-b * age) with the user's hazard rate b,
-        averaged over the window.
+        averaged over the window. ``enc``: as in `item_scores`.
         """
-        enc = self._run_encoder(batch)
+        enc = enc if enc is not None else self._run_encoder(batch)
         bsz = enc["last"].shape[0]
         elapsed = self._elapsed(elapsed_s, bsz)
         cat_of = torch.as_tensor(item_category, device=self._device()).long()
@@ -592,7 +602,8 @@ class EbbtideNet(nn.Module):
         out = torch.zeros(bsz, n_cat, device=weights.device)
         return out.scatter_add_(1, cats, weights)
 
-    def explain(self, batch: Mapping[str, Any], elapsed_s: Tensor | None, item_idx: Tensor, top: int = 3) -> tuple[Tensor, Tensor]:
+    def explain(self, batch: Mapping[str, Any], elapsed_s: Tensor | None, item_idx: Tensor, top: int = 3,
+                enc: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """Which past events weighed most for each of K items per user, as of `elapsed_s` seconds
         after the last event: item_idx (B, K) -> positions (B, K, top) into the window (long, -1 where
         fewer events count) and weights (B, K, top) (float, 0 at -1), largest first.
@@ -616,9 +627,9 @@ class EbbtideNet(nn.Module):
         explained by the events the read-out weighs most, wbar_j as shares of the window's total:
         the events the user vector is made of (for a user gone so long that those weights underflow,
         `_faded_weights`). So every recommendation of a user with a known item in the window has a
-        reason.
+        reason. ``enc``: as in `item_scores`.
         """
-        enc = self._run_encoder(batch)
+        enc = enc if enc is not None else self._run_encoder(batch)
         items = enc["items"]
         b, l = items.shape
         w = self._event_weights(enc, self._elapsed(elapsed_s, b))  # (B, L)

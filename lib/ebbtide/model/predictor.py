@@ -116,6 +116,8 @@ class Predictor:
         self._item_category = np.zeros(self.n_items, dtype=np.int64)
         self._item_category[iv["item_index"].to_numpy()] = [cat_pos[c] for c in cats]
         self._event_index = dict(zip(event_type_vocab["event_type"].astype(str), event_type_vocab["event_type_index"].astype(int)))
+        # The encoder outputs of the last batch's chunks (see `_encoded`).
+        self._encoded_memo: dict[tuple, tuple] = {}
 
     # ------------------------------------------------------------------ loading
 
@@ -184,6 +186,31 @@ class Predictor:
         for i in range(0, n, size):
             yield slice(i, min(n, i + size))
 
+    # Rows of one batch whose encoder outputs are kept (about 13 MB per 512 rows at L 50, hidden 128).
+    ENCODED_MEMO_ROWS = 4096
+
+    def _encoded(self, batch_np: dict, rows: slice):
+        """(torch batch, encoder outputs) of ``rows``, computed once for the same arrays: the nightly
+        scorer asks one batch of windows for scores, explanations, churn and interest at two times,
+        and the encoder's pass is most of each (EbbtideNet.encoder_outputs). Keyed by the identity of
+        the feature arrays, which the memo holds on to, so a key cannot be reused by new arrays;
+        only the latest batch is kept, and only its first ENCODED_MEMO_ROWS rows."""
+        from ebbtide.model.network import FEATURES
+
+        arrays = tuple(batch_np[k] for k in FEATURES)
+        ids = tuple(id(a) for a in arrays)
+        key = (ids, rows.start, rows.stop)
+        hit = self._encoded_memo.get(key)
+        if hit is not None:
+            return hit[0], hit[1]
+        tb = self._torch_batch(batch_np, rows)
+        enc = self.net.encoder_outputs(tb)
+        if any(k[0] != ids for k in self._encoded_memo):
+            self._encoded_memo.clear()
+        if rows.stop <= self.ENCODED_MEMO_ROWS:
+            self._encoded_memo[key] = (tb, enc, arrays)
+        return tb, enc
+
     def score_all(self, batch_np: dict, elapsed_s: np.ndarray) -> np.ndarray:
         """Scores (n, n_items) over the catalogue as of elapsed_s seconds after each user's last event."""
         import torch
@@ -193,7 +220,8 @@ class Predictor:
         e = np.broadcast_to(np.asarray(elapsed_s, dtype=np.float32), (n,))
         with torch.no_grad():
             for s in self._chunks(n):
-                out[s] = self.net.item_scores(self._torch_batch(batch_np, s), torch.as_tensor(e[s]).to(self.device)).cpu().numpy()
+                tb, enc = self._encoded(batch_np, s)
+                out[s] = self.net.item_scores(tb, torch.as_tensor(e[s]).to(self.device), enc=enc).cpu().numpy()
         return out
 
     def recommend(self, batch_np: dict, elapsed_s: np.ndarray, k: int, exclude: Optional[list] = None):
@@ -230,7 +258,8 @@ class Predictor:
         e = np.broadcast_to(np.asarray(elapsed_s, dtype=np.float32), (n,))
         with torch.no_grad():
             for s in self._chunks(n):
-                r = self.net.return_time_at(self._torch_batch(batch_np, s), torch.as_tensor(e[s]).to(self.device))
+                tb, enc = self._encoded(batch_np, s)
+                r = self.net.return_time_at(tb, torch.as_tensor(e[s]).to(self.device), enc=enc)
                 for k in keys:
                     if k in r:
                         out[k][s] = r[k].double().cpu().numpy()
@@ -249,7 +278,8 @@ class Predictor:
         cat = torch.as_tensor(self._item_category)
         with torch.no_grad():
             for s in self._chunks(n):
-                r = self.net.category_interest(self._torch_batch(batch_np, s), cat, torch.as_tensor(e[s]).to(self.device))
+                tb, enc = self._encoded(batch_np, s)
+                r = self.net.category_interest(tb, cat, torch.as_tensor(e[s]).to(self.device), enc=enc)
                 out[s, : r.shape[1]] = r.cpu().numpy()
         return out
 
@@ -274,8 +304,9 @@ class Predictor:
         e = np.broadcast_to(np.asarray(elapsed_s, dtype=np.float32), (n,))
         with torch.no_grad():
             for s in self._chunks(n):
-                p, w = self.net.explain(self._torch_batch(batch_np, s), torch.as_tensor(e[s]).to(self.device),
-                                        torch.as_tensor(idx[s]).to(self.device), int(top))
+                tb, enc = self._encoded(batch_np, s)
+                p, w = self.net.explain(tb, torch.as_tensor(e[s]).to(self.device),
+                                        torch.as_tensor(idx[s]).to(self.device), int(top), enc=enc)
                 pos[s], weight[s] = p.cpu().numpy(), w.double().cpu().numpy()
         found = pos >= 0
         rows = np.arange(n)[:, None, None]

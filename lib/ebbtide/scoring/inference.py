@@ -123,6 +123,7 @@ class PredictorScorer:
         self.item_category = self._item_categories()
         meta = getattr(predictor, "meta", None)
         self.n_event_types = int(meta["n_event_types"]) if isinstance(meta, dict) and "n_event_types" in meta else None
+        self._last_feats: Optional[tuple[pa.RecordBatch, dict[str, np.ndarray]]] = None
 
     def _probe_n_items(self) -> int:
         batch = {k: np.zeros((1, 1), dtype=_FEATURE_DTYPES[k]) for k in FEATURES if k != "length"}
@@ -141,7 +142,11 @@ class PredictorScorer:
         return np.asarray(cats, dtype=object)
 
     def _feats(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
-        return features_from_arrow(batch, self.n_items, self.n_event_types)
+        """The batch's feature arrays, the same arrays for every question asked of the same batch, so
+        that the predictor runs its encoder over them once (Predictor._encoded)."""
+        if self._last_feats is None or self._last_feats[0] is not batch:
+            self._last_feats = (batch, features_from_arrow(batch, self.n_items, self.n_event_types))
+        return self._last_feats[1]
 
     def scores(self, batch: pa.RecordBatch) -> np.ndarray:
         return self.scores_at(batch, elapsed_from_arrow(batch))
@@ -159,8 +164,7 @@ class PredictorScorer:
         explain = getattr(self.predictor, "explain", None)
         if not callable(explain):
             return None
-        feats = self._feats(batch)
-        feats["last_ts"] = last_ts_from_arrow(batch)
+        feats = {**self._feats(batch), "last_ts": last_ts_from_arrow(batch)}
         return explain(feats, elapsed_from_arrow(batch), idx, top)
 
     def interest(self, batch: pa.RecordBatch, by: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
