@@ -60,6 +60,9 @@ class ScoreConf:
     # Torch threads per Python worker; 0 = torch's default. With several workers per machine,
     # cores / workers avoids oversubscription.
     torch_threads: int = 0
-    # Partitions of the scoring input (0 = spark.shuffle_partitions).
+    # Partitions of the scoring input; 0 = from the data and the cluster: one per
+    # users_per_partition active users, and at least two per core of the session
+    # (scoring.run.scoring_partitions).
     partitions: int = 0
+    users_per_partition: int = 50_000
     quality: QualityConf = field(default_factory=QualityConf)

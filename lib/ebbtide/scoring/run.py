@@ -99,8 +99,20 @@ def resolve_model(cfg, model_uri: Optional[str] = None, model_version: Optional[
 # --------------------------------------------------------------------------------------
 
 
+def scoring_partitions(configured: int, n_active: int, cores: int, users_per_partition: int) -> int:
+    """Partitions of the scoring input: ``configured`` when set, else one per ``users_per_partition``
+    active users and at least two per core (so a slow task does not hold the others up), so that
+    the work per task, not the count of tasks, stays the same from a laptop to a cluster. A fixed
+    count for given data and cores, so a rerun feeds the model identical batches."""
+    if configured > 0:
+        return configured
+    by_size = -(-max(n_active, 0) // max(users_per_partition, 1))
+    return max(2 * max(cores, 1), by_size, 1)
+
+
 def build(ctx, score_date: dt.date, model: ModelRef, *, loader=None):
-    """The scoring inputs and both output DataFrames (lazy), plus the lineage used."""
+    """The scoring inputs of the active users, counted and laid out (persisted: the caller
+    unpersists them), both output DataFrames (lazy), and the lineage used."""
     from ebbtide.scoring import inference
     from ebbtide.scoring import transform as T
 
@@ -114,13 +126,21 @@ def build(ctx, score_date: dt.date, model: ModelRef, *, loader=None):
         events, item_vocab, et_vocab,
         max_len=cfg.sequences.max_len, score_ts=score_ts, lookback_days=sc.lookback_days,
     )
-    parts = sc.partitions or cfg.spark.shuffle_partitions
-    inputs = T.deterministic_layout(inputs, parts)
     allow = T.item_list(spark, sc.allow_items, sc.allow_source, lambda n: tables.read(spark, cfg, n))
     deny = T.item_list(spark, sc.deny_items, sc.deny_source, lambda n: tables.read(spark, cfg, n))
     if sc.allow_items or sc.allow_source:
         if not allow:
             raise ValueError("score.allow_items / allow_source gave an empty allow list: nothing could be recommended")
+    # The active users are counted before they are laid out, so the layout can follow their number.
+    with step(log, "building windows of active users"):
+        raw = inputs.persist()
+        n_active = raw.count()
+    parts = scoring_partitions(sc.partitions, n_active, spark.sparkContext.defaultParallelism, sc.users_per_partition)
+    log.info("%d users active within %d days before %s; %d scoring partitions", n_active, sc.lookback_days,
+             score_date, parts)
+    inputs = T.deterministic_layout(raw, parts).persist()
+    inputs.count()  # laid out once for both tables' passes; the unlaid copy can go
+    raw.unpersist()
     common = dict(
         uris=model.uris, identity=model.identity, batch_users=sc.batch_users,
         max_batch_mfloats=sc.max_batch_mfloats, torch_threads=sc.torch_threads,
@@ -140,7 +160,7 @@ def build(ctx, score_date: dt.date, model: ModelRef, *, loader=None):
     churn = T.churn_decay(
         inputs, churn_fn, lineage, high_below=sc.churn_high_below, medium_below=sc.churn_medium_below
     )
-    return inputs, recs, churn, lineage
+    return inputs, n_active, recs, churn, lineage
 
 
 def publish(spark, cfg, df, name: str, score_date: dt.date) -> None:
@@ -177,12 +197,8 @@ def score_and_publish(ctx, score_date: dt.date, model: ModelRef, *, loader=None)
     cfg, spark = ctx.cfg, ctx.spark
     sc = cfg.section("score")
     log.info("scoring %s as of %s 00:00 UTC with %s", cfg.storage.database, score_date, model.uri)
-    inputs, recs, churn, _ = build(ctx, score_date, model, loader=loader)
+    inputs, n_active, recs, churn, _ = build(ctx, score_date, model, loader=loader)
     try:
-        with step(log, "building windows of active users"):
-            inputs.persist()
-            n_active = inputs.count()
-        log.info("%d users active within %d days before %s", n_active, sc.lookback_days, score_date)
         with step(log, f"scoring {n_active} users and running the quality gate"):
             # Persisted so that the gate and the write see the very rows inferred once.
             recs.persist()
