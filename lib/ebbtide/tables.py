@@ -9,7 +9,8 @@ idempotent for the same input:
 - ``merge``: insert rows whose ``keys`` are new (and optionally update matched rows, and delete
   the target rows of a slice that the new rows no longer hold: ``delete_unmatched`` for a slice
   named by a predicate, ``replace_scope`` for one named by a DataFrame of keys, e.g. users);
-- ``append``: only for logs whose rows carry a run id (ops tables).
+- ``append``: only for logs whose rows carry a run id (ops tables), or with ``txn`` for rows that
+  one step of a stage writes once per input version (Delta's idempotent writes: see :func:`write`).
 
 A new table is first created by a metadata-only commit (no Spark job, no data file), so a
 crash can leave either no table or a valid empty one, never data files without a commit. A
@@ -75,6 +76,14 @@ def num_files(spark: "SparkSession", cfg: Config, name: str) -> int:
     from delta.tables import DeltaTable
 
     return int(DeltaTable.forPath(spark, table_path(cfg, name)).detail().first()["numFiles"])
+
+
+def table_id(spark: "SparkSession", cfg: Config, name: str) -> str:
+    """The table's Delta id (DESCRIBE DETAIL id): kept by every commit, new when the table is created
+    again (a dropped folder, a REPLACE), so it tells a table whose versions started over."""
+    from delta.tables import DeltaTable
+
+    return str(DeltaTable.forPath(spark, table_path(cfg, name)).detail().first()["id"])
 
 
 def parquet_files(spark: "SparkSession", cfg: Config, name: str, version: Optional[int] = None) -> list[str]:
@@ -197,6 +206,7 @@ def write(
     comment: Optional[str] = None,
     properties: Optional[dict[str, str]] = None,
     add_columns: bool = False,
+    txn: Optional[tuple[str, int]] = None,
 ) -> None:
     """Write ``df`` to table ``name`` in one Delta commit. See the module doc for the modes.
 
@@ -228,6 +238,13 @@ def write(
 
     ``properties`` (overwrite only): table properties that describe the rows, committed in the
     same commit as the rows (see :func:`_replace_with_properties`).
+
+    ``txn`` (append only): ``(app_id, version)``, Delta's idempotent write (writer options
+    ``txnAppId`` / ``txnVersion``). The commit records the pair in the table's log, and a later
+    append with the same ``app_id`` and a ``version`` not above the recorded one commits nothing:
+    a rerun of the same step (the same input version) after a crash, or a second run racing the
+    first, cannot append the rows twice. ``version`` must grow with the input, so ``app_id`` must
+    change whenever the input's versions start over (a recreated source table).
     """
     if mode not in ("overwrite", "append", "merge", "replace_where"):
         raise ValueError(f"unknown write mode {mode!r}")
@@ -243,17 +260,20 @@ def write(
         raise ValueError("properties go with overwrite only (one commit for the rows and what describes them)")
     if add_columns and mode not in ("replace_where", "append"):
         raise ValueError("add_columns goes with replace_where and append (overwrite replaces the schema anyway)")
+    if txn is not None and mode != "append":
+        raise ValueError("txn goes with append only")
     # Two runs writing the same slice at once (two `score` runs for one date): Delta lets the first
     # commit win and fails the other with a concurrent-modification error. Every mode but append
     # gives the same table when written again, so the loser writes again on the new snapshot
-    # (last writer wins) instead of failing the run.
+    # (last writer wins) instead of failing the run. So does an append with ``txn``: written again,
+    # it commits nothing if the winner recorded the same transaction.
     for attempt in range(1, CONFLICT_ATTEMPTS + 1):
         try:
             _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace_where, comment, properties,
-                        delete_unmatched, add_columns, merge_filter, replace_scope)
+                        delete_unmatched, add_columns, merge_filter, replace_scope, txn)
             break
         except Exception as e:  # noqa: BLE001 - only Delta's concurrency errors are retried
-            if mode == "append" or attempt == CONFLICT_ATTEMPTS or not is_concurrent_write_error(e):
+            if (mode == "append" and txn is None) or attempt == CONFLICT_ATTEMPTS or not is_concurrent_write_error(e):
                 raise
             log.warning("%s: another writer committed first (%s); writing again, attempt %d of %d",
                         full_name(cfg, name), _conflict_name(e), attempt + 1, CONFLICT_ATTEMPTS)
@@ -280,7 +300,7 @@ def is_concurrent_write_error(e: BaseException) -> bool:
 
 
 def _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace_where, comment, properties,
-                delete_unmatched=None, add_columns=False, merge_filter=None, replace_scope=None) -> None:
+                delete_unmatched=None, add_columns=False, merge_filter=None, replace_scope=None, txn=None) -> None:
     from delta.tables import DeltaTable
 
     spark = df.sparkSession
@@ -326,6 +346,9 @@ def _write_once(df, cfg, name, mode, keys, update_matched, partition_by, replace
             w = w.option("overwriteSchema", "true")
         elif add_columns:
             w = w.option("mergeSchema", "true")
+        if txn is not None:
+            app_id, txn_version = txn
+            w = w.option("txnAppId", str(app_id)).option("txnVersion", str(int(txn_version)))
         w.save(path)
 
     register(spark, cfg, name)

@@ -190,3 +190,19 @@ def test_declared_statistics_columns_reach_new_and_existing_tables(spark, cfg):
     assert set(_stats_of_new_files(spark, cfg, catalog.GOLD_CHURN_DECAY.name)[0]["minValues"]) == {"user_id"}
     tables.write(day2, cfg, "not_in_the_catalog", "overwrite")
     assert set(_stats_of_new_files(spark, cfg, "not_in_the_catalog")[0]["minValues"]) >= {"item_id", "score"}
+
+
+def test_append_with_txn_commits_once_per_app_version(spark, cfg):
+    """Delta's idempotent writes: the same (app id, version) again commits nothing, a higher version
+    commits, another app id has its own versions."""
+    df = spark.createDataFrame([("a", 1)], "k string, v int")
+    tables.write(df, cfg, "appended", "append", txn=("app", 5))
+    v = tables.version(spark, cfg, "appended")
+    tables.write(df, cfg, "appended", "append", txn=("app", 5))
+    tables.write(df, cfg, "appended", "append", txn=("app", 4))
+    assert tables.version(spark, cfg, "appended") == v and tables.read(spark, cfg, "appended").count() == 1
+    tables.write(df, cfg, "appended", "append", txn=("app", 6))
+    tables.write(df, cfg, "appended", "append", txn=("other app", 1))
+    assert tables.version(spark, cfg, "appended") == v + 2 and tables.read(spark, cfg, "appended").count() == 3
+    with pytest.raises(ValueError, match="append only"):
+        tables.write(df, cfg, "appended", "merge", keys=["k"], txn=("app", 7))

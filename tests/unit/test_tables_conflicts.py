@@ -1,6 +1,6 @@
 """tables.write against a writer that commits first: two `score` runs for the same date at once made
-Delta fail the second with ConcurrentAppendException (found by the chaos bench); every mode but
-append is written again on the new snapshot instead."""
+Delta fail the second with ConcurrentAppendException (found by the chaos bench); every mode but a
+plain append (one without txn) is written again on the new snapshot instead."""
 from __future__ import annotations
 
 import pytest
@@ -53,6 +53,12 @@ def test_append_and_other_errors_are_not_retried(cfg, attempts):
     with pytest.raises(RuntimeError):
         tables.write(object(), cfg, "gold_recommendations", "overwrite")
     assert attempts["n"] == 1
+
+
+def test_an_idempotent_append_is_written_again(cfg, attempts):
+    # With txn, the winner's commit makes the second try commit nothing if it was the same append.
+    tables.write(object(), cfg, "silver_events", "append", txn=("app", 3))
+    assert attempts["n"] == 2
 
 
 def test_it_gives_up_after_the_last_attempt(cfg, attempts):
