@@ -255,3 +255,213 @@ def test_gap_change_and_crash_between_tables_recover_on_rerun(spark, cfg, ctx):
     assert s["mode"] == "incremental" and s["affected_users"] == 1
     assert tables.read(spark, cfg, "silver_sessions").count() == 2
     assert tables.read(spark, cfg, "silver_events").count() == 3
+
+
+# ---------------------------------------------------------------- the append path
+
+
+def _expected(spark, cfg, gap=30):
+    """What `sessionize --full` writes for the current bronze_events (less processed_at)."""
+    ev = sessionize.sessionize_events(tables.read(spark, cfg, "bronze_events"), gap)
+    return _contents(ev), _contents(sessionize.summarize_sessions(ev))
+
+
+def _ops_processed_at(spark, cfg):
+    return tables.read(spark, cfg, "ops_sessionize_log").orderBy("processed_at", ascending=False).first()["processed_at"]
+
+
+def test_continue_sessions_equals_sessionizing_the_whole_history(spark):
+    from pyspark.sql import functions as F
+
+    old = [
+        ("a1", "u1", "2025-03-01T10:00:00Z"), ("a2", "u1", "2025-03-01T11:00:00Z"),
+        ("b1", "u2", "2025-03-01T10:00:00Z"),
+        ("c1", "u3", "2025-03-01T09:00:00Z"),
+    ]
+    new = [
+        ("a3", "u1", "2025-03-01T11:30:00Z"),            # exactly the gap after a2: same session
+        ("a4", "u1", "2025-03-01T12:00:00.000001Z"),     # the gap + 1 us: a new session
+        ("b2", "u2", "2025-03-01T12:00:00Z"),            # a new session after a long gap
+        ("c3", "u3", "2025-03-01T09:00:00Z"),            # the seed's instant: after it on event_id
+        ("c2", "u3", "2025-03-01T09:00:00Z"),
+        ("n1", "new", "2025-03-01T09:00:00Z"), ("n2", "new", "2025-03-01T10:00:00Z"),  # no seed
+    ]
+    whole = sessionize.sessionize_events(bronze_df(spark, old + new), 30)
+    seeds = (sessionize.sessionize_events(bronze_df(spark, old), 30)
+             .groupBy("user_id").agg(F.max(F.struct(*sessionize.LAST_STATE)).alias("last")).select("user_id", "last.*"))
+    got = sessionize.continue_sessions(bronze_df(spark, new).repartition(3), seeds, 30)
+    assert got.columns == whole.columns
+    assert _contents(got) == _contents(whole.where(F.col("event_id").isin([e[0] for e in new])))
+    r = by_event(got)
+    assert [r[k]["session_id"] for k in ("a3", "a4", "b2", "c2", "c3", "n1", "n2")] == [
+        "u1#1", "u1#2", "u2#1", "u3#0", "u3#0", "new#0", "new#1"]
+    assert [r[k]["event_seq"] for k in ("a3", "a4", "c2", "c3", "n1")] == [2, 3, 1, 2, 0]
+
+
+def test_plan_users_appends_only_rows_strictly_after_the_users_last_silver_row(spark):
+    silver = sessionize.sessionize_events(bronze_df(spark, [
+        ("a1", "u1", "2025-03-01T10:00:00Z"),
+        ("b1", "u2", "2025-03-01T10:00:00Z"),
+        ("c1", "u3", "2025-03-01T10:00:00Z"),
+        ("d1", "u4", "2025-03-01T10:00:00Z"),
+        ("e1", "u5", "2025-03-01T10:00:00Z"), ("e2", "u5", "2025-03-01T11:00:00Z"),
+        ("f1", "u6", "2025-03-01T10:00:00Z"),
+    ]), 30)
+    added = bronze_df(spark, [
+        ("a2", "u1", "2025-03-01T10:00:00Z"),   # same instant, later event_id: appends
+        ("b0", "u2", "2025-03-01T10:00:00Z"),   # same instant, earlier event_id: late
+        ("c1", "u3", "2025-03-01T10:00:00Z"),   # a row silver_events already holds
+        ("d2", "u4", "2025-03-01T12:00:00Z"),   # after, but u4 also lost a row: rewritten
+        ("e3", "u5", "2025-03-01T12:00:00Z"),   # one new row after the last ...
+        ("e0", "u5", "2025-03-01T10:30:00Z"),   # ... and one before it: late
+        ("n1", "new", "2025-03-01T09:00:00Z"),  # no silver rows yet: appends from nothing
+    ])
+    removed = spark.createDataFrame([("u4",), ("u4",), ("gone",)], "user_id string")
+    plan = {r["user_id"]: r for r in sessionize.plan_users(added, removed, silver).collect()}
+    assert {u: r["appending"] for u, r in plan.items()} == {
+        "u1": True, "u2": False, "u3": False, "u4": False, "u5": False, "new": True, "gone": False}
+    assert tuple(plan["u1"]["last"]) == (_ts("2025-03-01T10:00:00Z"), "a1", 0, 0)
+    assert plan["new"]["last"] is None and "u6" not in plan
+
+
+def _night(spark, cfg, ctx, events, run):
+    """Land events in bronze and sessionize; returns the summary, silver_events' versions and files."""
+    append_bronze(spark, cfg, events, run=run)
+    v0, files0 = tables.version(spark, cfg, "silver_events"), set(tables.parquet_files(spark, cfg, "silver_events"))
+    s = sessionize.run(ctx, args())
+    return s, v0, files0
+
+
+def _assert_one_append_commit(spark, cfg, v0, files0):
+    from delta.tables import DeltaTable
+
+    assert tables.version(spark, cfg, "silver_events") == v0 + 1
+    h = DeltaTable.forPath(spark, tables.table_path(cfg, "silver_events")).history(1).first()
+    assert h["operation"] == "WRITE" and h["operationParameters"]["mode"] == "Append"
+    assert int(h["operationMetrics"]["numFiles"]) >= 1
+    assert files0 < set(tables.parquet_files(spark, cfg, "silver_events"))  # files added, none removed
+
+
+@pytest.mark.slow
+def test_append_path_equals_full_recompute_night_after_night(spark, cfg, ctx):
+    append_bronze(spark, cfg, [
+        ("a1", "u1", "2025-03-01T10:00:00Z"), ("a2", "u1", "2025-03-01T10:10:00Z"),
+        ("b1", "u2", "2025-03-01T10:00:00Z"),
+        ("c1", "u3", "2025-03-01T09:00:00Z"),
+        ("d1", "u4", "2025-03-01T08:00:00Z"), ("d2", "u4", "2025-03-01T08:40:00Z"),
+    ], run="r0")
+    assert sessionize.run(ctx, args())["mode"] == "full"
+    first_at = _ops_processed_at(spark, cfg)
+
+    s, v0, files0 = _night(spark, cfg, ctx, [
+        ("a3", "u1", "2025-03-01T10:30:00Z"),              # continues u1's last session
+        ("b2", "u2", "2025-03-01T10:30:00Z"),              # exactly the gap: same session
+        ("b3", "u2", "2025-03-01T11:00:00.000001Z"),       # the gap + 1 us: a new session
+        ("c3", "u3", "2025-03-01T09:00:00Z"),              # c1's instant, after it on event_id
+        ("c2", "u3", "2025-03-01T09:00:00Z"),
+        ("d3", "u4", "2025-03-01T12:00:00Z"),              # a new session after a long gap
+        ("e1", "u5", "2025-03-01T12:00:00Z"), ("e2", "u5", "2025-03-01T13:00:00Z"),  # a new user
+    ], run="r1")
+    assert s["mode"] == "incremental"
+    assert (s["affected_users"], s["appended_users"], s["rewritten_users"]) == (5, 5, 0)
+    # Sessions from each user's last one on are summarized again: u1#0 u2#0 u2#1 u3#0 u4#1 u4#2 u5#0 u5#1.
+    assert (s["events_written"], s["sessions_written"]) == (8, 8)
+    _assert_one_append_commit(spark, cfg, v0, files0)
+    ev, ss = _silver(spark, cfg)
+    assert (_contents(ev), _contents(ss)) == _expected(spark, cfg)
+    # The appended rows and the sessions they touched carry this run's processed_at; the rest keep theirs.
+    at = _ops_processed_at(spark, cfg)
+    assert at > first_at
+    stamps = {r["event_id"]: r["processed_at"] for r in ev.collect()}
+    assert {stamps[k] for k in ("a3", "b2", "b3", "c2", "c3", "d3", "e1", "e2")} == {at}
+    assert {stamps[k] for k in ("a1", "a2", "b1", "c1", "d1", "d2")} == {first_at}
+    sessions_at = {r["session_id"]: r["processed_at"] for r in ss.collect()}
+    assert sessions_at.pop("u4#0") == first_at
+    assert set(sessions_at.values()) == {at}
+
+    s, v0, files0 = _night(spark, cfg, ctx, [
+        ("a4", "u1", "2025-03-01T12:00:00Z"),              # a new session after appended rows
+        ("b4", "u2", "2025-03-01T11:00:00.000001Z"),       # b3's instant, after it on event_id
+        ("e3", "u5", "2025-03-01T13:10:00Z"),              # continues the new user's last session
+    ], run="r2")
+    assert (s["affected_users"], s["appended_users"], s["rewritten_users"]) == (3, 3, 0)
+    _assert_one_append_commit(spark, cfg, v0, files0)
+    ev, ss = _silver(spark, cfg)
+    inc = (_contents(ev), _contents(ss))
+    assert inc == _expected(spark, cfg)
+    assert ev.count() == ev.select("event_id").distinct().count() == 17
+    for name in ("silver_events", "silver_sessions", "ops_sessionize_log"):
+        assert_matches_spec(spark, cfg, name)
+
+    assert sessionize.run(ctx, args(full=True))["mode"] == "full"
+    ev, ss = _silver(spark, cfg)
+    assert (_contents(ev), _contents(ss)) == inc
+
+
+@pytest.mark.slow
+def test_late_events_take_the_rewrite_path_while_other_users_append(spark, cfg, ctx):
+    append_bronze(spark, cfg, [
+        ("a1", "u1", "2025-03-01T10:00:00Z"), ("a2", "u1", "2025-03-01T11:00:00Z"),  # two sessions
+        ("b1", "u2", "2025-03-01T10:00:00Z"),
+        ("c1", "u3", "2025-03-01T09:00:00Z"),
+    ], run="r0")
+    sessionize.run(ctx, args())
+    s, _, _ = _night(spark, cfg, ctx, [
+        ("a0", "u1", "2025-03-01T10:30:00Z"),   # late: bridges u1's two sessions into one
+        ("a3", "u1", "2025-03-01T11:10:00Z"),
+        ("b2", "u2", "2025-03-01T10:20:00Z"),   # appends
+        ("c0", "u3", "2025-03-01T09:00:00Z"),   # c1's instant but an earlier event_id: late
+        ("n1", "u4", "2025-03-01T09:00:00Z"),   # a new user appends
+    ], run="r1")
+    assert (s["mode"], s["affected_users"], s["appended_users"], s["rewritten_users"]) == ("incremental", 4, 2, 2)
+    ev, ss = _silver(spark, cfg)
+    assert (_contents(ev), _contents(ss)) == _expected(spark, cfg)
+    assert {r["session_id"] for r in ss.where("user_id = 'u1'").collect()} == {"u1#0"}  # u1#1 is gone
+    r = by_event(ev)
+    assert [r[k]["event_seq"] for k in ("c0", "c1")] == [0, 1] and r["c1"]["gap_s"] == 0.0
+    assert ev.count() == ev.select("event_id").distinct().count() == 9
+
+
+@pytest.mark.slow
+def test_a_crash_after_the_append_is_redone_without_duplicates(spark, cfg, ctx, monkeypatch):
+    append_bronze(spark, cfg, [
+        ("a1", "u1", "2025-03-01T10:00:00Z"),
+        ("b1", "u2", "2025-03-01T10:00:00Z"),
+    ], run="r0")
+    sessionize.run(ctx, args())
+    real_write = tables.write
+    appended = {}
+
+    def crash_on_sessions(df, cfg_, name, *a, **kw):
+        if name == "silver_events" and kw.get("txn"):
+            appended["df"], appended["txn"] = df, kw["txn"]
+        if name == "silver_sessions":
+            raise RuntimeError("simulated crash")
+        return real_write(df, cfg_, name, *a, **kw)
+
+    monkeypatch.setattr(tables, "write", crash_on_sessions)
+    append_bronze(spark, cfg, [
+        ("a2", "u1", "2025-03-01T10:10:00Z"),
+        ("b2", "u2", "2025-03-01T12:00:00Z"),
+        ("n1", "u3", "2025-03-01T12:00:00Z"),
+    ], run="r1")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        sessionize.run(ctx, args())
+    monkeypatch.setattr(tables, "write", real_write)
+    assert tables.read(spark, cfg, "silver_events").count() == 5       # appended ...
+    assert tables.read(spark, cfg, "ops_sessionize_log").count() == 1  # ... but not recorded
+
+    # The same append again (a rerun, or a second run racing the first) commits nothing.
+    bronze_version = tables.version(spark, cfg, "bronze_events")
+    assert appended["txn"] == sessionize.append_txn(spark, cfg, bronze_version)
+    v = tables.version(spark, cfg, "silver_events")
+    tables.write(appended["df"], cfg, "silver_events", "append", txn=appended["txn"])
+    assert tables.version(spark, cfg, "silver_events") == v
+
+    # The rerun finds the appended rows in silver_events and rewrites those users whole.
+    s = sessionize.run(ctx, args())
+    assert (s["mode"], s["affected_users"], s["appended_users"], s["rewritten_users"]) == ("incremental", 3, 0, 3)
+    ev, ss = _silver(spark, cfg)
+    assert ev.count() == ev.select("event_id").distinct().count() == 5
+    assert (_contents(ev), _contents(ss)) == _expected(spark, cfg)
+    assert sessionize.run(ctx, args())["mode"] == "noop"
