@@ -384,7 +384,7 @@ OPS_INGEST_LOG = TableSpec(
 # --------------------------------------------------------------------------------------
 
 _SESSIONIZED_AT = Column("processed_at", "timestamp",
-                         "UTC time the sessionize run that (re)wrote the user's rows started", nullable=False)
+                         "UTC time the sessionize run that last wrote the row started", nullable=False)
 
 def _silver(c: Column) -> Column:
     """A bronze column as silver_events keeps it."""
@@ -411,8 +411,9 @@ SILVER_EVENTS = TableSpec(
         _SESSIONIZED_AT,
     ),
     written_by="ebbtide sessionize",
-    writes="overwrite on a full run; otherwise one MERGE on event_id that replaces the affected users' rows "
-           "(replace_scope on user_id)",
+    writes="overwrite on a full run; otherwise an append (one commit, idempotent: txnAppId/txnVersion) of the new "
+           "rows of users whose new events all come after their last row, and one MERGE on event_id that replaces "
+           "the other affected users' rows (replace_scope on user_id)",
     keys=("event_id",),
     layout="not partitioned: a full run writes the rows range-partitioned on user_id, sorted by (user_id, ts) "
            "within each file, so each file holds a contiguous run of users (a warehouse written before this layout "
@@ -435,8 +436,8 @@ SILVER_SESSIONS = TableSpec(
         _SESSIONIZED_AT,
     ),
     written_by="ebbtide sessionize",
-    writes="overwrite on a full run; otherwise one MERGE on session_id that replaces the affected users' rows "
-           "(replace_scope on user_id)",
+    writes="overwrite on a full run; otherwise one MERGE on session_id that updates or inserts the sessions that "
+           "appended rows touched, and one that replaces the other affected users' rows (replace_scope on user_id)",
     keys=("session_id",),
     layout="not partitioned; summarized from silver_events range-partitioned on user_id",
 )
@@ -450,7 +451,7 @@ OPS_SESSIONIZE_LOG = TableSpec(
         Column("mode", "string", "full / incremental", nullable=False, doc="`full` / `incremental`"),
         Column("bronze_version", "bigint", "the bronze_events Delta version sessionized", nullable=False),
         Column("gap_minutes", "double", "the session gap used (sessionize.gap_minutes)", nullable=False),
-        Column("affected_users", "bigint", "users re-sessionized (all users on a full run)"),
+        Column("affected_users", "bigint", "users appended to or re-sessionized (all on a full run)"),
         Column("events_written", "bigint", "silver_events rows inserted or updated"),
         Column("sessions_written", "bigint", "silver_sessions rows inserted or updated"),
         Column("processed_at", "timestamp", "UTC time the run started", nullable=False),
