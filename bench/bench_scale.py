@@ -124,8 +124,11 @@ def size_users(conf, skip_days: int, keep_days: int, per_day: int) -> int:
 
 def night_line(i: int, n_days: int, night: dict, recorded: bool) -> str:
     stages = ", ".join(f"{s} {night['stages'][s]:.1f} s" for s in NIGHT)
+    # Nights recorded before the append path have no split.
+    paths = (f": {night['appended_users']:,} appended, {night['rewritten_users']:,} rewritten whole"
+             if "appended_users" in night else "")
     return (f"day {i}/{n_days} {night['date']}: {night['events']:,} new events, {night['affected_users']:,} users "
-            f"re-sessionized ({night['sessionize_mode']}), {night['active_users']:,} users scored; {stages}; "
+            f"re-sessionized ({night['sessionize_mode']}{paths}), {night['active_users']:,} users scored; {stages}; "
             f"night {night['seconds']:.1f} s ({night['cpu_s']:.1f} JVM cpu-s); "
             f"{sum(night['files'].values()):,} data files" + (" (recorded)" if recorded else ""))
 
@@ -226,6 +229,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "cpu_s": round(sum(got[cmd]["cpu_s"] for cmd in NIGHT), 2),
                 "affected_users": int(got["sessionize"].get("affected_users") or 0),
                 "sessionize_mode": got["sessionize"].get("mode"),
+                "appended_users": int(got["sessionize"].get("appended_users") or 0),
+                "rewritten_users": int(got["sessionize"].get("rewritten_users") or 0),
                 "active_users": int(got["score"].get("active_users") or 0),
                 "files": files(),  # after the night, outside its timing
                 "load_avg": load_avg(),
