@@ -111,8 +111,9 @@ def scoring_partitions(configured: int, n_active: int, cores: int, users_per_par
 
 
 def build(ctx, score_date: dt.date, model: ModelRef, *, loader=None):
-    """The scoring inputs of the active users, counted and laid out (persisted: the caller
-    unpersists them), both output DataFrames (lazy), and the lineage used."""
+    """The active users' scoring inputs, counted (persisted) and laid out (persisted, filled by the
+    first pass that reads them), both output DataFrames (lazy), and the lineage used. The caller
+    unpersists both inputs."""
     from ebbtide.scoring import inference
     from ebbtide.scoring import transform as T
 
@@ -138,9 +139,8 @@ def build(ctx, score_date: dt.date, model: ModelRef, *, loader=None):
     parts = scoring_partitions(sc.partitions, n_active, spark.sparkContext.defaultParallelism, sc.users_per_partition)
     log.info("%d users active within %d days before %s; %d scoring partitions", n_active, sc.lookback_days,
              score_date, parts)
+    # Laid out once for both tables' passes: the first of them fills this cache.
     inputs = T.deterministic_layout(raw, parts).persist()
-    inputs.count()  # laid out once for both tables' passes; the unlaid copy can go
-    raw.unpersist()
     common = dict(
         uris=model.uris, identity=model.identity, batch_users=sc.batch_users,
         max_batch_mfloats=sc.max_batch_mfloats, torch_threads=sc.torch_threads,
@@ -160,7 +160,7 @@ def build(ctx, score_date: dt.date, model: ModelRef, *, loader=None):
     churn = T.churn_decay(
         inputs, churn_fn, lineage, high_below=sc.churn_high_below, medium_below=sc.churn_medium_below
     )
-    return inputs, n_active, recs, churn, lineage
+    return (raw, inputs), n_active, recs, churn, lineage
 
 
 def publish(spark, cfg, df, name: str, score_date: dt.date) -> None:
@@ -197,7 +197,7 @@ def score_and_publish(ctx, score_date: dt.date, model: ModelRef, *, loader=None)
     cfg, spark = ctx.cfg, ctx.spark
     sc = cfg.section("score")
     log.info("scoring %s as of %s 00:00 UTC with %s", cfg.storage.database, score_date, model.uri)
-    inputs, n_active, recs, churn, _ = build(ctx, score_date, model, loader=loader)
+    (raw, inputs), n_active, recs, churn, _ = build(ctx, score_date, model, loader=loader)
     try:
         with step(log, f"scoring {n_active} users and running the quality gate"):
             # Persisted so that the gate and the write see the very rows inferred once.
@@ -214,7 +214,7 @@ def score_and_publish(ctx, score_date: dt.date, model: ModelRef, *, loader=None)
             publish(spark, cfg, churn, CHURN_DECAY, score_date)
             views = create_views(spark, cfg.storage.database)
     finally:
-        for df in (recs, churn, inputs):
+        for df in (recs, churn, inputs, raw):
             df.unpersist()
     return {
         "score_date": score_date.isoformat(),
