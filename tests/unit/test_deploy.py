@@ -253,7 +253,14 @@ def test_emr_steps():
         args = _parse_stage_args(stage, argv)
         assert args.env == "emr"
         stages.append(stage)
-    assert stages == ["ingest", "sessionize", "sequences", "train", "evaluate", "score", "monitor"]
+    assert stages == ["ingest", "sessionize", "sequences", "sequences", "train", "evaluate", "score", "monitor"]
+    # The nightly workflow updates the changed users' sequences; the weekly one (the steps named
+    # so) rebuilds every training example before train, as the Databricks jobs do.
+    weekly = [Path(_split_submit(s["Args"])[1]).stem for s in steps if "weekly" in s["Name"]]
+    assert weekly == ["sequences", "train", "evaluate"]
+    nightly_flags = [_parse_stage_args("sequences", _split_submit(s["Args"])[2]).nightly
+                     for s in steps if Path(_split_submit(s["Args"])[1]).stem == "sequences"]
+    assert nightly_flags == [True, False]
     train = next(s for s in steps if "train" in s["Name"])
     confs = dict(c.split("=", 1) for c in _split_submit(train["Args"])[0]["--conf"])
     assert confs["spark.task.resource.gpu.amount"] == "1"

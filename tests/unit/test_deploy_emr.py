@@ -142,7 +142,7 @@ def _with_client_token(session, params: dict) -> dict:
 
 def test_steps_are_valid_add_job_flow_steps(session):
     steps = cli_steps_to_step_configs(_steps())
-    assert len(steps) == 7 and all(s["HadoopJarStep"]["Jar"] == "command-runner.jar" for s in steps)
+    assert len(steps) == 8 and all(s["HadoopJarStep"]["Jar"] == "command-runner.jar" for s in steps)
     assert validation_errors(session, "emr", "AddJobFlowSteps", {"JobFlowId": "j-XXXXXXXX", "Steps": steps}) == []
 
 
