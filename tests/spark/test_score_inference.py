@@ -19,6 +19,16 @@ def _users(vecs: np.ndarray, consumed=None) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict(cols)
 
 
+def _recs(fn, batch: pa.RecordBatch):
+    """score_fn's recommendation rows (those with a rank), as gold_recommendations holds them."""
+    out = pa.Table.from_batches(list(fn(iter([batch]))), schema=inference.SCORED_SCHEMA).to_pandas()
+    return out[out["rank"].notna()]
+
+
+def _score_fn(path, **kw):
+    return inference.score_fn(path, churn=False, loader=kw.pop("loader", inference.load_embeddings), **kw)
+
+
 @pytest.fixture
 def items(tmp_path):
     rng = np.random.default_rng(1)
@@ -29,14 +39,13 @@ def items(tmp_path):
     return str(path), m
 
 
-def test_recommend_fn_matches_numpy_and_honours_every_exclusion(items):
+def test_score_fn_matches_numpy_and_honours_every_exclusion(items):
     path, m = items
     rng = np.random.default_rng(2)
     users = rng.standard_normal((700, 4))
     consumed = [[int(j) for j in rng.choice(np.arange(2, 50), 5, replace=False)] for _ in range(700)]
-    fn = inference.recommend_fn(path, k=7, loader=inference.load_embeddings, deny=["i10", "i11"],
-                                batch_users=64, max_batch_mfloats=1.0)
-    out = pa.Table.from_batches(list(fn(iter([_users(users, consumed)]))), schema=inference.RECS_SCHEMA).to_pandas()
+    fn = _score_fn(path, k=7, deny=["i10", "i11"], batch_users=64, max_batch_mfloats=1.0)
+    out = _recs(fn, _users(users, consumed))
     assert len(out) == 700 * 7
     scores = users.astype(np.float32) @ m.T
     scores[:, [0, 1, 10, 11]] = -np.inf
@@ -55,8 +64,8 @@ def test_recommend_fn_matches_numpy_and_honours_every_exclusion(items):
 
 def test_allow_list_smaller_than_k_gives_fewer_rows(items):
     path, _ = items
-    fn = inference.recommend_fn(path, k=5, loader=inference.load_embeddings, allow=["i3", "i4"], exclude_consumed=True)
-    out = pa.Table.from_batches(list(fn(iter([_users(np.ones((3, 4)), [[3], [], [3, 4]])])))).to_pandas()
+    fn = _score_fn(path, k=5, allow=["i3", "i4"], exclude_consumed=True)
+    out = _recs(fn, _users(np.ones((3, 4)), [[3], [], [3, 4]]))
     assert sorted(out[out.user_id == "u0"].item_id) == ["i4"]
     assert sorted(out[out.user_id == "u1"].item_id) == ["i3", "i4"]
     assert (out.user_id != "u2").all()  # everything allowed was consumed: no rows, the gate counts coverage
@@ -71,7 +80,7 @@ def test_model_is_loaded_once_per_worker(items):
         return inference.EmbeddingScorer(uri)
 
     for _ in range(3):
-        list(inference.recommend_fn(path, k=2, loader=loader)(iter([_users(np.ones((2, 4)))])))
+        list(_score_fn(path, k=2, loader=loader)(iter([_users(np.ones((2, 4)))])))
     assert loads == [path]
 
 

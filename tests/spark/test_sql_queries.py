@@ -78,19 +78,22 @@ def run_query(spark, name: str, variables: dict[str, str] | None = None):
 
 
 def test_ddl_matches_the_job_schema_and_comments(spark, db):
+    import datetime as dt
+
     from ebbtide import catalog
     from ebbtide.scoring import transform
-    from ebbtide.scoring.inference import CHURN_DDL, RECS_DDL
-    from pyspark.sql.types import _parse_datatype_string
+    from ebbtide.scoring.inference import SCORED_DDL
 
-    lineage = {"score_date": "date", "model_name": "string", "model_version": "int", "run_id": "string",
-               "scored_at": "timestamp"}
-    for table, cols, ddl, extra in [
-        ("gold_recommendations", transform.RECS_COLUMNS, RECS_DDL, {}),
-        ("gold_churn_decay", transform.CHURN_COLUMNS, CHURN_DDL, {"churn_risk": "string"}),
+    # The job's own output schemas: its transforms over an empty frame of what the workers return.
+    scored = spark.createDataFrame([], SCORED_DDL)
+    lineage = dict(score_date=dt.date(2025, 1, 1), model_name="m", model_version=1, run_id="r",
+                   scored_at=dt.datetime(2025, 1, 1))
+    for table, cols, out in [
+        ("gold_recommendations", transform.RECS_COLUMNS, transform.recommendations(scored, lineage)),
+        ("gold_churn_decay", transform.CHURN_COLUMNS,
+         transform.churn_decay(scored, lineage, high_below=0.2, medium_below=0.5)),
     ]:
-        job = {f.name: f.dataType for f in _parse_datatype_string(ddl).fields}
-        job.update({k: _parse_datatype_string(v) for k, v in {**lineage, **extra}.items()})
+        job = {f.name: f.dataType for f in out.schema.fields}
         schema = spark.table(table).schema
         assert schema.names == cols
         for f in schema.fields:

@@ -41,19 +41,24 @@ _MODELS: dict[tuple, Any] = {}
 _BASE_MASKS: dict[tuple, np.ndarray] = {}
 
 # What the workers return (mapInArrow), typed as the tables declare the columns (ebbtide.catalog):
-# the driver adds score_date, churn_risk and the lineage. item_index (the recommended item's index in
-# the model) is no table column: the table keeps item_id.
+# both tables' rows in one schema, from one pass over each batch, so that the encoder runs once per
+# user for both. A recommendation row has a rank (and null churn columns); a user's churn / decay
+# row has a null rank. Flat rows, not a list per user: the recommendation rows reach the table as
+# the workers made them, with no explode in the JVM. The driver adds score_date, churn_risk and the
+# lineage.
+# item_index (the recommended item's index in the model) is no table column: the table keeps item_id.
 _RECS, _CHURN = catalog.GOLD_RECOMMENDATIONS, catalog.GOLD_CHURN_DECAY
-RECS_WORKER_COLUMNS = ("user_id", "rank", "item_id", "score", "because")
+REC_COLUMNS = ("rank", "item_index", "item_id", "score", "because")
 CHURN_WORKER_COLUMNS = ("user_id", "days_since_last_event", "p_return_7d", "p_return_30d", "expected_days_to_return",
                         "interest_half_life_days", "top_fading", "events_last_7d", "activity_ratio")
-BECAUSE_TYPE = catalog.arrow_type(_RECS.column("because").type)
-RECS_SCHEMA = _RECS.arrow_schema(RECS_WORKER_COLUMNS).insert(2, pa.field("item_index", pa.int32()))
-RECS_DDL = f"{_RECS.schema_ddl(RECS_WORKER_COLUMNS[:2])}, item_index int, {_RECS.schema_ddl(RECS_WORKER_COLUMNS[2:])}"
-
-FADING_TYPE = catalog.arrow_type(_CHURN.column("top_fading").type)
-CHURN_SCHEMA = _CHURN.arrow_schema(CHURN_WORKER_COLUMNS)
-CHURN_DDL = _CHURN.schema_ddl(CHURN_WORKER_COLUMNS)
+_SCORED_TYPES = {"user_id": _RECS.column("user_id").type, "item_index": "int",
+                 **{n: _RECS.column(n).type for n in REC_COLUMNS if n != "item_index"},
+                 **{n: _CHURN.column(n).type for n in CHURN_WORKER_COLUMNS[1:]}}
+SCORED_COLUMNS = ("user_id", *REC_COLUMNS, *CHURN_WORKER_COLUMNS[1:])
+SCORED_SCHEMA = pa.schema([pa.field(n, catalog.arrow_type(_SCORED_TYPES[n])) for n in SCORED_COLUMNS])
+SCORED_DDL = ", ".join(f"{n} {catalog.type_ddl(_SCORED_TYPES[n])}" for n in SCORED_COLUMNS)
+BECAUSE_TYPE = SCORED_SCHEMA.field("because").type
+FADING_TYPE = SCORED_SCHEMA.field("top_fading").type
 # Recent activity against the user's own pace: events in this many days before the score date.
 RECENT_DAYS = 7
 
@@ -292,10 +297,11 @@ def _set_threads(torch_threads: int) -> None:
             torch.set_num_threads(torch_threads)
 
 
-def recommend_fn(
+def score_fn(
     uri: str,
     *,
     k: int,
+    churn: bool = True,
     loader: Callable[..., Any] = load_predictor,
     uris: Optional[MlflowUris] = None,
     identity: str = "",
@@ -303,13 +309,18 @@ def recommend_fn(
     allow: Sequence[str] = (),
     deny: Sequence[str] = (),
     because_top: int = 3,
+    top_fading: int = 5,
+    fading_by: str = "category",
     batch_users: int = 512,
     max_batch_mfloats: float = 32.0,
     torch_threads: int = 0,
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The mapInArrow function: windows (+ consumed, last_ts) in, one row per (user, rank) out, each
-    with up to ``because_top`` events of the user that weighed most for the item (scorers without
-    ``explain``, or ``because_top`` 0: empty lists)."""
+    """The mapInArrow function of the nightly scoring: windows (+ consumed, last_ts) in,
+    ``SCORED_SCHEMA`` rows out: one per (user, rank) of the user's top-k, each with up to
+    ``because_top`` events of the user that weighed most for the item (scorers without ``explain``,
+    or ``because_top`` 0: empty lists), and with ``churn`` one churn / decay row per user (rank null).
+    Every question of a batch is asked of the same feature arrays, so the encoder runs once per
+    user for both tables (``PredictorScorer._feats``, ``Predictor._encoded``)."""
     allow, deny = tuple(allow), tuple(deny)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -324,38 +335,46 @@ def recommend_fn(
             for batch in _sub_batches(big, scorer.n_items, batch_users, max_batch_mfloats):
                 if batch.num_rows == 0:
                     continue
-                scores = scorer.scores(batch)
-                scores[:, never_idx] = -np.inf
-                if exclude_consumed and "consumed" in batch.schema.names:
-                    r, c = consumed_mask_rows(batch.column(batch.schema.get_field_index("consumed")), scorer.n_items)
-                    scores[r, c] = -np.inf
-                idx, vals = topk(scores, k)
-                explain = getattr(scorer, "explain", None)
-                because = explain(batch, idx, because_top) if because_top > 0 and callable(explain) else None
-                yield _recs_batch(batch, scorer, idx, vals, because)
+                yield _recommend(batch, scorer, never_idx, k, exclude_consumed, because_top)
+                if churn:
+                    yield _churn_rows(batch, scorer, top_fading, fading_by)
 
     return run
 
 
-def _recs_batch(batch: pa.RecordBatch, scorer: Any, idx: np.ndarray, vals: np.ndarray,
-                because: Optional[dict[str, np.ndarray]] = None) -> pa.RecordBatch:
+def _scored_batch(user_id: pa.Array, columns: dict[str, pa.Array]) -> pa.RecordBatch:
+    """A ``SCORED_SCHEMA`` batch from some of its columns; the others null."""
+    n = len(user_id)
+    return pa.RecordBatch.from_arrays(
+        [user_id, *[columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in list(SCORED_SCHEMA)[1:]]],
+        schema=SCORED_SCHEMA,
+    )
+
+
+def _recommend(batch: pa.RecordBatch, scorer: Any, never_idx: np.ndarray, k: int, exclude_consumed: bool,
+               because_top: int) -> pa.RecordBatch:
+    """Each user's top-k of the items that may be recommended, best first, one row per (user, rank)
+    (masked items fall out, so a user can have fewer than k rows, or none)."""
+    scores = scorer.scores(batch)
+    scores[:, never_idx] = -np.inf
+    if exclude_consumed and "consumed" in batch.schema.names:
+        r, c = consumed_mask_rows(batch.column(batch.schema.get_field_index("consumed")), scorer.n_items)
+        scores[r, c] = -np.inf
+    idx, vals = topk(scores, k)
+    explain = getattr(scorer, "explain", None)
+    because = explain(batch, idx, because_top) if because_top > 0 and callable(explain) else None
     n, k = idx.shape
     valid = np.isfinite(vals)
-    rows = np.repeat(np.arange(n), k)[valid.ravel()]
-    ranks = np.tile(np.arange(1, k + 1, dtype=np.int32), n)[valid.ravel()]
-    flat_idx = idx.ravel()[valid.ravel()]
-    users = batch.column(batch.schema.get_field_index("user_id")).take(pa.array(rows))
-    return pa.RecordBatch.from_arrays(
-        [
-            users,
-            pa.array(ranks, pa.int32()),
-            pa.array(flat_idx.astype(np.int32), pa.int32()),
-            pa.array(scorer.item_ids(flat_idx), pa.string()),
-            pa.array(vals.ravel()[valid.ravel()].astype(np.float64), pa.float64()),
-            because_array(because, valid),
-        ],
-        schema=RECS_SCHEMA,
-    )
+    keep = valid.ravel()
+    rows = np.repeat(np.arange(n), k)[keep]
+    flat_idx = idx.ravel()[keep]
+    return _scored_batch(batch.column(batch.schema.get_field_index("user_id")).take(pa.array(rows)), {
+        "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), n)[keep], pa.int32()),
+        "item_index": pa.array(flat_idx.astype(np.int32), pa.int32()),
+        "item_id": pa.array(scorer.item_ids(flat_idx), pa.string()),
+        "score": pa.array(vals.ravel()[keep].astype(np.float64), pa.float64()),
+        "because": because_array(because, valid),
+    })
 
 
 def because_array(because: Optional[dict[str, np.ndarray]], valid: np.ndarray) -> pa.Array:
@@ -426,35 +445,36 @@ def fading_interest(
     return out
 
 
-def churn_fn(
-    uri: str,
-    *,
-    loader: Callable[..., Any] = load_predictor,
-    uris: Optional[MlflowUris] = None,
-    identity: str = "",
-    top_fading: int = 5,
-    fading_by: str = "category",
-    batch_users: int = 512,
-    max_batch_mfloats: float = 32.0,
-    torch_threads: int = 0,
-) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The mapInArrow function: windows in, one churn / decay row per user out."""
+def _churn_rows(batch: pa.RecordBatch, scorer: Any, top_fading: int, fading_by: str) -> pa.RecordBatch:
+    """The churn / decay row of each of the batch's users (rank null)."""
+    ch = scorer.churn(batch)
+    fading: list[list] = [[] for _ in range(batch.num_rows)]
+    if top_fading > 0:
+        names, then, now = scorer.interest(batch, fading_by)
+        fading = fading_interest(names, then, now, top_fading)
+    events_recent, activity_ratio = recent_activity(batch)
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        _set_threads(torch_threads)
-        scorer = cached_model(uri, loader, uris, identity)
-        for big in batches:
-            for batch in _sub_batches(big, scorer.n_items, batch_users, max_batch_mfloats):
-                if batch.num_rows == 0:
-                    continue
-                ch = scorer.churn(batch)
-                fading: list[list] = [[] for _ in range(batch.num_rows)]
-                if top_fading > 0:
-                    names, then, now = scorer.interest(batch, fading_by)
-                    fading = fading_interest(names, then, now, top_fading)
-                yield _churn_batch(batch, ch, fading, *recent_activity(batch))
+    def col(name: str) -> pa.Array:
+        return pa.array(np.asarray(ch[name], dtype=np.float64).reshape(-1), pa.float64())
 
-    return run
+    fading_arr = pa.array(
+        [
+            [{"item_or_category": n, "decayed_interest": now, "interest_at_last_event": then} for n, now, then in row]
+            for row in fading
+        ],
+        type=FADING_TYPE,
+    )
+    elapsed = batch.column(batch.schema.get_field_index("elapsed_s")).to_numpy(zero_copy_only=False)
+    return _scored_batch(batch.column(batch.schema.get_field_index("user_id")), {
+        "days_since_last_event": pa.array(elapsed.astype(np.float64) / 86400.0, pa.float64()),
+        "p_return_7d": col("p_return_7d"),
+        "p_return_30d": col("p_return_30d"),
+        "expected_days_to_return": col("expected_days_to_return"),
+        "interest_half_life_days": col("half_life_days"),
+        "top_fading": fading_arr,
+        "events_last_7d": pa.array(events_recent, pa.int32()),
+        "activity_ratio": pa.array(activity_ratio.astype(np.float64), pa.float64()),
+    })
 
 
 def recent_activity(batch: pa.RecordBatch, days: int = RECENT_DAYS) -> tuple[np.ndarray, np.ndarray]:
@@ -478,31 +498,3 @@ def recent_activity(batch: pa.RecordBatch, days: int = RECENT_DAYS) -> tuple[np.
     span_days = age_days[np.arange(n), width - length] if width else np.zeros(n)
     pace = length / np.maximum(span_days / days, 1.0)
     return recent.astype(np.int32), recent / pace
-
-
-def _churn_batch(batch: pa.RecordBatch, ch: dict[str, np.ndarray], fading: list[list], events_recent: np.ndarray,
-                 activity_ratio: np.ndarray) -> pa.RecordBatch:
-    def col(name: str) -> pa.Array:
-        return pa.array(np.asarray(ch[name], dtype=np.float64).reshape(-1), pa.float64())
-
-    fading_arr = pa.array(
-        [
-            [{"item_or_category": n, "decayed_interest": now, "interest_at_last_event": then} for n, now, then in row]
-            for row in fading
-        ],
-        type=FADING_TYPE,
-    )
-    return pa.RecordBatch.from_arrays(
-        [
-            batch.column(batch.schema.get_field_index("user_id")),
-            pa.array(batch.column(batch.schema.get_field_index("elapsed_s")).to_numpy(zero_copy_only=False).astype(np.float64) / 86400.0, pa.float64()),
-            col("p_return_7d"),
-            col("p_return_30d"),
-            col("expected_days_to_return"),
-            col("half_life_days"),
-            fading_arr,
-            pa.array(events_recent, pa.int32()),
-            pa.array(activity_ratio.astype(np.float64), pa.float64()),
-        ],
-        schema=CHURN_SCHEMA,
-    )

@@ -111,9 +111,9 @@ def scoring_partitions(configured: int, n_active: int, cores: int, users_per_par
 
 
 def build(ctx, score_date: dt.date, model: ModelRef, *, loader=None):
-    """The active users' scoring inputs, counted (persisted) and laid out (persisted, filled by the
-    first pass that reads them), both output DataFrames (lazy), and the lineage used. The caller
-    unpersists both inputs."""
+    """The active users' scoring inputs (counted, persisted), the scored rows (lazy: one pass of the
+    model per user for both tables, which the caller persists), both output DataFrames (read from the
+    scored rows) and the lineage used. The caller unpersists the inputs and the scored rows."""
     from ebbtide.scoring import inference
     from ebbtide.scoring import transform as T
 
@@ -139,28 +139,24 @@ def build(ctx, score_date: dt.date, model: ModelRef, *, loader=None):
     parts = scoring_partitions(sc.partitions, n_active, spark.sparkContext.defaultParallelism, sc.users_per_partition)
     log.info("%d users active within %d days before %s; %d scoring partitions", n_active, sc.lookback_days,
              score_date, parts)
-    # Laid out once for both tables' passes: the first of them fills this cache.
-    inputs = T.deterministic_layout(raw, parts).persist()
     common = dict(
         uris=model.uris, identity=model.identity, batch_users=sc.batch_users,
         max_batch_mfloats=sc.max_batch_mfloats, torch_threads=sc.torch_threads,
     )
     if loader is not None:
         common["loader"] = loader
-    rec_fn = inference.recommend_fn(
+    fn = inference.score_fn(
         model.uri, k=sc.k, exclude_consumed=sc.exclude_consumed, allow=allow, deny=deny, because_top=sc.because_top,
-        **common,
+        top_fading=sc.top_fading, fading_by=sc.fading_by, **common,
     )
-    churn_fn = inference.churn_fn(model.uri, top_fading=sc.top_fading, fading_by=sc.fading_by, **common)
     lineage = dict(
         score_date=score_date, model_name=model.name, model_version=model.version, run_id=ctx.run_id,
         scored_at=dt.datetime.now(dt.timezone.utc).replace(microsecond=0),
     )
-    recs = T.recommendations(inputs, rec_fn, lineage)
-    churn = T.churn_decay(
-        inputs, churn_fn, lineage, high_below=sc.churn_high_below, medium_below=sc.churn_medium_below
-    )
-    return (raw, inputs), n_active, recs, churn, lineage
+    scored = T.scored(T.deterministic_layout(raw, parts), fn)
+    recs = T.recommendations(scored, lineage)
+    churn = T.churn_decay(scored, lineage, high_below=sc.churn_high_below, medium_below=sc.churn_medium_below)
+    return (raw, scored), n_active, recs, churn, lineage
 
 
 def publish(spark, cfg, df, name: str, score_date: dt.date) -> None:
@@ -197,12 +193,12 @@ def score_and_publish(ctx, score_date: dt.date, model: ModelRef, *, loader=None)
     cfg, spark = ctx.cfg, ctx.spark
     sc = cfg.section("score")
     log.info("scoring %s as of %s 00:00 UTC with %s", cfg.storage.database, score_date, model.uri)
-    (raw, inputs), n_active, recs, churn, _ = build(ctx, score_date, model, loader=loader)
+    (raw, scored), n_active, recs, churn, _ = build(ctx, score_date, model, loader=loader)
     try:
         with step(log, f"scoring {n_active} users and running the quality gate"):
-            # Persisted so that the gate and the write see the very rows inferred once.
-            recs.persist()
-            churn.persist()
+            # Persisted so that the gate and both writes read the very rows inferred once (both
+            # tables' plans read this cache: Spark substitutes it for the same plan inside them).
+            scored.persist()
             checks = quality.check_recommendations(recs, n_active, sc.k, sc.quality) + quality.check_churn(
                 churn, n_active, sc.quality
             )
@@ -214,7 +210,7 @@ def score_and_publish(ctx, score_date: dt.date, model: ModelRef, *, loader=None)
             publish(spark, cfg, churn, CHURN_DECAY, score_date)
             views = create_views(spark, cfg.storage.database)
     finally:
-        for df in (recs, churn, inputs, raw):
+        for df in (scored, raw):
             df.unpersist()
     return {
         "score_date": score_date.isoformat(),

@@ -139,26 +139,31 @@ RECS_COLUMNS = list(catalog.GOLD_RECOMMENDATIONS.names)
 CHURN_COLUMNS = list(catalog.GOLD_CHURN_DECAY.names)
 
 
-def recommendations(inputs: "DataFrame", fn: Callable, lineage: dict[str, Any]) -> "DataFrame":
-    """gold_recommendations rows from scoring inputs; ``fn`` is inference.recommend_fn(...)."""
-    from ebbtide.scoring.inference import RECS_DDL
-
-    cols = ["user_id", "item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start", "length", "elapsed_s",
-            "consumed", "last_ts"]
-    recs = inputs.select(*cols).mapInArrow(fn, RECS_DDL)
-    return with_lineage(recs, **lineage).select(*RECS_COLUMNS)
+# What the scoring function reads of the scoring inputs.
+SCORING_COLUMNS = ["user_id", "item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start", "length",
+                   "elapsed_s", "consumed", "last_ts"]
 
 
-def churn_decay(
-    inputs: "DataFrame", fn: Callable, lineage: dict[str, Any], *, high_below: float, medium_below: float
-) -> "DataFrame":
-    """gold_churn_decay rows from scoring inputs; ``fn`` is inference.churn_fn(...)."""
+def scored(inputs: "DataFrame", fn: Callable) -> "DataFrame":
+    """Both tables' rows (inference.SCORED_SCHEMA) from one pass of ``fn`` (inference.score_fn(...))
+    over the scoring inputs: recommendation rows have a rank, churn / decay rows none."""
+    from ebbtide.scoring.inference import SCORED_DDL
+
+    return inputs.select(*SCORING_COLUMNS).mapInArrow(fn, SCORED_DDL)
+
+
+def recommendations(scored: "DataFrame", lineage: dict[str, Any]) -> "DataFrame":
+    """gold_recommendations rows: the scored rows that have a rank."""
     from pyspark.sql import functions as F
 
-    from ebbtide.scoring.inference import CHURN_DDL
+    return with_lineage(scored.where(F.col("rank").isNotNull()), **lineage).select(*RECS_COLUMNS)
 
-    cols = ["user_id", "item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start", "length", "elapsed_s"]
-    churn = inputs.select(*cols).mapInArrow(fn, CHURN_DDL)
+
+def churn_decay(scored: "DataFrame", lineage: dict[str, Any], *, high_below: float, medium_below: float) -> "DataFrame":
+    """gold_churn_decay rows: the scored rows without a rank, one per user."""
+    from pyspark.sql import functions as F
+
+    churn = scored.where(F.col("rank").isNull())
     out = churn.withColumn(
         "churn_risk", churn_risk(F.col("p_return_30d"), high_below, medium_below)
     )
