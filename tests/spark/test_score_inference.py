@@ -136,3 +136,54 @@ def test_recent_activity_counts_the_last_week_against_the_users_own_pace():
     assert recent.tolist() == [2, 1, 0]
     # u0: 5 events over 30 days = 7/6 a week, 2 this week; u1: a window inside the week reads 1
     assert ratio == pytest.approx([2 / (5 / (30 / 7)), 1.0, 0.0])
+
+
+def test_score_fn_asks_every_question_of_a_sub_batch_of_the_same_batch():
+    """Both tables come from one pass: the recommendations, the churn read-out and the interest are
+    asked of the same batch object, which is what lets the predictor run its encoder once for all
+    (PredictorScorer._feats keys the feature arrays on it); one churn row per user, rank null."""
+    asked: list[tuple[str, int]] = []
+    alive: list = []  # keeps each sub-batch alive, so that an id is never reused within the test
+
+    class Scorer:
+        n_items = 6
+
+        def scores(self, batch):
+            asked.append(("scores", id(batch)))
+            alive.append(batch)
+            return np.tile(np.arange(self.n_items, dtype=np.float32), (batch.num_rows, 1))
+
+        def item_ids(self, idx):
+            return np.asarray([f"i{i}" for i in np.asarray(idx).ravel()], dtype=object)
+
+        def churn(self, batch):
+            asked.append(("churn", id(batch)))
+            alive.append(batch)
+            n = batch.num_rows
+            return {k: np.full(n, 0.5) for k in ("p_return_7d", "p_return_30d", "expected_days_to_return",
+                                                 "half_life_days")}
+
+        def interest(self, batch, by):
+            asked.append(("interest", id(batch)))
+            alive.append(batch)
+            return np.array(["a"], dtype=object), np.ones((batch.num_rows, 1)), np.zeros((batch.num_rows, 1))
+
+    n = 5
+    batch = pa.RecordBatch.from_pydict({
+        "user_id": pa.array([f"u{i}" for i in range(n)]),
+        "gap_s": pa.array([[0.0, 60.0]] * n, pa.list_(pa.float32())),
+        "length": pa.array([2] * n, pa.int64()),
+        "elapsed_s": pa.array([86400.0] * n, pa.float64()),
+    })
+    fn = inference.score_fn("stub", k=2, loader=lambda uri, uris=None: Scorer(), identity="one-pass-test",
+                            exclude_consumed=False, batch_users=2)
+    out = pa.Table.from_batches(list(fn(iter([batch]))), schema=inference.SCORED_SCHEMA).to_pandas()
+    per_batch: dict[int, list[str]] = {}
+    for question, b in asked:
+        per_batch.setdefault(b, []).append(question)
+    assert len(per_batch) == 3  # sub-batches of 2, 2 and 1 users
+    assert all(qs == ["scores", "churn", "interest"] for qs in per_batch.values())
+    churn = out[out["rank"].isna()]
+    assert sorted(churn.user_id) == [f"u{i}" for i in range(n)] and (churn.p_return_30d == 0.5).all()
+    recs = out[out["rank"].notna()]
+    assert len(recs) == n * 2 and recs.p_return_30d.isna().all() and set(recs.item_id) == {"i5", "i4"}
