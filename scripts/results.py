@@ -247,7 +247,10 @@ def run_dataset(ds: str, args, log, spark=None):
             # The model is called "ebbtide" inside evaluate whatever the variant; baselines come from
             # the first variant only (they do not depend on the model's settings).
             runs[f"{name}#{seed}"] = {**scored.pop("ebbtide"), "train_s": round(train_s, 1),
-                                      "best_s": tr.get("seconds_to_best"), "best_epoch": tr.get("best_epoch")}
+                                      "best_s": tr.get("seconds_to_best"), "best_epoch": tr.get("best_epoch"),
+                                      # the popularity prior training chose on validation (ebbtide.model.prior)
+                                      "prior_half_life_days": (tr.get("popularity_prior") or {}).get("half_life_days"),
+                                      "prior_weight": (tr.get("popularity_prior") or {}).get("weight")}
             if name == "ebbtide":
                 for model, metrics in scored.items():
                     runs[f"{model}#{seed}"] = metrics
@@ -511,6 +514,12 @@ def write_markdown(path: Path, res, info, args, seconds: float) -> None:
             for m in order:
                 if m != "ebbtide" and models[m].get("churn_auc"):
                     lines.append(f"- churn ROC-AUC against {m}: {ec - mean(m, 'churn_auc'):+.4f}")
+        for m in ("ebbtide", "ebbtide_no_time"):
+            v = models.get(m, {})
+            if v.get("prior_weight"):
+                chosen = [f"{w:g} x log p_recent ({h:g}-day half-life)" if w else "none"
+                          for h, w in zip(v.get("prior_half_life_days", []), v["prior_weight"])]
+                lines.append(f"\n{m}'s popularity prior, chosen on validation, per seed: {'; '.join(chosen)}.")
         for m in PEERS:
             v = models.get(m, {})
             if v.get("epochs_run"):

@@ -608,9 +608,11 @@ GOLD_RECOMMENDATIONS = TableSpec(
                doc="never an item the user consumed before score_date (unless `score.exclude_consumed: false`), never "
                    "a denied one, only allowed ones when an allow list is set"),
         Column("score", "double", "model score (logit) of the item for this user at the time elapsed since the last "
-               "event, comparable within a user and a model version only",
-               doc="the model's score (logit) at the time elapsed since the user's last event; comparable within a "
-                   "user and a model version only"),
+               "event, plus the model's popularity prior when it has one; comparable within a user and a model "
+               "version only",
+               doc="the model's score (logit) at the time elapsed since the user's last event, plus its popularity "
+                   "prior (weight x log of the item's recent share of events) when training chose one; comparable "
+                   "within a user and a model version only"),
         *_LINEAGE,
         Column("because", "array<struct<item_id: string, ts: timestamp, weight: double>>",
                "up to score.because_top past events of the user that weighed most for this item in the model, most "

@@ -97,20 +97,21 @@ def configure(uris: MlflowUris) -> None:
     mlflow.set_registry_uri(uris.registry)
 
 
-def download_model(model_uri: str, uris: Optional[MlflowUris] = None) -> str:
+def download_model(model_uri: str, uris: Optional[MlflowUris] = None, dst: Optional[str] = None) -> str:
     """A models:/ or runs:/ URI -> a local folder holding the logged pyfunc (MLmodel, artifacts/...).
 
     Without ``uris`` the process's own settings apply (MLFLOW_TRACKING_URI, MLFLOW_REGISTRY_URI).
     With them, they are also set process-wide: MLflow resolves a plain registry's models:/ URI
     through the process's registry URI whatever it is passed (3.x, ModelsArtifactRepository),
-    and a scoring worker or an evaluation loads its models from one place only."""
+    and a scoring worker or an evaluation loads its models from one place only. ``dst``: the folder to
+    download into (default: a new temporary folder, kept: the loaded model reads from it)."""
     import mlflow
 
     kwargs = {}
     if uris is not None:
         configure(uris)
         kwargs = {"tracking_uri": uris.tracking, "registry_uri": uris.registry}
-    dst = tempfile.mkdtemp(prefix="ebbtide-model-")
+    dst = dst or tempfile.mkdtemp(prefix="ebbtide-model-")
     return mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst, **kwargs)
 
 

@@ -187,3 +187,29 @@ def test_score_fn_asks_every_question_of_a_sub_batch_of_the_same_batch():
     assert sorted(churn.user_id) == [f"u{i}" for i in range(n)] and (churn.p_return_30d == 0.5).all()
     recs = out[out["rank"].notna()]
     assert len(recs) == n * 2 and recs.p_return_30d.isna().all() and set(recs.item_id) == {"i5", "i4"}
+
+
+def test_score_fn_blends_the_popularity_prior_into_the_ranking():
+    """The night's log p_recent reaches the scorer's ranking (ebbtide.model.prior); without one the
+    scorer is asked as before, so scorers that know no prior (the embedding scorer) still work."""
+    seen: list = []
+
+    class Scorer:
+        n_items = 6
+
+        def scores(self, batch, log_p=None):
+            seen.append(log_p)
+            s = np.tile(np.arange(self.n_items, dtype=np.float32), (batch.num_rows, 1))
+            return s if log_p is None else s + log_p[None, :]
+
+        def item_ids(self, idx):
+            return np.asarray([f"i{i}" for i in np.asarray(idx).ravel()], dtype=object)
+
+    batch = pa.RecordBatch.from_pydict({"user_id": pa.array(["u0", "u1"])})
+    log_p = np.array([0, 0, 10, 0, 0, 0], np.float32)
+    for lp, want in ((None, ["i5", "i4"]), (log_p, ["i2", "i5"])):
+        fn = inference.score_fn("stub", k=2, churn=False, loader=lambda uri, uris=None: Scorer(), identity="prior-test",
+                                exclude_consumed=False, log_p=lp)
+        recs = _recs(fn, batch)
+        assert list(recs[recs.user_id == "u1"].sort_values("rank").item_id) == want
+    assert seen[0] is None and seen[-1] is log_p

@@ -471,9 +471,11 @@ class PredictorScorer:
 
     FEATURES = ("item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start", "length")
 
-    def __init__(self, predictor, name: str = "ebbtide"):
+    def __init__(self, predictor, name: str = "ebbtide", log_p: Optional[np.ndarray] = None):
         self.predictor = predictor
         self.name = name
+        # The catalogue's recent popularity (ebbtide.model.prior) for the ranking; None: the network alone.
+        self.log_p = log_p
 
     def _b(self, batch):
         """The model's inputs; items and event types it has never seen (indices appended to the
@@ -489,7 +491,10 @@ class PredictorScorer:
         return out
 
     def score_all(self, batch, elapsed_s):
-        return np.asarray(self.predictor.score_all(self._b(batch), np.asarray(elapsed_s, dtype=np.float32)))
+        e = np.asarray(elapsed_s, dtype=np.float32)
+        if self.log_p is None:
+            return np.asarray(self.predictor.score_all(self._b(batch), e))
+        return np.asarray(self.predictor.score_all(self._b(batch), e, log_p=self.log_p))
 
     def churn(self, batch, elapsed_s):
         out = self.predictor.churn(self._b(batch), np.asarray(elapsed_s, dtype=np.float32))

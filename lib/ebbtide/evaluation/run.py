@@ -74,7 +74,7 @@ def _pad_columns(scores: np.ndarray, n_items: int) -> np.ndarray:
 
 
 def rank_scorer(scorer, batch, elapsed_s, targets, n_items, ks, candidates=None, negatives=None,
-                exclude_history=False, chunk_size=1024) -> dict[str, float]:
+                exclude_history=False, chunk_size=1024, quiet=False) -> dict[str, float]:
     """One scorer's ranking metrics on one view. ``targets`` is (n,) one item per row, or (n, W)
     target sets padded with -1 (the nightly view). The exclusions (pad/OOV, items outside the
     bool ``candidates`` vector, the window when ``exclude_history``) are applied here to every
@@ -100,7 +100,7 @@ def rank_scorer(scorer, batch, elapsed_s, targets, n_items, ks, candidates=None,
             sacc.update(s, t, negatives[a:b])
     res = acc.result()
     res.update(sacc.result())
-    log.info("%s: ranked %d %s x %d items in %.1f s (ndcg@10 %.4f)", scorer.name, n, "target sets" if sets else "examples",
+    (log.debug if quiet else log.info)("%s: ranked %d %s x %d items in %.1f s (ndcg@10 %.4f)", scorer.name, n, "target sets" if sets else "examples",
              n_items, time.perf_counter() - t0, res.get("ndcg@10", float("nan")))
     return res
 
@@ -234,6 +234,21 @@ def _collect(rows, ec, what: str):
     return rows.orderBy("example_id").toPandas()
 
 
+def nightly_view(rows, ec) -> Optional[dict[str, Any]]:
+    """The nightly view of a split's evaluation rows (``protocols.evaluation_rows``), collected:
+    ``pdf``, the numpy ``batch``, ``targets`` (sets padded with -1) and ``elapsed`` (to each
+    midnight); None when no (user, day) has a window before its midnight. Evaluation ranks it, and
+    training chooses the popularity prior on it (``ebbtide.model.prior.fit``)."""
+    from ebbtide.evaluation import protocols as P
+    from ebbtide.evaluation.metrics import pad_targets
+
+    npdf = _collect(P.nightly_examples(rows).select(*NIGHTLY_COLUMNS), ec, "nightly rows")
+    if npdf.empty:
+        return None
+    return {"pdf": npdf, "batch": P.to_batch(npdf), "targets": pad_targets(npdf["target_items"]),
+            "elapsed": npdf["elapsed_s"].to_numpy().astype(np.float64)}
+
+
 def by_metric(by_scorer: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     """scorer -> metric -> value  ->  metric -> scorer -> value (the summary's shape)."""
     out: dict[str, dict[str, float]] = {}
@@ -246,7 +261,8 @@ def by_metric(by_scorer: dict[str, dict[str, float]]) -> dict[str, dict[str, flo
 def run(ctx, args) -> dict:
     from ebbtide.evaluation import baselines as B
     from ebbtide.evaluation import gate, protocols as P, report
-    from ebbtide.evaluation.metrics import candidate_mask, load_negatives, pad_targets, sample_negatives, save_negatives
+    from ebbtide.evaluation.metrics import candidate_mask, load_negatives, sample_negatives, save_negatives
+    from ebbtide.model import prior
 
     cfg, spark = ctx.cfg, ctx.spark
     ec = cfg.section("evaluate")
@@ -302,12 +318,11 @@ def run(ctx, args) -> dict:
         views["request_time"] = {"pdf": pdf, "batch": P.to_batch(pdf),
                                  "targets": pdf["target_item"].to_numpy().astype(np.int64),
                                  "elapsed": pdf["time_to_next_s"].to_numpy().astype(np.float64)}
-        npdf = _collect(P.nightly_examples(rows).select(*NIGHTLY_COLUMNS), ec, "nightly rows")
-        if npdf.empty:
+        nightly = nightly_view(rows, ec)
+        if nightly is None:
             log.warning("no (user, day) of the %s split has a window before its midnight: nightly view skipped", split)
         else:
-            views["nightly"] = {"pdf": npdf, "batch": P.to_batch(npdf), "targets": pad_targets(npdf["target_items"]),
-                                "elapsed": npdf["elapsed_s"].to_numpy().astype(np.float64)}
+            views["nightly"] = nightly
         views = {v: views[v] for v in VIEWS if v in views}
         n_rows = {v: len(d["targets"]) for v, d in views.items()}
         log.info("rows per view %s, %d items in the catalogue", n_rows, n_items)
@@ -334,11 +349,17 @@ def run(ctx, args) -> dict:
     # Aggregated in Spark (per item, item pair, distinct return gap): no train row reaches the driver.
     with step(log, "fitting baselines on the train split"):
         item_scorers = B.item_baselines(n_items, ec.popularity_half_life_days, ec.cooccurrence_half_life_days)
-        agg = B.TrainAggregates.from_spark(P.training_rows(df), n_items,
-                                           [b.h for b in item_scorers if isinstance(b, B.RecentPopular)])
+        # The models' popularity priors are the train split's recent popularity too (ebbtide.model.prior).
+        prior_h = {sc.name: prior.half_life_s(getattr(sc.predictor, "meta", None)) for sc, *_ in model_scorers}
+        half_lives = [b.h for b in item_scorers if isinstance(b, B.RecentPopular)] + [h for h in prior_h.values() if h]
+        agg = B.TrainAggregates.from_spark(P.training_rows(df), n_items, sorted(set(half_lives)))
         if agg.n_rows == 0:
             raise ValueError("the train split is empty; nothing to fit baselines on")
         item_scorers = [b.fit(agg) for b in item_scorers]
+        for sc, *_ in model_scorers:
+            if prior_h[sc.name]:
+                sc.log_p = prior.log_prior(agg.decayed[prior_h[sc.name]], n_items)
+                log.info("%s ranks with its popularity prior: %s", sc.name, sc.predictor.meta[prior.META_KEY])
 
     # -- churn snapshots: evaluation as of the split's cut, fit inside the train period ---
     with step(log, "churn snapshots"):

@@ -4,7 +4,7 @@ Kept free of torch imports so that loading the config stays instant.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from ebbtide.config import register_section
@@ -96,6 +96,12 @@ class TrainConf:
     # After training, stack the return-time head's probabilities with recency and frequency in a
     # logistic fit on a train-period churn snapshot (ebbtide.model.calibration).
     churn_calibration: bool = True
+    # After training, choose the ranking's recent-popularity prior (ebbtide.model.prior) on the
+    # validation split (the mean NDCG@10 of its nightly and request-time views): a half-life and a
+    # weight from these grids, or none (weight 0) when no blend ranks better than the network alone.
+    popularity_prior: bool = True
+    prior_half_lives_days: list[float] = field(default_factory=lambda: [3.0, 14.0, 60.0])
+    prior_weights: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])
     # constant, or cosine: linear warm-up over warmup_share of all steps, then cosine decay to
     # min_lr_share x lr at the last epoch.
     lr_schedule: Literal["constant", "cosine"] = "cosine"

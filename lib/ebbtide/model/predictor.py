@@ -68,14 +68,28 @@ def save(
     return folder
 
 
-def set_churn_calibration(folder: str, calibration: Optional[dict]) -> None:
-    """Record the churn calibration (ebbtide.model.calibration) in a saved predictor's meta.json."""
+def set_meta(folder: str, key: str, value: Any) -> None:
+    """Record what is fitted after the network (the churn calibration, ebbtide.model.calibration; the
+    popularity prior, ebbtide.model.prior) under ``key`` in a saved predictor's predictor.json."""
     path = os.path.join(_find_predictor_dir(folder), META_FILE)
     with open(path) as f:
         meta = json.load(f)
-    meta["churn_calibration"] = calibration
+    meta[key] = value
     with open(path, "w") as f:
         json.dump(meta, f, indent=2, default=str)
+
+
+def read_meta(model_uri_or_dir: str, uris: "Optional[MlflowUris]" = None) -> dict:
+    """A predictor's predictor.json alone (the scoring driver reads the popularity prior it chose)."""
+    if os.path.isdir(model_uri_or_dir):
+        with open(os.path.join(_find_predictor_dir(model_uri_or_dir), META_FILE)) as f:
+            return json.load(f)
+    import tempfile
+
+    from ebbtide.mlflow_uris import download_model
+
+    with tempfile.TemporaryDirectory(prefix="ebbtide-meta-") as tmp:
+        return read_meta(download_model(model_uri_or_dir, uris, dst=tmp))
 
 
 def _find_predictor_dir(root: str) -> str:
@@ -211,8 +225,23 @@ class Predictor:
             self._encoded_memo[key] = (tb, enc, arrays)
         return tb, enc
 
-    def score_all(self, batch_np: dict, elapsed_s: np.ndarray) -> np.ndarray:
-        """Scores (n, n_items) over the catalogue as of elapsed_s seconds after each user's last event."""
+    def prior_term(self, log_p: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """(n_items,) what the ranking adds to the logits for the catalogue's recent popularity
+        ``log_p`` (log p_recent, ``ebbtide.model.prior``), with the weight chosen at training; None
+        when no prior was chosen or none is given."""
+        from ebbtide.model import prior
+
+        t = prior.term(self.meta, log_p)
+        if t is None:
+            return None
+        out = np.zeros(self.n_items, dtype=np.float32)  # an older vocabulary's model: extra items dropped
+        out[: min(len(t), self.n_items)] = t[: self.n_items]
+        return out
+
+    def score_all(self, batch_np: dict, elapsed_s: np.ndarray, log_p: Optional[np.ndarray] = None) -> np.ndarray:
+        """Scores (n, n_items) over the catalogue as of elapsed_s seconds after each user's last event.
+        The ranking passes ``log_p`` (the catalogue's recent popularity, ``prior_term``); the
+        interest read-outs do not: they are the user's alone."""
         import torch
 
         n = len(np.asarray(batch_np["length"]))
@@ -222,10 +251,15 @@ class Predictor:
             for s in self._chunks(n):
                 tb, enc = self._encoded(batch_np, s)
                 out[s] = self.net.item_scores(tb, torch.as_tensor(e[s]).to(self.device), enc=enc).cpu().numpy()
+        term = self.prior_term(log_p)
+        if term is not None:
+            out += term[None, :]
         return out
 
-    def recommend(self, batch_np: dict, elapsed_s: np.ndarray, k: int, exclude: Optional[list] = None):
-        """Top-k (item_index (n, k), scores (n, k)); `exclude[i]` lists item indices not to rank for row i."""
+    def recommend(self, batch_np: dict, elapsed_s: np.ndarray, k: int, exclude: Optional[list] = None,
+                  log_p: Optional[np.ndarray] = None):
+        """Top-k (item_index (n, k), scores (n, k)); `exclude[i]` lists item indices not to rank for row i;
+        ``log_p`` as for ``score_all``."""
         import torch
 
         n = len(np.asarray(batch_np["length"]))
@@ -233,9 +267,13 @@ class Predictor:
         idx_out = np.empty((n, k), dtype=np.int64)
         sc_out = np.empty((n, k), dtype=np.float32)
         e = np.broadcast_to(np.asarray(elapsed_s, dtype=np.float32), (n,))
+        term = self.prior_term(log_p)
+        term_t = torch.as_tensor(term).to(self.device) if term is not None else None
         with torch.no_grad():
             for s in self._chunks(n):
                 scores = self.net.item_scores(self._torch_batch(batch_np, s), torch.as_tensor(e[s]).to(self.device)).float()
+                if term_t is not None:
+                    scores = scores + term_t[None, :]
                 if exclude is not None:
                     for j, row in enumerate(range(s.start, s.stop)):
                         ex = np.asarray(exclude[row], dtype=np.int64)

@@ -773,7 +773,7 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
     import yaml
 
     from ebbtide import mlflow_uris, storage
-    from ebbtide.model import feed, launchers, predictor, registry, warm_start
+    from ebbtide.model import feed, launchers, predictor, prior, registry, warm_start
 
     cfg = _with_overrides(ctx.cfg, args)
     parent_uri = cfg.section("train").warm_start.strip()
@@ -921,13 +921,26 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
         if tc.churn_calibration:
             with step(log, "churn calibration on a train-period snapshot"):
                 calib = fit_churn_calibration(spark, cfg, version, pdir)
-                predictor.set_churn_calibration(pdir, calib)
+                predictor.set_meta(pdir, "churn_calibration", calib)
                 if calib:
                     log.info("churn calibration: %s", ", ".join(
                         f"{d}d on {c['rows']} users ({c['positives']} returned)" for d, c in calib["horizons"].items()))
                 else:
                     log.warning("churn calibration skipped: too few users in the train-period snapshot; "
                                 "the return-time head is served as it is")
+        chosen_prior = None
+        if tc.popularity_prior:
+            with step(log, "choosing the popularity prior on the validation split"):
+                chosen_prior = prior.fit(spark, cfg, version, pdir)
+                predictor.set_meta(pdir, prior.META_KEY, chosen_prior)
+                if chosen_prior is None:
+                    log.warning("no popularity prior: the validation split has no nightly rows")
+                else:
+                    log.info("popularity prior: %s (validation NDCG@10, mean of the views, %.4f; %.4f without) on %s",
+                             f"half-life {chosen_prior['half_life_days']:g} days x weight {chosen_prior['weight']:g}"
+                             if chosen_prior["weight"] else "none", chosen_prior["valid_ndcg_at_10"],
+                             chosen_prior["valid_ndcg_at_10_without"],
+                             ", ".join(f"{n} {v} rows" for v, n in chosen_prior["rows"].items()))
         model = {}
         if not args.no_register:
             version_tags = {"mlflow_run_id": run_id, tc.early_stopping_metric: r0["best_metric"], **tags}
@@ -964,4 +977,5 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
         "parent_model_version": parent.model_version if parent is not None else None,
         "warm_start": r0.get("warm_start"),
         "warm_start_skipped": scratch_because,
+        "popularity_prior": chosen_prior and {k: v for k, v in chosen_prior.items() if k != "grid"},
     }

@@ -153,11 +153,15 @@ class PredictorScorer:
             self._last_feats = (batch, features_from_arrow(batch, self.n_items, self.n_event_types))
         return self._last_feats[1]
 
-    def scores(self, batch: pa.RecordBatch) -> np.ndarray:
-        return self.scores_at(batch, elapsed_from_arrow(batch))
+    def scores(self, batch: pa.RecordBatch, log_p: Optional[np.ndarray] = None) -> np.ndarray:
+        """The ranking's scores; ``log_p``: the catalogue's recent popularity (ebbtide.model.prior)."""
+        return self.scores_at(batch, elapsed_from_arrow(batch), log_p)
 
-    def scores_at(self, batch: pa.RecordBatch, elapsed_s: np.ndarray) -> np.ndarray:
-        out = self.predictor.score_all(self._feats(batch), elapsed_s.astype(np.float32))
+    def scores_at(self, batch: pa.RecordBatch, elapsed_s: np.ndarray, log_p: Optional[np.ndarray] = None) -> np.ndarray:
+        if log_p is None:
+            out = self.predictor.score_all(self._feats(batch), elapsed_s.astype(np.float32))
+        else:
+            out = self.predictor.score_all(self._feats(batch), elapsed_s.astype(np.float32), log_p=log_p)
         return np.array(out, dtype=np.float32, copy=False)
 
     def churn(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
@@ -314,13 +318,16 @@ def score_fn(
     batch_users: int = 512,
     max_batch_mfloats: float = 32.0,
     torch_threads: int = 0,
+    log_p: Optional[np.ndarray] = None,
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The mapInArrow function of the nightly scoring: windows (+ consumed, last_ts) in,
     ``SCORED_SCHEMA`` rows out: one per (user, rank) of the user's top-k, each with up to
     ``because_top`` events of the user that weighed most for the item (scorers without ``explain``,
     or ``because_top`` 0: empty lists), and with ``churn`` one churn / decay row per user (rank null).
     Every question of a batch is asked of the same feature arrays, so the encoder runs once per
-    user for both tables (``PredictorScorer._feats``, ``Predictor._encoded``)."""
+    user for both tables (``PredictorScorer._feats``, ``Predictor._encoded``). ``log_p``: the
+    catalogue's recent popularity as of the score date, which the recommendations blend in with the
+    model's own weight (ebbtide.model.prior); None ranks with the network alone."""
     allow, deny = tuple(allow), tuple(deny)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -335,7 +342,7 @@ def score_fn(
             for batch in _sub_batches(big, scorer.n_items, batch_users, max_batch_mfloats):
                 if batch.num_rows == 0:
                     continue
-                yield _recommend(batch, scorer, never_idx, k, exclude_consumed, because_top)
+                yield _recommend(batch, scorer, never_idx, k, exclude_consumed, because_top, log_p)
                 if churn:
                     yield _churn_rows(batch, scorer, top_fading, fading_by)
 
@@ -352,10 +359,10 @@ def _scored_batch(user_id: pa.Array, columns: dict[str, pa.Array]) -> pa.RecordB
 
 
 def _recommend(batch: pa.RecordBatch, scorer: Any, never_idx: np.ndarray, k: int, exclude_consumed: bool,
-               because_top: int) -> pa.RecordBatch:
+               because_top: int, log_p: Optional[np.ndarray] = None) -> pa.RecordBatch:
     """Each user's top-k of the items that may be recommended, best first, one row per (user, rank)
     (masked items fall out, so a user can have fewer than k rows, or none)."""
-    scores = scorer.scores(batch)
+    scores = scorer.scores(batch) if log_p is None else scorer.scores(batch, log_p)
     scores[:, never_idx] = -np.inf
     if exclude_consumed and "consumed" in batch.schema.names:
         r, c = consumed_mask_rows(batch.column(batch.schema.get_field_index("consumed")), scorer.n_items)

@@ -110,6 +110,27 @@ def scoring_partitions(configured: int, n_active: int, cores: int, users_per_par
     return max(2 * max(cores, 1), by_size, 1)
 
 
+def popularity_prior(spark, cfg, model: ModelRef, events, item_vocab, score_ts: dt.datetime):
+    """log p_recent as of the score date for a model that ranks with a popularity prior
+    (ebbtide.model.prior): silver_events before midnight, each weighing 2^(-age / the model's
+    half-life). None for a model without one."""
+    from ebbtide.model import predictor, prior
+    from ebbtide.scoring import transform as T
+
+    meta = predictor.read_meta(model.uri, model.uris)
+    h = prior.half_life_s(meta)
+    if h is None:
+        log.info("%s ranks with the network alone (no popularity prior)", model.uri)
+        return None
+    n_items = int(meta["n_items"])
+    with step(log, f"the catalogue's recent popularity (half-life {h / prior.DAY_S:g} days)"):
+        weights = prior.item_weights(T.item_events(T.events_before(events, score_ts), item_vocab), n_items,
+                                     score_ts.timestamp(), [h])[h]
+        log.info("%d of %d items have events in the last %g days; prior weight %g", int((weights > 0).sum()),
+                 n_items - 2, prior.MAX_AGE_HALF_LIVES * h / prior.DAY_S, meta[prior.META_KEY]["weight"])
+    return prior.log_prior(weights, n_items)
+
+
 def build(ctx, score_date: dt.date, model: ModelRef, *, loader=None):
     """The active users' scoring inputs (counted, persisted), the scored rows (lazy: one pass of the
     model per user for both tables, which the caller persists), both output DataFrames (read from the
@@ -145,9 +166,10 @@ def build(ctx, score_date: dt.date, model: ModelRef, *, loader=None):
     )
     if loader is not None:
         common["loader"] = loader
+    log_p = None if loader is not None else popularity_prior(spark, cfg, model, events, item_vocab, score_ts)
     fn = inference.score_fn(
         model.uri, k=sc.k, exclude_consumed=sc.exclude_consumed, allow=allow, deny=deny, because_top=sc.because_top,
-        top_fading=sc.top_fading, fading_by=sc.fading_by, **common,
+        top_fading=sc.top_fading, fading_by=sc.fading_by, log_p=log_p, **common,
     )
     lineage = dict(
         score_date=score_date, model_name=model.name, model_version=model.version, run_id=ctx.run_id,

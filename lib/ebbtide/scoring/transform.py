@@ -53,6 +53,17 @@ def consumed_items(events: "DataFrame", item_vocab: "DataFrame") -> "DataFrame":
     )
 
 
+def item_events(events: "DataFrame", item_vocab: "DataFrame") -> "DataFrame":
+    """target_item (the item index), target_ts_s (epoch seconds) of each event of a known item: the
+    columns the popularity prior's weights are summed over (ebbtide.model.prior.item_weights)."""
+    from pyspark.sql import functions as F
+
+    return events.select("item_id", "ts").join(item_vocab.select("item_id", "item_index"), "item_id").select(
+        F.col("item_index").cast("long").alias("target_item"),
+        (F.unix_micros("ts") / F.lit(1e6)).alias("target_ts_s"),
+    )
+
+
 def _user_windows_fn() -> Callable[..., "DataFrame"]:
     try:
         from ebbtide.sequences import user_windows

@@ -1,0 +1,194 @@
+"""The recent-popularity prior of the ranking: which items everyone is turning to lately.
+
+The network ranks from one user's window and learns the catalogue's popularity averaged over the
+whole train split. Popularity drifts (new releases, seasons, a catalogue that turns over), and a
+nightly table is read weeks or months after the newest event the network was trained on: on
+ml-latest-small the train split's recent popularity alone (the ``recent_popular`` baseline)
+ranked the test days better than the network. So the ranking score is
+
+    score(item) = network logit + weight x log p_recent(item)
+
+``p_recent`` is each item's share of the events before the scoring moment, every event weighing
+2^(-age / half-life), plus ``PSEUDO_COUNT`` per item (an item with no recent events is not ruled
+out, it just gets no lift). A product of the network's distribution and p_recent^weight, so the
+user's own sequence still decides between the items the catalogue currently favours.
+
+(half-life, weight) are chosen after training on the validation split (``fit``: the mean NDCG@10
+of its nightly and request-time views) from a small grid that includes weight 0 (no prior); they are recorded in the
+predictor's meta as ``popularity_prior``. Where p_recent comes from:
+
+- evaluation: the train split's targets, decayed to its newest one, exactly what the
+  ``recent_popular`` baseline fits on, so the model sees no later data than the baselines;
+- the nightly job: silver_events before the score date (``ebbtide.scoring.run``).
+
+Only the ranking reads the prior; the churn, interest and decay read-outs are the network's alone.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+import numpy as np
+
+from ebbtide.log import get_logger
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+log = get_logger("model.prior")
+
+META_KEY = "popularity_prior"
+PSEUDO_COUNT = 0.5
+# Events older than this many half-lives weigh under 2^-20 (1e-6): left out of the sums.
+MAX_AGE_HALF_LIVES = 20
+DAY_S = 86400.0
+# The choice ranks one (rows x items) float32 matrix per grid point: at most this many floats (512 MiB).
+MAX_SCORE_FLOATS = 1 << 27
+
+
+def log_prior(weights: np.ndarray, n_items: int) -> np.ndarray:
+    """(n_items,) float32 log p_recent from per-item decayed event weights (pad and OOV get none)."""
+    w = np.zeros(n_items, dtype=np.float64)
+    src = np.asarray(weights, dtype=np.float64)[:n_items]
+    w[: len(src)] = src
+    w[:2] = 0.0
+    w = np.maximum(w, 0.0) + PSEUDO_COUNT
+    return np.log(w / w.sum()).astype(np.float32)
+
+
+def term(meta: Optional[dict], log_p: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """What the ranking adds to the network's logits: weight x log p_recent, or None (no prior
+    chosen, weight 0, or no p_recent given)."""
+    chosen = (meta or {}).get(META_KEY) or {}
+    w = float(chosen.get("weight", 0.0) or 0.0)
+    if log_p is None or w == 0.0:
+        return None
+    return (w * np.asarray(log_p, dtype=np.float32)).astype(np.float32)
+
+
+def half_life_s(meta: Optional[dict]) -> Optional[float]:
+    """The chosen half-life in seconds, or None when the model ranks without a prior."""
+    chosen = (meta or {}).get(META_KEY) or {}
+    if not chosen or not float(chosen.get("weight", 0.0) or 0.0):
+        return None
+    return float(chosen["half_life_days"]) * DAY_S
+
+
+def item_weights(events: "DataFrame", n_items: int, t_ref_s: float, half_lives_s: Sequence[float]) -> dict[float, np.ndarray]:
+    """Per half-life h, (n_items,) per real item the sum over ``events`` (columns ``target_item``,
+    ``target_ts_s``; the train split's targets, or the night's events) of 2^(-(t_ref - ts) / h),
+    for the events at or before ``t_ref_s`` and younger than MAX_AGE_HALF_LIVES of the longest
+    half-life. One Spark aggregation for all half-lives (``evaluation.protocols.train_decayed_counts``,
+    the recent_popular baseline's own); only (item, weights) rows reach the driver."""
+    from pyspark.sql import functions as F
+
+    from ebbtide.evaluation import protocols as P
+
+    hs = [float(h) for h in half_lives_s]
+    ts = F.col("target_ts_s")
+    oldest = float(t_ref_s) - MAX_AGE_HALF_LIVES * max(hs)
+    recent = events.where((ts <= F.lit(float(t_ref_s))) & (ts > F.lit(oldest)))
+    pdf = P.train_decayed_counts(recent, n_items, t_ref_s, hs).toPandas()
+    idx = pdf["item"].to_numpy(dtype=np.int64)
+    out = {}
+    for j, h in enumerate(hs):
+        w = np.zeros(n_items, dtype=np.float64)
+        w[idx] = pdf[f"w{j}"].to_numpy(dtype=np.float64)
+        out[h] = w
+    return out
+
+
+def choose(log_priors: dict[float, np.ndarray], weights: Sequence[float], metric) -> dict[str, Any]:
+    """The (half-life, weight) whose blend ranks best by ``metric(term) -> float``, where ``term`` is
+    the (n_items,) addition to the network's logits (None: the network alone). Weight 0 is always a
+    candidate and is kept on ties: a prior must earn its place. ``log_priors``: half-life in days ->
+    (n_items,) log p_recent."""
+    base = float(metric(None))
+    grid = {"0": base}
+    best = {"half_life_days": None, "weight": 0.0, "valid_ndcg_at_10": base}
+    for h, lp in sorted(log_priors.items()):
+        for w in sorted(weights):
+            if w <= 0:
+                continue
+            v = float(metric(np.float32(w) * lp))
+            grid[f"{h:g}d x {w:g}"] = v
+            if v > best["valid_ndcg_at_10"]:
+                best = {"half_life_days": float(h), "weight": float(w), "valid_ndcg_at_10": v}
+    return {**best, "valid_ndcg_at_10_without": base, "grid": grid}
+
+
+def fit(spark, cfg, version: int, predictor_dir: str) -> Optional[dict]:
+    """Choose the prior of a freshly trained predictor on the validation split: the mean NDCG@10 of
+    its two views, the nightly one (the headline) and the request-time one (the rows, candidates and
+    exclusions ``ebbtide evaluate`` ranks), with p_recent from the train split as evaluation computes
+    it. Both views, because a small catalogue's nightly view has few rows (163 (user, day) rows on
+    MovieLens-100k) and a choice on it alone would follow noise. None without validation rows."""
+    from pyspark.sql import functions as F
+
+    from ebbtide import tables
+    from ebbtide.evaluation import protocols as P
+    from ebbtide.evaluation.baselines import PredictorScorer
+    from ebbtide.evaluation.metrics import candidate_mask
+    from ebbtide.evaluation.run import EXAMPLE_COLUMNS, _collect, _n_items, nightly_view, rank_scorer
+    from ebbtide.model import feed
+    from ebbtide.model.predictor import Predictor
+    from ebbtide.sequences import FIRST_INDEX
+
+    tc, ec = cfg.section("train"), cfg.section("evaluate")
+    ex = tables.read(spark, cfg, feed.EXAMPLES_TABLE, version)
+    df = P.apply_protocol(ex, ec.protocol)
+    n_items = _n_items(spark, cfg, ex)
+    candidates = candidate_mask(P.candidate_items(df).toPandas()["item"].to_numpy(), n_items)
+    rows = P.evaluation_rows(df, "valid")
+    views: dict[str, tuple] = {}
+    nightly = nightly_view(rows, ec)
+    if nightly is not None:
+        views["nightly"] = (nightly["batch"], nightly["elapsed"], nightly["targets"])
+    rt = _collect(rows.select(*EXAMPLE_COLUMNS), ec, "examples")
+    if not rt.empty:
+        views["request_time"] = (P.to_batch(rt), rt["time_to_next_s"].to_numpy().astype(np.float64),
+                                 rt["target_item"].to_numpy().astype(np.int64))
+    if not views:
+        return None
+    pred = Predictor.load(predictor_dir)
+    pred.meta.pop(META_KEY, None)  # the network's own scores
+    model = PredictorScorer(pred)
+    cap = max(1, MAX_SCORE_FLOATS // n_items // len(views))
+    scored = {}
+    for v, (batch, elapsed, targets) in views.items():
+        if len(targets) > cap:  # the grid ranks score matrices held in memory: a seeded sample of rows
+            keep = np.sort(np.random.default_rng(ec.sampled_seed).choice(len(targets), cap, replace=False))
+            batch, elapsed, targets = {k: a[keep] for k, a in batch.items()}, elapsed[keep], targets[keep]
+        scored[v] = (batch, elapsed, targets, model.score_all(batch, elapsed))
+    tr = P.training_rows(df).persist()
+    try:
+        # The newest real target, as TrainAggregates (and so the evaluation's p_recent) takes it.
+        real = (F.col("target_item") >= FIRST_INDEX) & (F.col("target_item") < n_items)
+        t_ref = tr.where(real).agg(F.max("target_ts_s")).collect()[0][0]
+        if t_ref is None:
+            return None
+        hs = [float(h) for h in tc.prior_half_lives_days]
+        weights = item_weights(tr, n_items, float(t_ref), [h * DAY_S for h in hs])
+        priors = {h: log_prior(weights[h * DAY_S], n_items) for h in hs}
+    finally:
+        tr.unpersist()
+
+    class _Fixed:
+        name = "prior-grid"
+
+        def __init__(self, s):
+            self.s = s
+
+        def score_all(self, part, elapsed_s):
+            return self.s  # one chunk: rank_scorer gets the whole view at once
+
+    def ndcg(term: Optional[np.ndarray]) -> float:
+        out = []
+        for batch, elapsed, targets, s in scored.values():
+            s = s if term is None else s + term[None, : s.shape[1]]
+            out.append(rank_scorer(_Fixed(s), batch, elapsed, targets, n_items, (10,), candidates,
+                                   exclude_history=ec.exclude_history, chunk_size=len(s), quiet=True)["ndcg@10"])
+        return float(np.mean(out))
+
+    chosen = choose(priors, tc.prior_weights, ndcg)
+    chosen["rows"] = {v: int(len(x[2])) for v, x in scored.items()}
+    return chosen
