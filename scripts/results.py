@@ -137,6 +137,17 @@ def _runs_of(saved: dict) -> dict[str, dict[str, list[float]]]:
     return out
 
 
+def _prior_choice(tr: dict) -> dict:
+    """The (half-life, weight) a training run chose per view (``ebbtide.model.prior``); a model
+    from before the per-view choice holds one pair for both."""
+    pp = tr.get("popularity_prior") or {}
+    out = {}
+    for view, key in (("nightly", "prior"), ("request_time", "rt_prior")):
+        c = pp if "weight" in pp else (pp.get(view) or {})
+        out[f"{key}_half_life_days"], out[f"{key}_weight"] = c.get("half_life_days"), c.get("weight")
+    return out
+
+
 def _etl_plan(ds: str, root: Path, recbole_py, log) -> list[tuple[str, list[str]]]:
     if ds == "ml-latest-small":
         return [("ingest", ["--source", str(ML_SMALL / "ratings.csv"), "--adapter", "movielens"])]
@@ -248,9 +259,8 @@ def run_dataset(ds: str, args, log, spark=None):
             # the first variant only (they do not depend on the model's settings).
             runs[f"{name}#{seed}"] = {**scored.pop("ebbtide"), "train_s": round(train_s, 1),
                                       "best_s": tr.get("seconds_to_best"), "best_epoch": tr.get("best_epoch"),
-                                      # the popularity prior training chose on validation (ebbtide.model.prior)
-                                      "prior_half_life_days": (tr.get("popularity_prior") or {}).get("half_life_days"),
-                                      "prior_weight": (tr.get("popularity_prior") or {}).get("weight")}
+                                      # the popularity priors training chose on validation (ebbtide.model.prior)
+                                      **_prior_choice(tr)}
             if name == "ebbtide":
                 for model, metrics in scored.items():
                     runs[f"{model}#{seed}"] = metrics
@@ -516,10 +526,12 @@ def write_markdown(path: Path, res, info, args, seconds: float) -> None:
                     lines.append(f"- churn ROC-AUC against {m}: {ec - mean(m, 'churn_auc'):+.4f}")
         for m in ("ebbtide", "ebbtide_no_time"):
             v = models.get(m, {})
-            if v.get("prior_weight"):
-                chosen = [f"{w:g} x log p_recent ({h:g}-day half-life)" if w else "none"
-                          for h, w in zip(v.get("prior_half_life_days", []), v["prior_weight"])]
-                lines.append(f"\n{m}'s popularity prior, chosen on validation, per seed: {'; '.join(chosen)}.")
+            for view, key in (("nightly", "prior"), ("request-time", "rt_prior")):
+                if v.get(f"{key}_weight"):
+                    chosen = [f"{w:g} x log p_recent ({h:g}-day half-life)" if w else "none"
+                              for h, w in zip(v.get(f"{key}_half_life_days", []), v[f"{key}_weight"])]
+                    lines.append(f"\n{m}'s popularity prior for the {view} ranking, chosen on validation, per seed: "
+                                 f"{'; '.join(chosen)}.")
         for m in PEERS:
             v = models.get(m, {})
             if v.get("epochs_run"):

@@ -76,7 +76,9 @@ def test_the_nightly_job_ranks_with_the_models_prior_from_the_events_before_midn
     # The window length of the scoring job's windows (sequences.max_len), as a trained model has it.
     folder = Pr.save(str(tmp_path / "pred"), EbbtideNet(mc, N_ITEMS, 3).state_dict(), dataclasses.asdict(mc), N_ITEMS,
                      3, cfg.sequences.max_len, items, pd.DataFrame({"event_type": ["view"], "event_type_index": [2]}), session_gap_s=1800.0)
-    Pr.set_meta(folder, prior.META_KEY, {"half_life_days": 7.0, "weight": 1.0})
+    # The nightly table ranks with the nightly view's choice, not the request-time one.
+    Pr.set_meta(folder, prior.META_KEY, {"nightly": {"half_life_days": 7.0, "weight": 1.0},
+                                         "request_time": {"half_life_days": 60.0, "weight": 0.25}})
     write_inputs(spark, cfg)
     cfg = with_score(cfg, k=3, because_top=0)
     score_and_publish(ctx.__class__(cfg, _spark=spark), D, ModelRef(folder, "tiny", 1, None))
@@ -101,3 +103,15 @@ def test_the_nightly_job_ranks_with_the_models_prior_from_the_events_before_midn
     np.testing.assert_allclose(got.score, s[top], rtol=1e-5)
     plain = p.score_all(f, np.array([midnight - f["last_ts"][0]], np.float32))[0]
     assert not np.allclose(got.score, plain[top])  # the prior moved the scores
+
+
+def test_a_capped_view_is_sampled_in_spark_before_it_reaches_the_driver(spark, cfg):
+    from ebbtide.evaluation.run import _collect
+
+    rows = spark.range(2000).withColumnRenamed("id", "example_id")
+    ec = cfg.section("evaluate")
+    got = _collect(rows, ec, "rows", cap=200)
+    assert 100 <= len(got) <= 300 and got["example_id"].is_monotonic_increasing
+    again = _collect(rows, ec, "rows", cap=200)
+    assert got["example_id"].tolist() == again["example_id"].tolist()  # seeded
+    assert len(_collect(rows, ec, "rows")) == min(2000, ec.max_examples)

@@ -148,14 +148,19 @@ def test_local_run_tracks_registers_and_loads_in_a_fresh_process(spark, data_roo
     assert all(0.0 <= p <= 1.0 for p in got["p7"]) and all(h > 0 for h in got["hl"])
     assert got["n"] == 2 and len(got["pyfunc_items"][0]) == 3
     assert {"user_id", "item_ids", "scores", "p_return_7d", "p_return_30d", "expected_days_to_return", "half_life_days"} <= set(got["pyfunc_cols"])
-    # The popularity prior was chosen on the validation split's two views: the network alone (the
-    # grid's "0") or a blend that ranked better, and the registered model carries the choice.
-    prior = got["prior"]
-    assert prior is not None and len(prior["grid"]) == 1 + 3 * 4 and prior["rows"]["request_time"] > 0
-    assert prior["valid_ndcg_at_10"] == max(prior["grid"].values())
-    assert prior["valid_ndcg_at_10_without"] == prior["grid"]["0"]
-    assert (prior["weight"] == 0.0) == (prior["half_life_days"] is None)
-    assert out["popularity_prior"] == {k: v for k, v in prior.items() if k != "grid"}
+    # The popularity priors were chosen on the validation split, one per view (the nightly one on
+    # both views, the request-time one on its own): the network alone (the grid's "0") or a blend
+    # that ranked better, and the registered model carries the choices.
+    priors = got["prior"]
+    assert priors is not None and set(priors) == {"nightly", "request_time"}
+    assert priors["nightly"]["chosen_on"] == ["nightly", "request_time"]
+    assert priors["request_time"]["chosen_on"] == ["request_time"]
+    for prior in priors.values():
+        assert len(prior["grid"]) == 1 + 3 * 4 and prior["rows"]["request_time"] > 0
+        assert prior["valid_ndcg_at_10"] == max(prior["grid"].values())
+        assert prior["valid_ndcg_at_10_without"] == prior["grid"]["0"]
+        assert (prior["weight"] == 0.0) == (prior["half_life_days"] is None)
+    assert out["popularity_prior"] == {v: {k: x for k, x in c.items() if k != "grid"} for v, c in priors.items()}
 
 
 def test_same_seed_same_data_one_process_same_weights(spark, data_root, tmp_path):

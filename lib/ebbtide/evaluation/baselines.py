@@ -11,6 +11,7 @@ by popularity rather than tied (ties are averaged by the metrics anyway).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Protocol, Sequence
 
@@ -471,11 +472,19 @@ class PredictorScorer:
 
     FEATURES = ("item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start", "length")
 
-    def __init__(self, predictor, name: str = "ebbtide", log_p: Optional[np.ndarray] = None):
+    def __init__(self, predictor, name: str = "ebbtide", log_p: Optional[dict] = None, view: str = "nightly"):
         self.predictor = predictor
         self.name = name
-        # The catalogue's recent popularity (ebbtide.model.prior) for the ranking; None: the network alone.
-        self.log_p = log_p
+        # view -> the catalogue's recent popularity (ebbtide.model.prior) at the half-life chosen for
+        # that view; a view without one ranks with the network alone.
+        self.log_p = log_p or {}
+        self.view = view
+
+    def in_view(self, view: str) -> "PredictorScorer":
+        """This scorer ranking as ``view`` is read: with the popularity prior chosen for it."""
+        out = copy.copy(self)
+        out.view = view
+        return out
 
     def _b(self, batch):
         """The model's inputs; items and event types it has never seen (indices appended to the
@@ -492,9 +501,10 @@ class PredictorScorer:
 
     def score_all(self, batch, elapsed_s):
         e = np.asarray(elapsed_s, dtype=np.float32)
-        if self.log_p is None:
+        log_p = self.log_p.get(self.view)
+        if log_p is None:
             return np.asarray(self.predictor.score_all(self._b(batch), e))
-        return np.asarray(self.predictor.score_all(self._b(batch), e, log_p=self.log_p))
+        return np.asarray(self.predictor.score_all(self._b(batch), e, log_p=log_p, view=self.view))
 
     def churn(self, batch, elapsed_s):
         out = self.predictor.churn(self._b(batch), np.asarray(elapsed_s, dtype=np.float32))

@@ -17,6 +17,7 @@ split): ``rank_scorer`` is the one place that masks the rest.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from typing import Any, Optional
@@ -224,17 +225,19 @@ def _load_predictor(uri: str, uris: Optional[mlflow_uris.MlflowUris] = None):
         ) from None
 
 
-def _collect(rows, ec, what: str):
+def _collect(rows, ec, what: str, cap: Optional[int] = None):
     """One view's rows to the driver (pandas, ordered by example_id), a seeded sample above
-    ``evaluate.max_examples``."""
+    ``evaluate.max_examples`` (or above ``cap`` where the caller holds fewer rows)."""
     n_total = rows.count()
-    if n_total > ec.max_examples:
-        log.warning("%d %s exceed evaluate.max_examples=%d: evaluating a seeded sample", n_total, what, ec.max_examples)
-        rows = rows.sample(fraction=ec.max_examples / n_total, seed=ec.sampled_seed)
+    limit = ec.max_examples if cap is None else min(ec.max_examples, int(cap))
+    if n_total > limit:
+        log.log(logging.WARNING if limit == ec.max_examples else logging.INFO,
+                "%d %s exceed %d: a seeded sample (evaluate.max_examples %d)", n_total, what, limit, ec.max_examples)
+        rows = rows.sample(fraction=limit / n_total, seed=ec.sampled_seed)
     return rows.orderBy("example_id").toPandas()
 
 
-def nightly_view(rows, ec) -> Optional[dict[str, Any]]:
+def nightly_view(rows, ec, cap: Optional[int] = None) -> Optional[dict[str, Any]]:
     """The nightly view of a split's evaluation rows (``protocols.evaluation_rows``), collected:
     ``pdf``, the numpy ``batch``, ``targets`` (sets padded with -1) and ``elapsed`` (to each
     midnight); None when no (user, day) has a window before its midnight. Evaluation ranks it, and
@@ -242,7 +245,7 @@ def nightly_view(rows, ec) -> Optional[dict[str, Any]]:
     from ebbtide.evaluation import protocols as P
     from ebbtide.evaluation.metrics import pad_targets
 
-    npdf = _collect(P.nightly_examples(rows).select(*NIGHTLY_COLUMNS), ec, "nightly rows")
+    npdf = _collect(P.nightly_examples(rows).select(*NIGHTLY_COLUMNS), ec, "nightly rows", cap)
     if npdf.empty:
         return None
     return {"pdf": npdf, "batch": P.to_batch(npdf), "targets": pad_targets(npdf["target_items"]),
@@ -349,17 +352,21 @@ def run(ctx, args) -> dict:
     # Aggregated in Spark (per item, item pair, distinct return gap): no train row reaches the driver.
     with step(log, "fitting baselines on the train split"):
         item_scorers = B.item_baselines(n_items, ec.popularity_half_life_days, ec.cooccurrence_half_life_days)
-        # The models' popularity priors are the train split's recent popularity too (ebbtide.model.prior).
-        prior_h = {sc.name: prior.half_life_s(getattr(sc.predictor, "meta", None)) for sc, *_ in model_scorers}
+        # The models' popularity priors are the train split's recent popularity too (ebbtide.model.prior),
+        # each view at the half-life chosen for it.
+        prior_h = {(sc.name, v): prior.half_life_s(getattr(sc.predictor, "meta", None), v)
+                   for sc, *_ in model_scorers for v in prior.VIEWS}
         half_lives = [b.h for b in item_scorers if isinstance(b, B.RecentPopular)] + [h for h in prior_h.values() if h]
         agg = B.TrainAggregates.from_spark(P.training_rows(df), n_items, sorted(set(half_lives)))
         if agg.n_rows == 0:
             raise ValueError("the train split is empty; nothing to fit baselines on")
         item_scorers = [b.fit(agg) for b in item_scorers]
         for sc, *_ in model_scorers:
-            if prior_h[sc.name]:
-                sc.log_p = prior.log_prior(agg.decayed[prior_h[sc.name]], n_items)
-                log.info("%s ranks with its popularity prior: %s", sc.name, sc.predictor.meta[prior.META_KEY])
+            sc.log_p = {v: prior.log_prior(agg.decayed[prior_h[sc.name, v]], n_items)
+                        for v in prior.VIEWS if prior_h[sc.name, v]}
+            for v in sc.log_p:
+                log.info("%s ranks the %s view with its popularity prior: %s", sc.name, v,
+                         {k: x for k, x in prior.chosen(sc.predictor.meta, v).items() if k != "grid"})
 
     # -- churn snapshots: evaluation as of the split's cut, fit inside the train period ---
     with step(log, "churn snapshots"):
@@ -398,7 +405,8 @@ def run(ctx, args) -> dict:
         for sc, role in scorers:
             roles[sc.name] = role
             for v, d in views.items():
-                ranking[v][sc.name] = rank_scorer(sc, d["batch"], d["elapsed"], d["targets"], n_items, ks, candidates,
+                ranking[v][sc.name] = rank_scorer(sc.in_view(v) if hasattr(sc, "in_view") else sc,
+                                                  d["batch"], d["elapsed"], d["targets"], n_items, ks, candidates,
                                                   d.get("negatives"), ec.exclude_history, ec.chunk_size)
     headline = ranking[VIEWS[0]]
 

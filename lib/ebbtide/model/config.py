@@ -96,9 +96,10 @@ class TrainConf:
     # After training, stack the return-time head's probabilities with recency and frequency in a
     # logistic fit on a train-period churn snapshot (ebbtide.model.calibration).
     churn_calibration: bool = True
-    # After training, choose the ranking's recent-popularity prior (ebbtide.model.prior) on the
-    # validation split (the mean NDCG@10 of its nightly and request-time views): a half-life and a
-    # weight from these grids, or none (weight 0) when no blend ranks better than the network alone.
+    # After training, choose the ranking's recent-popularity priors (ebbtide.model.prior) on the
+    # validation split, one for the nightly ranking (the mean NDCG@10 of the nightly and request-time
+    # views) and one for the request-time ranking (that view alone): each a half-life and a weight
+    # from these grids, or none (weight 0) when no blend ranks better than the network alone.
     popularity_prior: bool = True
     prior_half_lives_days: list[float] = field(default_factory=lambda: [3.0, 14.0, 60.0])
     prior_weights: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])

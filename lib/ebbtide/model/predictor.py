@@ -225,23 +225,25 @@ class Predictor:
             self._encoded_memo[key] = (tb, enc, arrays)
         return tb, enc
 
-    def prior_term(self, log_p: Optional[np.ndarray]) -> Optional[np.ndarray]:
-        """(n_items,) what the ranking adds to the logits for the catalogue's recent popularity
-        ``log_p`` (log p_recent, ``ebbtide.model.prior``), with the weight chosen at training; None
-        when no prior was chosen or none is given."""
+    def prior_term(self, log_p: Optional[np.ndarray], view: str = "nightly") -> Optional[np.ndarray]:
+        """(n_items,) what the ranking read as ``view`` (``ebbtide.model.prior.VIEWS``: the nightly
+        table's, or a request-time caller's) adds to the logits for the catalogue's recent popularity
+        ``log_p`` (log p_recent), with the weight chosen for that view at training; None when no
+        prior was chosen or none is given."""
         from ebbtide.model import prior
 
-        t = prior.term(self.meta, log_p)
+        t = prior.term(self.meta, log_p, view)
         if t is None:
             return None
         out = np.zeros(self.n_items, dtype=np.float32)  # an older vocabulary's model: extra items dropped
         out[: min(len(t), self.n_items)] = t[: self.n_items]
         return out
 
-    def score_all(self, batch_np: dict, elapsed_s: np.ndarray, log_p: Optional[np.ndarray] = None) -> np.ndarray:
+    def score_all(self, batch_np: dict, elapsed_s: np.ndarray, log_p: Optional[np.ndarray] = None,
+                  view: str = "nightly") -> np.ndarray:
         """Scores (n, n_items) over the catalogue as of elapsed_s seconds after each user's last event.
-        The ranking passes ``log_p`` (the catalogue's recent popularity, ``prior_term``); the
-        interest read-outs do not: they are the user's alone."""
+        The ranking passes ``log_p`` (the catalogue's recent popularity at ``view``'s half-life,
+        ``prior_term``); the interest read-outs do not: they are the user's alone."""
         import torch
 
         n = len(np.asarray(batch_np["length"]))
@@ -251,15 +253,15 @@ class Predictor:
             for s in self._chunks(n):
                 tb, enc = self._encoded(batch_np, s)
                 out[s] = self.net.item_scores(tb, torch.as_tensor(e[s]).to(self.device), enc=enc).cpu().numpy()
-        term = self.prior_term(log_p)
+        term = self.prior_term(log_p, view)
         if term is not None:
             out += term[None, :]
         return out
 
     def recommend(self, batch_np: dict, elapsed_s: np.ndarray, k: int, exclude: Optional[list] = None,
-                  log_p: Optional[np.ndarray] = None):
+                  log_p: Optional[np.ndarray] = None, view: str = "nightly"):
         """Top-k (item_index (n, k), scores (n, k)); `exclude[i]` lists item indices not to rank for row i;
-        ``log_p`` as for ``score_all``."""
+        ``log_p`` and ``view`` as for ``score_all``."""
         import torch
 
         n = len(np.asarray(batch_np["length"]))
@@ -267,7 +269,7 @@ class Predictor:
         idx_out = np.empty((n, k), dtype=np.int64)
         sc_out = np.empty((n, k), dtype=np.float32)
         e = np.broadcast_to(np.asarray(elapsed_s, dtype=np.float32), (n,))
-        term = self.prior_term(log_p)
+        term = self.prior_term(log_p, view)
         term_t = torch.as_tensor(term).to(self.device) if term is not None else None
         with torch.no_grad():
             for s in self._chunks(n):

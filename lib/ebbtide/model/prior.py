@@ -13,9 +13,18 @@ ranked the test days better than the network. So the ranking score is
 out, it just gets no lift). A product of the network's distribution and p_recent^weight, so the
 user's own sequence still decides between the items the catalogue currently favours.
 
-(half-life, weight) are chosen after training on the validation split (``fit``: the mean NDCG@10
-of its nightly and request-time views) from a small grid that includes weight 0 (no prior); they are recorded in the
-predictor's meta as ``popularity_prior``. Where p_recent comes from:
+(half-life, weight) are chosen after training on the validation split (``fit``), one pair per way
+the ranking is read, from a small grid that includes weight 0 (no prior):
+
+- ``nightly``, what the nightly table ranks with: the mean NDCG@10 of the nightly and request-time
+  views. The nightly view alone is small (163 (user, day) rows on MovieLens-100k), too few to choose on;
+- ``request_time``, what a caller that knows the request time ranks with (and what evaluation's
+  request-time view ranks with): that view alone, which has thousands of rows. Within a visit the
+  user's own sequence matters more than the catalogue's drift, and one pair for both views made
+  the request-time ranking worse on both MovieLens sets.
+
+They are recorded in the predictor's meta as ``popularity_prior`` (``{view: choice}``). Where
+p_recent comes from:
 
 - evaluation: the train split's targets, decayed to its newest one, exactly what the
   ``recent_popular`` baseline fits on, so the model sees no later data than the baselines;
@@ -43,6 +52,8 @@ MAX_AGE_HALF_LIVES = 20
 DAY_S = 86400.0
 # The choice ranks one (rows x items) float32 matrix per grid point: at most this many floats (512 MiB).
 MAX_SCORE_FLOATS = 1 << 27
+# The ways a ranking is read: the nightly table's, and a request-time caller's (evaluation's views).
+VIEWS = ("nightly", "request_time")
 
 
 def log_prior(weights: np.ndarray, n_items: int) -> np.ndarray:
@@ -55,22 +66,30 @@ def log_prior(weights: np.ndarray, n_items: int) -> np.ndarray:
     return np.log(w / w.sum()).astype(np.float32)
 
 
-def term(meta: Optional[dict], log_p: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    """What the ranking adds to the network's logits: weight x log p_recent, or None (no prior
-    chosen, weight 0, or no p_recent given)."""
-    chosen = (meta or {}).get(META_KEY) or {}
-    w = float(chosen.get("weight", 0.0) or 0.0)
+def chosen(meta: Optional[dict], view: str = "nightly") -> dict:
+    """The (half-life, weight) chosen for ``view`` ({} when none was). A predictor saved before the
+    choice was made per view holds one pair, which then serves both."""
+    c = (meta or {}).get(META_KEY) or {}
+    if "weight" in c:
+        return c
+    return c.get(view) or {}
+
+
+def term(meta: Optional[dict], log_p: Optional[np.ndarray], view: str = "nightly") -> Optional[np.ndarray]:
+    """What the ranking read as ``view`` adds to the network's logits: weight x log p_recent, or
+    None (no prior chosen, weight 0, or no p_recent given)."""
+    w = float(chosen(meta, view).get("weight", 0.0) or 0.0)
     if log_p is None or w == 0.0:
         return None
     return (w * np.asarray(log_p, dtype=np.float32)).astype(np.float32)
 
 
-def half_life_s(meta: Optional[dict]) -> Optional[float]:
-    """The chosen half-life in seconds, or None when the model ranks without a prior."""
-    chosen = (meta or {}).get(META_KEY) or {}
-    if not chosen or not float(chosen.get("weight", 0.0) or 0.0):
+def half_life_s(meta: Optional[dict], view: str = "nightly") -> Optional[float]:
+    """The half-life chosen for ``view`` in seconds, or None when that view ranks without a prior."""
+    c = chosen(meta, view)
+    if not c or not float(c.get("weight", 0.0) or 0.0):
         return None
-    return float(chosen["half_life_days"]) * DAY_S
+    return float(c["half_life_days"]) * DAY_S
 
 
 def item_weights(events: "DataFrame", n_items: int, t_ref_s: float, half_lives_s: Sequence[float]) -> dict[float, np.ndarray]:
@@ -97,31 +116,37 @@ def item_weights(events: "DataFrame", n_items: int, t_ref_s: float, half_lives_s
     return out
 
 
-def choose(log_priors: dict[float, np.ndarray], weights: Sequence[float], metric) -> dict[str, Any]:
-    """The (half-life, weight) whose blend ranks best by ``metric(term) -> float``, where ``term`` is
-    the (n_items,) addition to the network's logits (None: the network alone). Weight 0 is always a
-    candidate and is kept on ties: a prior must earn its place. ``log_priors``: half-life in days ->
-    (n_items,) log p_recent."""
-    base = float(metric(None))
-    grid = {"0": base}
-    best = {"half_life_days": None, "weight": 0.0, "valid_ndcg_at_10": base}
+def grid_scores(log_priors: dict[float, np.ndarray], weights: Sequence[float], metric) -> dict[tuple, Any]:
+    """``metric(term)`` at weight 0 (key ``(None, 0.0)``, the network alone) and at every
+    (half-life in days, weight > 0) of the grid, in that order; ``term`` is the (n_items,) addition to
+    the network's logits (None: the network alone). ``log_priors``: half-life in days -> (n_items,)
+    log p_recent."""
+    out = {(None, 0.0): metric(None)}
     for h, lp in sorted(log_priors.items()):
         for w in sorted(weights):
-            if w <= 0:
-                continue
-            v = float(metric(np.float32(w) * lp))
-            grid[f"{h:g}d x {w:g}"] = v
-            if v > best["valid_ndcg_at_10"]:
-                best = {"half_life_days": float(h), "weight": float(w), "valid_ndcg_at_10": v}
+            if w > 0:
+                out[(float(h), float(w))] = metric(np.float32(w) * lp)
+    return out
+
+
+def choose(scores: dict[tuple, float]) -> dict[str, Any]:
+    """The (half-life, weight) of ``grid_scores`` that ranks best. Weight 0 is kept on ties (and
+    wins ties first): a prior must earn its place."""
+    base = float(scores[(None, 0.0)])
+    best = {"half_life_days": None, "weight": 0.0, "valid_ndcg_at_10": base}
+    grid = {}
+    for (h, w), v in scores.items():
+        grid["0" if not w else f"{h:g}d x {w:g}"] = float(v)
+        if w and v > best["valid_ndcg_at_10"]:
+            best = {"half_life_days": float(h), "weight": float(w), "valid_ndcg_at_10": float(v)}
     return {**best, "valid_ndcg_at_10_without": base, "grid": grid}
 
 
 def fit(spark, cfg, version: int, predictor_dir: str) -> Optional[dict]:
-    """Choose the prior of a freshly trained predictor on the validation split: the mean NDCG@10 of
-    its two views, the nightly one (the headline) and the request-time one (the rows, candidates and
-    exclusions ``ebbtide evaluate`` ranks), with p_recent from the train split as evaluation computes
-    it. Both views, because a small catalogue's nightly view has few rows (163 (user, day) rows on
-    MovieLens-100k) and a choice on it alone would follow noise. None without validation rows."""
+    """Choose the priors of a freshly trained predictor on the validation split, one per view (see
+    the module's docstring for each one's objective): ``{view: choice}``. The views are the rows,
+    candidates and exclusions ``ebbtide evaluate`` ranks, with p_recent from the train split as
+    evaluation computes it. None without validation rows."""
     from pyspark.sql import functions as F
 
     from ebbtide import tables
@@ -139,11 +164,14 @@ def fit(spark, cfg, version: int, predictor_dir: str) -> Optional[dict]:
     n_items = _n_items(spark, cfg, ex)
     candidates = candidate_mask(P.candidate_items(df).toPandas()["item"].to_numpy(), n_items)
     rows = P.evaluation_rows(df, "valid")
+    # The grid ranks score matrices held in memory: above this many rows a view is a seeded sample,
+    # drawn in Spark so that only the sample reaches the driver.
+    cap = max(1, MAX_SCORE_FLOATS // n_items // len(VIEWS))
     views: dict[str, tuple] = {}
-    nightly = nightly_view(rows, ec)
+    nightly = nightly_view(rows, ec, cap)
     if nightly is not None:
         views["nightly"] = (nightly["batch"], nightly["elapsed"], nightly["targets"])
-    rt = _collect(rows.select(*EXAMPLE_COLUMNS), ec, "examples")
+    rt = _collect(rows.select(*EXAMPLE_COLUMNS), ec, "examples", cap)
     if not rt.empty:
         views["request_time"] = (P.to_batch(rt), rt["time_to_next_s"].to_numpy().astype(np.float64),
                                  rt["target_item"].to_numpy().astype(np.int64))
@@ -152,13 +180,8 @@ def fit(spark, cfg, version: int, predictor_dir: str) -> Optional[dict]:
     pred = Predictor.load(predictor_dir)
     pred.meta.pop(META_KEY, None)  # the network's own scores
     model = PredictorScorer(pred)
-    cap = max(1, MAX_SCORE_FLOATS // n_items // len(views))
-    scored = {}
-    for v, (batch, elapsed, targets) in views.items():
-        if len(targets) > cap:  # the grid ranks score matrices held in memory: a seeded sample of rows
-            keep = np.sort(np.random.default_rng(ec.sampled_seed).choice(len(targets), cap, replace=False))
-            batch, elapsed, targets = {k: a[keep] for k, a in batch.items()}, elapsed[keep], targets[keep]
-        scored[v] = (batch, elapsed, targets, model.score_all(batch, elapsed))
+    scored = {v: (batch, elapsed, targets, model.score_all(batch, elapsed))
+              for v, (batch, elapsed, targets) in views.items()}
     tr = P.training_rows(df).persist()
     try:
         # The newest real target, as TrainAggregates (and so the evaluation's p_recent) takes it.
@@ -181,14 +204,20 @@ def fit(spark, cfg, version: int, predictor_dir: str) -> Optional[dict]:
         def score_all(self, part, elapsed_s):
             return self.s  # one chunk: rank_scorer gets the whole view at once
 
-    def ndcg(term: Optional[np.ndarray]) -> float:
-        out = []
-        for batch, elapsed, targets, s in scored.values():
+    def ndcg(term: Optional[np.ndarray]) -> dict[str, float]:
+        out = {}
+        for v, (batch, elapsed, targets, s) in scored.items():
             s = s if term is None else s + term[None, : s.shape[1]]
-            out.append(rank_scorer(_Fixed(s), batch, elapsed, targets, n_items, (10,), candidates,
-                                   exclude_history=ec.exclude_history, chunk_size=len(s), quiet=True)["ndcg@10"])
-        return float(np.mean(out))
+            out[v] = rank_scorer(_Fixed(s), batch, elapsed, targets, n_items, (10,), candidates,
+                                 exclude_history=ec.exclude_history, chunk_size=len(s), quiet=True)["ndcg@10"]
+        return out
 
-    chosen = choose(priors, tc.prior_weights, ndcg)
-    chosen["rows"] = {v: int(len(x[2])) for v, x in scored.items()}
-    return chosen
+    by_view = grid_scores(priors, tc.prior_weights, ndcg)
+    # The nightly choice pools both views (its own is small); the request-time one reads its own.
+    objectives = {"nightly": list(scored),
+                  "request_time": ["request_time"] if "request_time" in scored else list(scored)}
+    out = {}
+    for view, on in objectives.items():
+        c = choose({k: float(np.mean([s[v] for v in on])) for k, s in by_view.items()})
+        out[view] = {**c, "chosen_on": on, "rows": {v: int(len(scored[v][2])) for v in on}}
+    return out

@@ -934,13 +934,12 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
                 chosen_prior = prior.fit(spark, cfg, version, pdir)
                 predictor.set_meta(pdir, prior.META_KEY, chosen_prior)
                 if chosen_prior is None:
-                    log.warning("no popularity prior: the validation split has no nightly rows")
-                else:
-                    log.info("popularity prior: %s (validation NDCG@10, mean of the views, %.4f; %.4f without) on %s",
-                             f"half-life {chosen_prior['half_life_days']:g} days x weight {chosen_prior['weight']:g}"
-                             if chosen_prior["weight"] else "none", chosen_prior["valid_ndcg_at_10"],
-                             chosen_prior["valid_ndcg_at_10_without"],
-                             ", ".join(f"{n} {v} rows" for v, n in chosen_prior["rows"].items()))
+                    log.warning("no popularity prior: the validation split has no rows to choose it on")
+                for view, c in (chosen_prior or {}).items():
+                    log.info("popularity prior for the %s ranking: %s (validation NDCG@10 on %s %.4f; %.4f without)",
+                             view, f"half-life {c['half_life_days']:g} days x weight {c['weight']:g}" if c["weight"] else "none",
+                             " and ".join(f"{v} ({n} rows)" for v, n in c["rows"].items()), c["valid_ndcg_at_10"],
+                             c["valid_ndcg_at_10_without"])
         model = {}
         if not args.no_register:
             version_tags = {"mlflow_run_id": run_id, tc.early_stopping_metric: r0["best_metric"], **tags}
@@ -977,5 +976,6 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
         "parent_model_version": parent.model_version if parent is not None else None,
         "warm_start": r0.get("warm_start"),
         "warm_start_skipped": scratch_because,
-        "popularity_prior": chosen_prior and {k: v for k, v in chosen_prior.items() if k != "grid"},
+        "popularity_prior": chosen_prior and {view: {k: v for k, v in c.items() if k != "grid"}
+                                              for view, c in chosen_prior.items()},
     }

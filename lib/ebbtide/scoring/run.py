@@ -111,9 +111,9 @@ def scoring_partitions(configured: int, n_active: int, cores: int, users_per_par
 
 
 def popularity_prior(spark, cfg, model: ModelRef, events, item_vocab, score_ts: dt.datetime):
-    """log p_recent as of the score date for a model that ranks with a popularity prior
-    (ebbtide.model.prior): silver_events before midnight, each weighing 2^(-age / the model's
-    half-life). None for a model without one."""
+    """log p_recent as of the score date for a model whose nightly ranking has a popularity prior
+    (ebbtide.model.prior): silver_events before midnight, each weighing 2^(-age / the half-life
+    chosen for the nightly view). None for a model without one."""
     from ebbtide.model import predictor, prior
     from ebbtide.scoring import transform as T
 
@@ -127,7 +127,7 @@ def popularity_prior(spark, cfg, model: ModelRef, events, item_vocab, score_ts: 
         weights = prior.item_weights(T.item_events(T.events_before(events, score_ts), item_vocab), n_items,
                                      score_ts.timestamp(), [h])[h]
         log.info("%d of %d items have events in the last %g days; prior weight %g", int((weights > 0).sum()),
-                 n_items - 2, prior.MAX_AGE_HALF_LIVES * h / prior.DAY_S, meta[prior.META_KEY]["weight"])
+                 n_items - 2, prior.MAX_AGE_HALF_LIVES * h / prior.DAY_S, prior.chosen(meta)["weight"])
     return prior.log_prior(weights, n_items)
 
 
