@@ -51,7 +51,7 @@ bench-score: setup  ## Spark scoring against the bare matrix product + top-k
 bench-scale: setup  ## 30 days x 300 k events, the nightly workflow after each: does night 30 cost what night 1 does? (ARGS=--days 3 ...)
 	@$(PY) bench/bench_scale.py $(ARGS)
 
-bench-speed-quality: setup  ## ML-100k: ebbtide with a tenth of GRU4Rec's training seconds against GRU4Rec trained to convergence (ARGS=--share 0.2 ...)
+bench-speed-quality: setup  ## ML-100k: ebbtide (conf/profiles/quick.yaml) with a tenth of GRU4Rec's training seconds against GRU4Rec trained to convergence (ARGS=--share 0.2 ...)
 	@$(PY) bench/bench_speed_quality.py $(ARGS)
 
 bad-input: setup  ## every kind of broken input in tests/data/bad_input through `ebbtide ingest`: nothing lost, no traceback (ARGS=--subprocess ...)
@@ -63,7 +63,7 @@ chaos: setup  ## kill -9 each job at seeded random moments, rerun, compare with 
 results: setup  ## docs/results.md + .json: ebbtide, its no-time ablation, baselines and RecBole (resumes; ARGS=--fresh)
 	@$(PY) scripts/results.py $(ARGS)
 
-results-quick: setup  ## 1 seed, no RecBole runs (peers from docs/results.json): .ebbtide/results-quick.md
+results-quick: setup  ## 1 seed, ebbtide on a 3-minute budget (conf/profiles/quick.yaml), no RecBole runs (peers from docs/results.json): .ebbtide/results-quick.md
 	@$(PY) scripts/results.py --quick $(ARGS)
 
 clean:  ## remove local tables, checkpoints and MLflow runs (not the cached environment)

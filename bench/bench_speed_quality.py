@@ -7,10 +7,12 @@ results` (scripts/results.py: its ETL, its RecBole export and its peer runner):
 2. RecBole's GRU4Rec trained to convergence (early stopping on RecBole's hold-out, patience
    --patience, at most --recbole-epochs epochs) with --threads torch threads; its fit seconds are
    the reference time, its test NDCG@10 (nightly view) the reference quality;
-3. ebbtide with the defaults plus a time budget, ``train.max_seconds`` = --share x GRU4Rec's fit
-   seconds (training and validation; the run plans the epochs that fit and its learning-rate
-   schedule ends on the last of them), the same threads; then `ebbtide evaluate` on the test split
-   once. Nothing is chosen on the test split: the budget follows from the reference's time alone.
+3. ebbtide with the settings for a short budget (--conf, default conf/profiles/quick.yaml: its
+   schedule and learning rate were chosen on ML-100k's validation split for a budget of this size)
+   and a time budget, ``train.max_seconds`` = --share x GRU4Rec's fit seconds (training and
+   validation; the run plans the epochs that fit and its learning-rate schedule ends on the last
+   of them), the same threads; then `ebbtide evaluate` on the test split once. Nothing is chosen on
+   the test split: the budget follows from the reference's time alone.
 
 ebbtide's seconds are its training loop's wall seconds (training and validation, the span RecBole's
 fit covers); the whole `train` stage (reading the tables, calibration, registering) is reported
@@ -31,6 +33,7 @@ rerun on the same commit skips what is saved (--fresh starts over). Logs go to s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -43,6 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 STATE_FILE = "speed_quality.json"
+QUICK_PROFILE = ROOT / "conf" / "profiles" / "quick.yaml"
 
 
 def _results_module():
@@ -74,6 +78,8 @@ def parse_args(argv=None):
                    help="storage root (default .ebbtide/bench/speed_quality)")
     p.add_argument("--fresh", action="store_true", help="delete the root and start over")
     p.add_argument("--no-check", action="store_true", help="exit 0 even when the target is missed")
+    p.add_argument("--conf", dest="confs", action="append", default=None, metavar="FILE",
+                   help="ebbtide's YAML overlay (repeatable; default conf/profiles/quick.yaml)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="extra ebbtide config override (repeatable)")
     return p.parse_args(argv)
@@ -81,6 +87,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from ebbtide.config import conf_file
+
+    args.confs = [str(conf_file(f)) for f in (args.confs if args.confs is not None else [QUICK_PROFILE])]
     if not 0 < args.share <= 1:
         raise SystemExit(f"--share must be in (0, 1], got {args.share}")
     from ebbtide.cli import Context, run_stage
@@ -97,7 +106,8 @@ def main(argv=None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     key = {"commit": commit, "dataset": args.dataset, "share": args.share, "threads": args.threads,
-           "seed": args.seed, "recbole_epochs": args.recbole_epochs, "patience": args.patience, "sets": args.sets}
+           "seed": args.seed, "recbole_epochs": args.recbole_epochs, "patience": args.patience, "sets": args.sets,
+           "confs": [[f, hashlib.sha256(Path(f).read_bytes()).hexdigest()[:16]] for f in args.confs]}
     state_path = root / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if state.get("key") != key:
@@ -112,7 +122,7 @@ def main(argv=None) -> int:
     ds_root = root / args.dataset
     threads = [f"train.threads_per_proc={args.threads}"]
     base = [f"storage.root={ds_root}", "evaluate.exclude_history=true", f"train.seed={args.seed}", *threads, *args.sets]
-    ctx = Context(load_config(env="local", overrides=base))
+    ctx = Context(load_config(env="local", files=args.confs, overrides=base))
     recbole_py = R._recbole_python(log)
     # Every run builds the tables (idempotent: a built root is left as it is); only its sizes are kept.
     state["etl"] = R.run_etl(args.dataset, ds_root, ctx, recbole_py, log)
@@ -136,7 +146,8 @@ def main(argv=None) -> int:
         log.info("ebbtide with train.max_seconds=%.1f (%.0f %% of GRU4Rec's %.0f s)", budget, 100 * args.share, g["train_s"])
         t0 = time.perf_counter()
         tr = run_stage("train", ["--launcher", "local", "--no-resume"],
-                       Context(load_config(env="local", overrides=[*base, f"train.max_seconds={budget}"]), _spark=ctx.spark))
+                       Context(load_config(env="local", files=args.confs, overrides=[*base, f"train.max_seconds={budget}"]),
+                               _spark=ctx.spark))
         stage_s = time.perf_counter() - t0
         ev = run_stage("evaluate", ["--model-uri", tr["model_uri"], "--no-champion", "--no-promote"], ctx)
         state["ebbtide"] = {
@@ -158,6 +169,8 @@ def main(argv=None) -> int:
         "time_ratio": round(time_ratio, 3), "quality_ratio": round(quality_ratio, 3),
         "request_time": {"gru4rec_ndcg@10": round(g["request_time_ndcg@10"], 4),
                          "ebbtide_ndcg@10": round(e["request_time_ndcg@10"], 4)},
+        "conf": [str(Path(f).resolve().relative_to(ROOT)) if Path(f).resolve().is_relative_to(ROOT) else f
+                 for f in args.confs],
         "met": bool(met),
         "load_avg": {"start": load_start, "gru4rec_start": g.get("load_1m"), "after_gru4rec": g.get("load_after"),
                      "end": _load()},

@@ -62,8 +62,9 @@ cp "$ROOT/pyproject.toml" "$STAGE/"
 [ -f "$ROOT/README.md" ] && cp "$ROOT/README.md" "$STAGE/" || echo "# ebbtide" > "$STAGE/README.md"
 mkdir -p "$STAGE/lib"
 tar -C "$ROOT/lib" --exclude='*.egg-info' --exclude='__pycache__' --exclude='*.pyc' -cf - ebbtide | tar -C "$STAGE/lib" -xf -
-mkdir -p "$STAGE/lib/ebbtide/conf" "$STAGE/lib/ebbtide/sql"
+mkdir -p "$STAGE/lib/ebbtide/conf/profiles" "$STAGE/lib/ebbtide/sql"
 cp "$ROOT"/conf/*.yaml "$STAGE/lib/ebbtide/conf/"
+cp "$ROOT"/conf/profiles/*.yaml "$STAGE/lib/ebbtide/conf/profiles/"
 if ls "$ROOT"/deploy/sql/*.sql >/dev/null 2>&1; then cp "$ROOT"/deploy/sql/*.sql "$STAGE/lib/ebbtide/sql/"; fi
 # Every place the wheel goes brings its own Spark (the venv archive has pyspark already; Databricks
 # and EMR runtimes ship theirs, and a pip-installed pyspark would shadow the runtime's): the built

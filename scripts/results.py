@@ -16,6 +16,7 @@ Writes docs/results.md; the last line printed is one JSON object:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -29,6 +30,8 @@ from typing import Optional
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+# --quick trains every ebbtide model on this profile: a few minutes each (conf/profiles/quick.yaml).
+QUICK_PROFILE = ROOT / "conf" / "profiles" / "quick.yaml"
 ML_SMALL = ROOT.parent / "shared" / "data" / "ml-latest-small"
 PEERS = ("GRU4Rec", "SASRec")
 
@@ -106,7 +109,9 @@ def _signature(ds: str, args) -> dict:
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "lib", "conf", "scripts"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
     sets = [kv for kv in args.sets if not kv.startswith("train.threads_per_proc=")]  # speed, not figures
-    return {"dataset": ds, "commit": commit, "dirty": bool(dirty), "sets": sets,
+    # A --conf file counts by its contents: the same name with other settings is another run.
+    confs = [[str(f), hashlib.sha256(Path(f).read_bytes()).hexdigest()[:16]] for f in args.confs]
+    return {"dataset": ds, "commit": commit, "dirty": bool(dirty), "sets": sets, "confs": confs,
             "keep_history": args.keep_history, "recbole_epochs": args.recbole_epochs}
 
 
@@ -114,8 +119,6 @@ def _peer_inputs(peer_dir: Path, args) -> str:
     """A digest of everything a RecBole peer's figures depend on: the exported split and rows
     (array contents, not the .npz container, whose zip headers carry timestamps), its script and
     its settings."""
-    import hashlib
-
     h = hashlib.sha256()
     h.update((peer_dir / f"{peer_dir.name}.inter").read_bytes())
     with np.load(peer_dir / "examples.npz") as z:
@@ -217,7 +220,7 @@ def run_dataset(ds: str, args, log, spark=None):
     root = Path(args.root) / ds
     tuned = list(MODEL_SETTINGS) if ds == "generated" else []  # chosen on the generated data's validation split
     base = [f"storage.root={root}", f"evaluate.exclude_history={'false' if args.keep_history else 'true'}", *tuned, *args.sets]
-    cfg = load_config(env="local", overrides=base)
+    cfg = load_config(env="local", files=args.confs, overrides=base)
     ctx = Context(cfg, _spark=spark)
     recbole_py = None if args.skip_recbole or ds == "generated" else _recbole_python(log)
     sig = _signature(ds, args)
@@ -241,7 +244,8 @@ def run_dataset(ds: str, args, log, spark=None):
         for name, extra in variants:
             if f"{name}#{seed}" in runs:
                 continue
-            sctx = Context(load_config(env="local", overrides=[*base, f"train.seed={seed}", *extra]), _spark=spark)
+            sctx = Context(load_config(env="local", files=args.confs, overrides=[*base, f"train.seed={seed}", *extra]),
+                           _spark=spark)
             t0 = time.perf_counter()
             tr = run_stage("train", ["--launcher", "local", "--no-resume"], sctx)
             train_s = time.perf_counter() - t0
@@ -329,7 +333,7 @@ def _lanes(args, datasets: list[str], log, report) -> None:
                     "--threads", "1", "--root", args.root, "--peers", args.peers,
                     *(["--skip-recbole"] if args.skip_recbole else []), *(["--keep-history"] if args.keep_history else []),
                     *(["--fresh"] if args.fresh else []), *(["--no-ablation"] if args.no_ablation else []),
-                    *[a for kv in args.sets for a in ("--set", kv)]]
+                    *[a for f in args.confs for a in ("--conf", f)], *[a for kv in args.sets for a in ("--set", kv)]]
             log.info("lane %s started; its log: %s", ds, logf)
             with open(logf, "w") as out:  # the child keeps its own copy of the descriptor
                 procs.append((ds, logf, subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)))
@@ -392,7 +396,11 @@ def main() -> int:
     p.add_argument("--skip-recbole", action="store_true", help="ebbtide and baselines only")
     p.add_argument("--peers", default=",".join(PEERS), help=f"RecBole models to run (default {','.join(PEERS)})")
     p.add_argument("--quick", action="store_true", help="1 seed, no RecBole runs (their figures are read from "
-                   "the committed docs/results.json), report to .ebbtide/results-quick.md")
+                   "the committed docs/results.json), ebbtide trained on the time budget of "
+                   "conf/profiles/quick.yaml, report to .ebbtide/results-quick.md")
+    p.add_argument("--conf", dest="confs", action="append", default=[], metavar="FILE",
+                   help="YAML overlay, or a profile name from conf/profiles, for every ebbtide stage: after "
+                   "conf/local.yaml, before --set (repeatable)")
     p.add_argument("--fresh", action="store_true", help="ignore saved (model, seed) results and run everything")
     p.add_argument("--jobs", type=int, default=2, help="2 or more: datasets in lanes, this many side by side, one "
                    "torch thread each; 1: one after another in this process (default 2)")
@@ -409,14 +417,19 @@ def main() -> int:
     args = p.parse_args()
     if args.quick:
         args.seeds, args.skip_recbole = 1, True
+        args.confs = [str(QUICK_PROFILE), *args.confs]
     args.out = args.out or str(ROOT / (".ebbtide/results-quick.md" if args.quick else "docs/results.md"))
     sys.path.insert(0, str(ROOT / "lib"))
-    from ebbtide.config import load_config
+    from ebbtide.config import ConfigError, conf_file, load_config
     from ebbtide.log import get_logger, setup_logging
 
+    try:  # a profile's name or a path; lanes and the run's signature get the file
+        args.confs = [str(conf_file(f)) for f in args.confs]
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
     if args.epochs:
         args.sets.append(f"train.epochs={args.epochs}")
-    args.epochs = load_config(env="local", overrides=args.sets).section("train").epochs
+    args.epochs = load_config(env="local", files=args.confs, overrides=args.sets).section("train").epochs
 
     setup_logging("INFO")
     log = get_logger("results")
@@ -460,6 +473,8 @@ def main() -> int:
 
 def write_markdown(path: Path, res, info, args, seconds: float) -> None:
     ranking = "window items ranked too" if args.keep_history else "items already in the input window excluded from every ranking"
+    confs = getattr(args, "confs", None) or []
+    overlay = f"ebbtide's settings overlaid with {', '.join(_rel(f) for f in confs)}; " if confs else ""
     lines = [
         "# Results: ebbtide against baselines and RecBole",
         "",
@@ -478,6 +493,7 @@ def write_markdown(path: Path, res, info, args, seconds: float) -> None:
         f"{args.seeds} seed(s) x at most {args.epochs} epochs (early stopping on validation); RecBole "
         f"{args.recbole_seeds} seed(s) x at most {args.recbole_epochs} epochs (early stopping after "
         f"{args.recbole_patience} epochs without improvement on RecBole's own hold-out of the train split); "
+        f"{overlay}"
         f"{os.cpu_count()} CPU cores ({platform.machine()}), {args.jobs} dataset lane(s); total {seconds / 60:.1f} min. "
         "`train s`: training wall seconds; `best s`: seconds until the epoch that was kept (RecBole: pro rata "
         "of its fit). A model name ending in (docs/results.json) was not run here: its figures are the "
@@ -549,6 +565,12 @@ def write_markdown(path: Path, res, info, args, seconds: float) -> None:
         {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "root")}, "minutes": round(seconds / 60, 1),
          "datasets": {ds: {"info": info.get(ds, {}), "models": models} for ds, models in res.items()}}),
         indent=1, default=str, allow_nan=False) + "\n")
+
+
+def _rel(path) -> str:
+    """A path as the report names it: relative to the repository when inside it."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
 
 
 def _nan_to_none(obj):

@@ -92,7 +92,8 @@ class Context:
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration")
     g.add_argument("--env", help="config overlay conf/<env>.yaml (default: local, or $EBBTIDE_ENV)")
-    g.add_argument("--conf", action="append", default=[], metavar="FILE", help="extra YAML overlay (repeatable)")
+    g.add_argument("--conf", action="append", default=[], metavar="FILE",
+                   help="extra YAML overlay, or a profile's name from conf/profiles, e.g. quick (repeatable)")
     g.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
         help="override one key, e.g. --set sessionize.gap_minutes=45 (repeatable, applied last)",

@@ -334,6 +334,19 @@ def default_conf_dir() -> Path:
     raise ConfigError("conf/base.yaml not found; set EBBTIDE_CONF_DIR to the folder holding it")
 
 
+def conf_file(name: str | Path, conf_dir: Optional[Path] = None) -> Path:
+    """A --conf argument as a file: a path, or the name of a profile in conf/profiles (``quick``
+    is conf/profiles/quick.yaml), so that an installed wheel's profiles can be named too."""
+    path = Path(name)
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return path
+    profiles = Path(conf_dir or default_conf_dir()) / "profiles"
+    if (profiles / f"{name}.yaml").exists():
+        return profiles / f"{name}.yaml"
+    known = ", ".join(sorted(p.stem for p in profiles.glob("*.yaml"))) or "none"
+    raise ConfigError(f"--conf {name}: no such file, and no profile {name!r} in {profiles} (profiles: {known})")
+
+
 def _deep_merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
@@ -434,7 +447,7 @@ def load_config(
         raise ConfigError(f"no overlay {overlay} for environment {env!r}")
     data["env"] = env
     for f in files or []:
-        data = _deep_merge(data, _read_yaml(Path(f)))
+        data = _deep_merge(data, _read_yaml(conf_file(f, conf_dir)))
     for item in overrides or []:
         path, value = parse_override(item)
         path = _fold_map_keys(path)

@@ -85,3 +85,30 @@ def test_base_yaml_documents_every_key():
             for part in key.split("."):
                 assert isinstance(node, dict) and part in node, f"{key} missing from conf/base.yaml"
                 node = node[part]
+
+
+@pytest.mark.parametrize("profile", sorted((default_conf_dir() / "profiles").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_profile_validates_as_a_conf_file(profile):
+    """A profile is a --conf overlay: it validates against every overlay and changes train keys only."""
+    data = yaml.safe_load(profile.read_text())
+    assert set(data) == {"train"}
+    for env in ("local", "databricks", "emr"):
+        cfg = load_config(env=env, files=[profile])
+        for key, value in data["train"].items():
+            assert getattr(cfg.section("train"), key) == value
+
+
+def test_quick_profile_is_a_time_budget():
+    cfg = load_config(env="local", files=[default_conf_dir() / "profiles" / "quick.yaml"])
+    tc = cfg.section("train")
+    assert tc.max_seconds > 0 and tc.epoch_share < 1
+
+
+def test_a_profile_is_named_or_given_as_a_file(tmp_path):
+    by_name = load_config(env="local", files=["quick"])
+    by_path = load_config(env="local", files=[default_conf_dir() / "profiles" / "quick.yaml"])
+    assert by_name.section("train").lr == by_path.section("train").lr
+    with pytest.raises(ConfigError, match="no profile 'nope'.*profiles: .*quick"):
+        load_config(env="local", files=["nope"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(env="local", files=[tmp_path / "missing.yaml"])

@@ -68,3 +68,20 @@ def test_quick_report_takes_the_peers_from_the_committed_full_run(tmp_path):
     committed.write_text(json.dumps({"datasets": {"ds": {"models": {"GRU4Rec": {"ndcg@10": [0.08]}}}}}))
     res = R._with_committed_peers({"ds": {"ebbtide": {"ndcg@10": [0.09]}}}, committed)
     assert res["ds"]["GRU4Rec (docs/results.json)"] == {"ndcg@10": [0.08]}
+
+
+def test_a_conf_overlay_is_named_in_the_report_and_part_of_the_signature(tmp_path):
+    """--quick trains on conf/profiles/quick.yaml: the report says so, and saved runs made with
+    other contents of the file are not resumed as if they were this run's."""
+    R = _results_module()
+    prof = tmp_path / "p.yaml"
+    prof.write_text("train:\n  lr: 0.004\n")
+    args = argparse.Namespace(keep_history=False, seeds=1, epochs=9, recbole_seeds=1, recbole_epochs=30,
+                              recbole_patience=3, jobs=2, sets=[], confs=[str(R.QUICK_PROFILE)])
+    out = tmp_path / "r.md"
+    R.write_markdown(out, {}, {}, args, 1.0)
+    assert "ebbtide's settings overlaid with conf/profiles/quick.yaml;" in out.read_text()
+    args.confs = [str(prof)]
+    before = R._signature("ds", args)
+    prof.write_text("train:\n  lr: 0.002\n")
+    assert R._signature("ds", args) != before
