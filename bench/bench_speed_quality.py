@@ -33,7 +33,6 @@ rerun on the same commit skips what is saved (--fresh starts over). Logs go to s
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import os
@@ -46,7 +45,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 STATE_FILE = "speed_quality.json"
-QUICK_PROFILE = ROOT / "conf" / "profiles" / "quick.yaml"
 
 
 def _results_module():
@@ -89,7 +87,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from ebbtide.config import conf_file
 
-    args.confs = [str(conf_file(f)) for f in (args.confs if args.confs is not None else [QUICK_PROFILE])]
+    R = _results_module()
+    args.confs = [str(conf_file(f)) for f in (args.confs if args.confs is not None else [R.QUICK_PROFILE])]
     if not 0 < args.share <= 1:
         raise SystemExit(f"--share must be in (0, 1], got {args.share}")
     from ebbtide.cli import Context, run_stage
@@ -99,7 +98,6 @@ def main(argv=None) -> int:
 
     setup_logging("INFO")
     log = get_logger("bench.speed_quality")
-    R = _results_module()
     root = Path(args.root)
     if args.fresh and root.exists():
         shutil.rmtree(root)
@@ -107,7 +105,7 @@ def main(argv=None) -> int:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     key = {"commit": commit, "dataset": args.dataset, "share": args.share, "threads": args.threads,
            "seed": args.seed, "recbole_epochs": args.recbole_epochs, "patience": args.patience, "sets": args.sets,
-           "confs": [[f, hashlib.sha256(Path(f).read_bytes()).hexdigest()[:16]] for f in args.confs]}
+           "confs": R.conf_digests(args.confs)}
     state_path = root / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if state.get("key") != key:
@@ -169,8 +167,7 @@ def main(argv=None) -> int:
         "time_ratio": round(time_ratio, 3), "quality_ratio": round(quality_ratio, 3),
         "request_time": {"gru4rec_ndcg@10": round(g["request_time_ndcg@10"], 4),
                          "ebbtide_ndcg@10": round(e["request_time_ndcg@10"], 4)},
-        "conf": [str(Path(f).resolve().relative_to(ROOT)) if Path(f).resolve().is_relative_to(ROOT) else f
-                 for f in args.confs],
+        "conf": [R._rel(f) for f in args.confs],
         "met": bool(met),
         "load_avg": {"start": load_start, "gru4rec_start": g.get("load_1m"), "after_gru4rec": g.get("load_after"),
                      "end": _load()},

@@ -109,10 +109,14 @@ def _signature(ds: str, args) -> dict:
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "lib", "conf", "scripts"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
     sets = [kv for kv in args.sets if not kv.startswith("train.threads_per_proc=")]  # speed, not figures
-    # A --conf file counts by its contents: the same name with other settings is another run.
-    confs = [[str(f), hashlib.sha256(Path(f).read_bytes()).hexdigest()[:16]] for f in args.confs]
-    return {"dataset": ds, "commit": commit, "dirty": bool(dirty), "sets": sets, "confs": confs,
+    return {"dataset": ds, "commit": commit, "dirty": bool(dirty), "sets": sets, "confs": conf_digests(args.confs),
             "keep_history": args.keep_history, "recbole_epochs": args.recbole_epochs}
+
+
+def conf_digests(confs) -> list[list[str]]:
+    """Each --conf file with a digest of its contents: the same name with other settings is another
+    run (results' signature, the speed bench's key)."""
+    return [[str(f), hashlib.sha256(Path(f).read_bytes()).hexdigest()[:16]] for f in confs]
 
 
 def _peer_inputs(peer_dir: Path, args) -> str:
