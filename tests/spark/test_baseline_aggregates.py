@@ -158,6 +158,13 @@ def test_baselines_fitted_on_spark_aggregates_score_like_the_collected_rows_fit(
         assert (1, 5, 1) in _triplets(agg.last_item, agg.item, agg.n)  # after an OOV input
         assert (agg.gap_n > 1).any()
 
+    # without the pairs (evaluate --models-only): every other aggregate alike
+    light = B.TrainAggregates.from_spark(tr_rows, n_items, [HALF_LIFE_S], pairs=False)
+    assert len(light.pair_a) == len(light.pair_b) == len(light.pair_n) == 0
+    assert np.array_equal(light.item_users, ref.item_users) and np.array_equal(light.count, ref.count)
+    np.testing.assert_array_equal(light.decayed[HALF_LIFE_S], agg.decayed[HALF_LIFE_S])
+    assert np.array_equal(light.gap_s, agg.gap_s) and light.t_ref == agg.t_ref
+
     # every item baseline scores every uncensored row as the reference fit does
     rows = df.filter("censored = 0").orderBy("example_id").toPandas()
     batch, elapsed = P.to_batch(rows), rows["time_to_next_s"].to_numpy().astype(np.float64)

@@ -262,7 +262,8 @@ def test_candidate_items_are_the_train_splits_inputs_and_targets(spark, cfg):
 
 
 def _args(**kw):
-    a = dict(model_uri=None, split=None, protocol=None, baselines_only=False, no_champion=False, no_promote=False)
+    a = dict(model_uri=None, split=None, protocol=None, baselines_only=False, models_only=False, no_champion=False,
+             no_promote=False)
     a.update(kw)
     return argparse.Namespace(**a)
 
@@ -340,7 +341,7 @@ def test_evaluate_figures_equal_those_of_baselines_fitted_on_the_collected_train
 
     out = R.run(ctx, _args(baselines_only=True))
 
-    def from_collected_rows(cls, tr, n_items, half_lives_s=()):
+    def from_collected_rows(cls, tr, n_items, half_lives_s=(), pairs=True):
         return B.TrainEvents.from_pandas(tr.toPandas()).aggregates(n_items, half_lives_s)
 
     monkeypatch.setattr(B.TrainAggregates, "from_spark", classmethod(from_collected_rows))
@@ -355,6 +356,8 @@ def test_evaluate_with_unloadable_model_names_the_fix(ctx, spark, cfg):
 
     with pytest.raises(ValueError, match="baselines-only"):
         R.run(ctx, _args(model_uri="models:/ebbtide@challenger"))
+    with pytest.raises(ValueError, match="exclude each other"):
+        R.run(ctx, _args(baselines_only=True, models_only=True))
 
 
 class RandomStandIn:
@@ -445,6 +448,17 @@ def test_evaluate_gate_promotes_a_strong_model_then_refuses_a_weak_one(ctx, spar
     mine = ops.filter(f"model_role = 'challenger' AND model_version = '{weak}' AND metric = 'ndcg' AND k = 10")
     assert sorted(r["protocol"] for r in mine.collect()) == ["temporal/nightly", "temporal/request_time"]
     assert ops.filter(f"model_role = 'champion' AND model_version = '{strong}'").count() > 0
+
+    # models only (the results run's ablation): the models' figures as the full run ranked them, no
+    # baseline fitted or ranked, no gate, no alias moved
+    only = R.run(ctx, _args(models_only=True))
+    for view in ("nightly", "request_time"):
+        assert set(only[view]["ndcg@10"]) == {"ebbtide", "champion"}
+        assert only[view]["ndcg@10"] == pytest.approx({k: out[view]["ndcg@10"][k] for k in ("ebbtide", "champion")})
+    assert set(only["churn_roc_auc_7d"]) == {"ebbtide", "champion"}
+    assert only["churn_roc_auc_7d"] == pytest.approx({k: out["churn_roc_auc_7d"][k] for k in ("ebbtide", "champion")},
+                                                     nan_ok=True)
+    assert only["gate"] is None and alias_version(client, "ebbtide", "champion") == strong
     # the challenger's own training run got its test metrics
     run_id = client.get_model_version("ebbtide", weak).run_id
     assert "test_ndcg_at_10" in client.get_run(run_id).data.metrics

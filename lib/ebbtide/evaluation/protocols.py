@@ -34,8 +34,8 @@ Baselines' churn models fit on the same kind of snapshot taken inside the train 
 
 The Spark functions are pure DataFrame -> DataFrame; ``to_batch`` turns collected rows into
 the numpy batch every scorer takes. The baselines fit on aggregates of ``training_rows``
-(``train_*``: per item, per item pair, per distinct return gap), never on its rows
-(``baselines.TrainAggregates.from_spark`` collects them).
+(``train_*``: per (last item, item), per item, per distinct return gap) and the (user, item)
+presence, never on its rows (``baselines.TrainAggregates.from_spark`` collects them).
 """
 from __future__ import annotations
 
@@ -183,33 +183,12 @@ def train_decayed_counts(tr: "DataFrame", n_items: int, t_ref_s: float, half_liv
     return _real_targets(tr, n_items).groupBy(F.col("target_item").cast("long").alias("item")).agg(*sums)
 
 
-def _item_presence(tr: "DataFrame", n_items: int) -> "DataFrame":
-    """(user_id, item): each real item among a user's train targets, once."""
+def train_item_presence(tr: "DataFrame", n_items: int) -> "DataFrame":
+    """Of ``training_rows``: (user_id, item), each real item among a user's train targets once;
+    the users per item and per item pair (``baselines.cooccurrence_counts``) come from it."""
     from pyspark.sql import functions as F
 
     return _real_targets(tr, n_items).select("user_id", F.col("target_item").cast("long").alias("item")).distinct()
-
-
-def train_item_users(tr: "DataFrame", n_items: int) -> "DataFrame":
-    """Of ``training_rows``: one row per real ``item``, ``n`` the users with it among their targets."""
-    return value_counts(_item_presence(tr, n_items), "item")
-
-
-def train_item_pairs(tr: "DataFrame", n_items: int) -> "DataFrame":
-    """Of ``training_rows``: one row per pair of real items ``item_a < item_b`` that some user has
-    both of among their train targets, ``n`` those users (a self-join of the presence on the user)."""
-    from pyspark.sql import functions as F
-
-    pres = _item_presence(tr, n_items)
-    a = pres.select("user_id", F.col("item").alias("item_a"))
-    b = pres.select("user_id", F.col("item").alias("item_b"))
-    return (
-        a.join(b, "user_id")
-        .filter(F.col("item_a") < F.col("item_b"))
-        .groupBy("item_a", "item_b")
-        .count()
-        .withColumnRenamed("count", "n")
-    )
 
 
 def train_return_gaps(tr: "DataFrame") -> "DataFrame":

@@ -4,7 +4,7 @@ Reads ``gold_training_examples`` (and ``gold_item_vocab`` for the catalogue size
 protocol, collects the evaluation split to the driver in two views (numpy; the rows and one
 churn snapshot row per user must fit in driver memory: ``evaluate.max_examples`` caps each
 view, above it a seeded uniform sample is evaluated), fits the baselines on Spark aggregates
-of the train split (per item, item pair and distinct return gap; no train row is collected),
+of the train split (per item, (user, item) presence and distinct return gap; no train row is collected),
 ranks the candidate catalogue for every scorer in chunks, writes ``ops_evaluations``, logs the
 same to MLflow with the report, and applies the promotion gate on the nightly view.
 
@@ -54,6 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=["temporal", "leave-last-out"], help="default: evaluate.protocol")
     p.add_argument("--baselines-only", action="store_true",
                    help="evaluate the baselines alone (no model needed); no gate")
+    p.add_argument("--models-only", action="store_true",
+                   help="rank the model(s) alone: no baseline is fitted or ranked (the train split yields only "
+                        "the popularity counts the models' priors read); no gate, which judges against baselines. "
+                        "For a variant whose baselines another evaluation of the same split already reports")
     p.add_argument("--no-champion", action="store_true", help="do not score the current champion alongside")
     p.add_argument("--no-promote", action="store_true",
                    help="compute and log the gate's decision but move no alias")
@@ -269,6 +273,9 @@ def run(ctx, args) -> dict:
 
     cfg, spark = ctx.cfg, ctx.spark
     ec = cfg.section("evaluate")
+    if args.baselines_only and args.models_only:
+        raise ValueError("--baselines-only and --models-only exclude each other: pass one")
+    with_baselines = not args.models_only
     split = args.split or ec.split
     protocol = args.protocol or ec.protocol
     model_uri = args.model_uri or ec.model_uri
@@ -349,15 +356,17 @@ def run(ctx, args) -> dict:
         rt["negatives"] = negatives
 
     # -- baselines: fit on the train split only ------------------------------------------
-    # Aggregated in Spark (per item, item pair, distinct return gap): no train row reaches the driver.
-    with step(log, "fitting baselines on the train split"):
-        item_scorers = B.item_baselines(n_items, ec.popularity_half_life_days, ec.cooccurrence_half_life_days)
+    # Aggregated in Spark (per item, (user, item) presence, distinct return gap): no train row reaches
+    # the driver. --models-only skips the baselines and the item pairs (the ablation of a results run).
+    with step(log, "fitting baselines on the train split" if with_baselines else "the train split's popularity (models only)"):
+        item_scorers = (B.item_baselines(n_items, ec.popularity_half_life_days, ec.cooccurrence_half_life_days)
+                        if with_baselines else [])
         # The models' popularity priors are the train split's recent popularity too (ebbtide.model.prior),
         # each view at the half-life chosen for it.
         prior_h = {(sc.name, v): prior.half_life_s(getattr(sc.predictor, "meta", None), v)
                    for sc, *_ in model_scorers for v in prior.VIEWS}
         half_lives = [b.h for b in item_scorers if isinstance(b, B.RecentPopular)] + [h for h in prior_h.values() if h]
-        agg = B.TrainAggregates.from_spark(P.training_rows(df), n_items, sorted(set(half_lives)))
+        agg = B.TrainAggregates.from_spark(P.training_rows(df), n_items, sorted(set(half_lives)), pairs=with_baselines)
         if agg.n_rows == 0:
             raise ValueError("the train split is empty; nothing to fit baselines on")
         item_scorers = [b.fit(agg) for b in item_scorers]
@@ -375,11 +384,14 @@ def run(ctx, args) -> dict:
         cut = t1 if split == "valid" else cuts["test_start"]
         snap_cols = [*P.ARRAY_FEATURES, "length", "last_ts", "user_id", "elapsed_s", "returned", "return_after_s"]
         snap = P.churn_snapshot(ex, cut).select(*snap_cols).orderBy("user_id").toPandas()
-        fit_cut = t1 - max(horizons) * P.DAY_S
-        fit = P.churn_snapshot(ex, fit_cut, observe_until_s=t1).select(*snap_cols).toPandas()
-        at_t1 = P.value_counts(P.churn_snapshot(ex, t1, observe_until_s=t1), "elapsed_s").toPandas()
+        if with_baselines:  # what the churn baselines fit on
+            fit_cut = t1 - max(horizons) * P.DAY_S
+            fit = P.churn_snapshot(ex, fit_cut, observe_until_s=t1).select(*snap_cols).toPandas()
+            at_t1 = P.value_counts(P.churn_snapshot(ex, t1, observe_until_s=t1), "elapsed_s").toPandas()
     churn_scorers = []
-    if len(snap) and len(fit):
+    if not with_baselines:
+        pass
+    elif len(snap) and len(fit):
         fb = P.to_batch(fit)
         fe = fit["elapsed_s"].to_numpy()
         flab = {d: P.churn_labels(fit["returned"].to_numpy(), fit["return_after_s"].to_numpy(), d) for d in horizons}
@@ -412,7 +424,7 @@ def run(ctx, args) -> dict:
 
     churn: dict[str, dict[str, float]] = {}
     curves: dict[str, Any] = {}
-    if churn_scorers:
+    if churn_scorers or (not with_baselines and len(snap)):
         with step(log, f"churn metrics on {len(snap)} users as of the {split} cut"):
             sb = P.to_batch(snap)
             se = snap["elapsed_s"].to_numpy()
@@ -448,7 +460,7 @@ def run(ctx, args) -> dict:
     # -- gate: on the headline (nightly) view --------------------------------------------------
     decision = None
     metric = ec.primary_metric
-    if model_scorers and challenger:
+    if model_scorers and challenger and with_baselines:
         champ_val = headline.get("champion", {}).get(metric) if champion else None
         if champion is None and gate.alias_version(client, challenger["name"], ec.champion_alias) == challenger["version"]:
             champ_val = headline.get("ebbtide", {}).get(metric)  # already the champion: it must still beat baselines
