@@ -145,13 +145,15 @@ def _runs_of(saved: dict) -> dict[str, dict[str, list[float]]]:
 
 
 def _prior_choice(tr: dict) -> dict:
-    """The (half-life, weight) a training run chose per view (``ebbtide.model.prior``); a model
-    from before the per-view choice holds one pair for both."""
-    pp = tr.get("popularity_prior") or {}
+    """The (half-life, weight) a training run chose per view for its popularity prior
+    (``ebbtide.model.prior``; a model from before the per-view choice holds one pair for both) and
+    for its item-neighbour term (``ebbtide.model.neighbours``)."""
     out = {}
-    for view, key in (("nightly", "prior"), ("request_time", "rt_prior")):
-        c = pp if "weight" in pp else (pp.get(view) or {})
-        out[f"{key}_half_life_days"], out[f"{key}_weight"] = c.get("half_life_days"), c.get("weight")
+    for choice, prefix in (("popularity_prior", "prior"), ("item_neighbours", "nb")):
+        pp = tr.get(choice) or {}
+        for view, key in (("nightly", prefix), ("request_time", f"rt_{prefix}")):
+            c = pp if "weight" in pp else (pp.get(view) or {})
+            out[f"{key}_half_life_days"], out[f"{key}_weight"] = c.get("half_life_days"), c.get("weight")
     return out
 
 
@@ -549,12 +551,14 @@ def write_markdown(path: Path, res, info, args, seconds: float) -> None:
                     lines.append(f"- churn ROC-AUC against {m}: {ec - mean(m, 'churn_auc'):+.4f}")
         for m in ("ebbtide", "ebbtide_no_time"):
             v = models.get(m, {})
-            for view, key in (("nightly", "prior"), ("request-time", "rt_prior")):
-                if v.get(f"{key}_weight"):
-                    chosen = [f"{w:g} x log p_recent ({h:g}-day half-life)" if w else "none"
-                              for h, w in zip(v.get(f"{key}_half_life_days", []), v[f"{key}_weight"])]
-                    lines.append(f"\n{m}'s popularity prior for the {view} ranking, chosen on validation, per seed: "
-                                 f"{'; '.join(chosen)}.")
+            for what, prefix, form in (("popularity prior", "prior", "log p_recent"),
+                                       ("item-neighbour term", "nb", "log(neighbour affinity + 0.1)")):
+                for view, key in (("nightly", prefix), ("request-time", f"rt_{prefix}")):
+                    if any(x is not None for x in v.get(f"{key}_weight") or []):
+                        chosen = [f"{w:g} x {form} ({h:g}-day half-life)" if w else "none"
+                                  for h, w in zip(v.get(f"{key}_half_life_days", []), v[f"{key}_weight"])]
+                        lines.append(f"\n{m}'s {what} for the {view} ranking, chosen on validation, per seed: "
+                                     f"{'; '.join(chosen)}.")
         for m in PEERS:
             v = models.get(m, {})
             if v.get("epochs_run"):

@@ -366,7 +366,7 @@ class RandomStandIn:
     def __init__(self, seed=0):
         self.seed = seed
 
-    def score_all(self, batch, elapsed_s):
+    def score_all(self, batch, elapsed_s, log_p=None, view="nightly"):
         # A fresh generator per call: the same rows get the same scores in every run, whatever
         # views were scored before (the champion's score is compared across two runs).
         return np.random.default_rng(self.seed).random((len(elapsed_s), N_ITEMS)).astype(np.float32)
@@ -384,7 +384,7 @@ class OracleStandIn(RandomStandIn):
         super().__init__(1)
         self.answer = {(tuple(r[3]), tuple(np.float32(g) for g in r[5])): r[10] for r in rows if r[14] == 0}
 
-    def score_all(self, batch, elapsed_s):
+    def score_all(self, batch, elapsed_s, log_p=None, view="nightly"):
         s = super().score_all(batch, elapsed_s) * 0.1
         for i, (items, gaps) in enumerate(zip(batch["item_idx"], batch["gap_s"])):
             t = self.answer.get((tuple(int(x) for x in items), tuple(np.float32(g) for g in gaps)))

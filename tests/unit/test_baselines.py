@@ -193,7 +193,7 @@ def test_predictor_scorer_reads_items_newer_than_the_model_as_oov():
     class OldModel:
         n_items, meta = 5, {"n_event_types": 3}
 
-        def score_all(self, batch, elapsed_s):
+        def score_all(self, batch, elapsed_s, log_p=None, view="nightly"):
             seen.update(batch)
             return np.zeros((len(batch["length"]), self.n_items), np.float32)
 

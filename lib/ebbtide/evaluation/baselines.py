@@ -518,10 +518,7 @@ class PredictorScorer:
 
     def score_all(self, batch, elapsed_s):
         e = np.asarray(elapsed_s, dtype=np.float32)
-        log_p = self.log_p.get(self.view)
-        if log_p is None:
-            return np.asarray(self.predictor.score_all(self._b(batch), e))
-        return np.asarray(self.predictor.score_all(self._b(batch), e, log_p=log_p, view=self.view))
+        return np.asarray(self.predictor.score_all(self._b(batch), e, log_p=self.log_p.get(self.view), view=self.view))
 
     def churn(self, batch, elapsed_s):
         out = self.predictor.churn(self._b(batch), np.asarray(elapsed_s, dtype=np.float32))

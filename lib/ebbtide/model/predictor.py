@@ -3,7 +3,8 @@
 A predictor folder holds everything needed to score, and nothing from the training process:
 ``predictor.json`` (model config, catalogue sizes, window length, session gap, lineage),
 ``weights.pt`` (the state dict), ``item_vocab.parquet`` (item_id, item_index, category) and
-``event_type_vocab.parquet`` (event_type, event_type_index). The pyfunc logs that folder as an
+``event_type_vocab.parquet`` (event_type, event_type_index), and ``neighbours.npz`` when training
+chose the item-neighbour term (``ebbtide.model.neighbours``). The pyfunc logs that folder as an
 artifact, so ``Predictor.load("models:/ebbtide@challenger")`` works in any fresh process that can
 reach the MLflow registry.
 """
@@ -132,6 +133,8 @@ class Predictor:
         self._event_index = dict(zip(event_type_vocab["event_type"].astype(str), event_type_vocab["event_type_index"].astype(int)))
         # The encoder outputs of the last batch's chunks (see `_encoded`).
         self._encoded_memo: dict[tuple, tuple] = {}
+        # The item similarity of the neighbour term (ebbtide.model.neighbours), set by `load`.
+        self.neighbours = None
 
     # ------------------------------------------------------------------ loading
 
@@ -169,7 +172,11 @@ class Predictor:
         net.to(device)
         item_vocab = pd.read_parquet(os.path.join(folder, ITEM_VOCAB_FILE))
         event_vocab = pd.read_parquet(os.path.join(folder, EVENT_VOCAB_FILE))
-        return cls(net, meta, item_vocab, event_vocab, device=device)
+        out = cls(net, meta, item_vocab, event_vocab, device=device)
+        from ebbtide.model import neighbours
+
+        out.neighbours = neighbours.load(folder)
+        return out
 
     # ------------------------------------------------------------------ vocabularies
 
@@ -239,11 +246,19 @@ class Predictor:
         out[: min(len(t), self.n_items)] = t[: self.n_items]
         return out
 
+    def neighbour_term(self, batch_np: dict, elapsed_s: np.ndarray, view: str = "nightly") -> Optional[np.ndarray]:
+        """(n, n_items) what the ranking read as ``view`` adds for the window's item neighbours
+        (``ebbtide.model.neighbours``), or None when training chose no such term for ``view``."""
+        from ebbtide.model import neighbours
+
+        return neighbours.term(self.neighbours, self.meta, batch_np, elapsed_s, self.n_items, view)
+
     def score_all(self, batch_np: dict, elapsed_s: np.ndarray, log_p: Optional[np.ndarray] = None,
                   view: str = "nightly") -> np.ndarray:
         """Scores (n, n_items) over the catalogue as of elapsed_s seconds after each user's last event.
         The ranking passes ``log_p`` (the catalogue's recent popularity at ``view``'s half-life,
-        ``prior_term``); the interest read-outs do not: they are the user's alone."""
+        ``prior_term``) and gets the item-neighbour term chosen for ``view`` (``neighbour_term``);
+        the interest read-outs call the network alone: they are the user's alone."""
         import torch
 
         n = len(np.asarray(batch_np["length"]))
@@ -256,6 +271,9 @@ class Predictor:
         term = self.prior_term(log_p, view)
         if term is not None:
             out += term[None, :]
+        nb = self.neighbour_term(batch_np, e, view)
+        if nb is not None:
+            out += nb
         return out
 
     def recommend(self, batch_np: dict, elapsed_s: np.ndarray, k: int, exclude: Optional[list] = None,
@@ -276,6 +294,9 @@ class Predictor:
                 scores = self.net.item_scores(self._torch_batch(batch_np, s), torch.as_tensor(e[s]).to(self.device)).float()
                 if term_t is not None:
                     scores = scores + term_t[None, :]
+                nb = self.neighbour_term({key: np.asarray(v)[s] for key, v in batch_np.items()}, e[s], view)
+                if nb is not None:
+                    scores = scores + torch.as_tensor(nb).to(self.device)
                 if exclude is not None:
                     for j, row in enumerate(range(s.start, s.stop)):
                         ex = np.asarray(exclude[row], dtype=np.int64)

@@ -142,29 +142,52 @@ def choose(scores: dict[tuple, float]) -> dict[str, Any]:
     return {**best, "valid_ndcg_at_10_without": base, "grid": grid}
 
 
-def fit(spark, cfg, version: int, predictor_dir: str) -> Optional[dict]:
-    """Choose the priors of a freshly trained predictor on the validation split, one per view (see
-    the module's docstring for each one's objective): ``{view: choice}``. The views are the rows,
-    candidates and exclusions ``ebbtide evaluate`` ranks, with p_recent from the train split as
-    evaluation computes it. None without validation rows."""
-    from pyspark.sql import functions as F
+class Validation:
+    """The validation split as the ranking's post-training choices read it (this module's priors,
+    ``ebbtide.model.neighbours``): the rows, candidates and exclusions ``ebbtide evaluate`` ranks.
+    ``views``: view -> (batch, elapsed, targets); ``df``: the examples under the protocol (its
+    train rows give p_recent and the neighbours)."""
 
+    def __init__(self, df, n_items: int, candidates: np.ndarray, views: dict, exclude_history: bool):
+        self.df, self.n_items, self.candidates, self.views = df, n_items, candidates, views
+        self.exclude_history = exclude_history
+
+    def ndcg(self, view: str, scores: np.ndarray) -> float:
+        """NDCG@10 of (rows x items) ``scores`` on ``view``."""
+        from ebbtide.evaluation.run import rank_scorer
+
+        class _Fixed:
+            name = "choice-grid"
+
+            def score_all(self, part, elapsed_s):
+                return scores  # one chunk: rank_scorer gets the whole view at once
+
+        batch, elapsed, targets = self.views[view]
+        return rank_scorer(_Fixed(), batch, elapsed, targets, self.n_items, (10,), self.candidates,
+                           exclude_history=self.exclude_history, chunk_size=max(len(scores), 1), quiet=True)["ndcg@10"]
+
+    def objectives(self) -> dict[str, list[str]]:
+        """Per view, the views its choice is judged on: the nightly choice pools both (its own is
+        small); the request-time one reads its own."""
+        return {"nightly": list(self.views),
+                "request_time": ["request_time"] if "request_time" in self.views else list(self.views)}
+
+
+def validation(spark, cfg, version: int) -> Optional[Validation]:
+    """The validation views of ``gold_training_examples`` at ``version``; None without rows."""
     from ebbtide import tables
     from ebbtide.evaluation import protocols as P
-    from ebbtide.evaluation.baselines import PredictorScorer
     from ebbtide.evaluation.metrics import candidate_mask
-    from ebbtide.evaluation.run import EXAMPLE_COLUMNS, _collect, _n_items, nightly_view, rank_scorer
+    from ebbtide.evaluation.run import EXAMPLE_COLUMNS, _collect, _n_items, nightly_view
     from ebbtide.model import feed
-    from ebbtide.model.predictor import Predictor
-    from ebbtide.sequences import FIRST_INDEX
 
-    tc, ec = cfg.section("train"), cfg.section("evaluate")
+    ec = cfg.section("evaluate")
     ex = tables.read(spark, cfg, feed.EXAMPLES_TABLE, version)
     df = P.apply_protocol(ex, ec.protocol)
     n_items = _n_items(spark, cfg, ex)
     candidates = candidate_mask(P.candidate_items(df).toPandas()["item"].to_numpy(), n_items)
     rows = P.evaluation_rows(df, "valid")
-    # The grid ranks score matrices held in memory: above this many rows a view is a seeded sample,
+    # The grids rank score matrices held in memory: above this many rows a view is a seeded sample,
     # drawn in Spark so that only the sample reaches the driver.
     cap = max(1, MAX_SCORE_FLOATS // n_items // len(VIEWS))
     views: dict[str, tuple] = {}
@@ -177,12 +200,33 @@ def fit(spark, cfg, version: int, predictor_dir: str) -> Optional[dict]:
                                  rt["target_item"].to_numpy().astype(np.int64))
     if not views:
         return None
+    return Validation(df, n_items, candidates, views, ec.exclude_history)
+
+
+def fit(spark, cfg, version: int, predictor_dir: str) -> Optional[dict]:
+    """Choose the priors of a freshly trained predictor on the validation split, one per view (see
+    the module's docstring for each one's objective): ``{view: choice}``. The views are the rows,
+    candidates and exclusions ``ebbtide evaluate`` ranks, with p_recent from the train split as
+    evaluation computes it. None without validation rows."""
+    from pyspark.sql import functions as F
+
+    from ebbtide.evaluation import protocols as P
+    from ebbtide.evaluation.baselines import PredictorScorer
+    from ebbtide.model import neighbours
+    from ebbtide.model.predictor import Predictor
+    from ebbtide.sequences import FIRST_INDEX
+
+    tc = cfg.section("train")
+    val = validation(spark, cfg, version)
+    if val is None:
+        return None
+    n_items = val.n_items
     pred = Predictor.load(predictor_dir)
     pred.meta.pop(META_KEY, None)  # the network's own scores
+    pred.meta.pop(neighbours.META_KEY, None)
     model = PredictorScorer(pred)
-    scored = {v: (batch, elapsed, targets, model.score_all(batch, elapsed))
-              for v, (batch, elapsed, targets) in views.items()}
-    tr = P.training_rows(df).persist()
+    scored = {v: model.score_all(batch, elapsed) for v, (batch, elapsed, _t) in val.views.items()}
+    tr = P.training_rows(val.df).persist()
     try:
         # The newest real target, as TrainAggregates (and so the evaluation's p_recent) takes it.
         real = (F.col("target_item") >= FIRST_INDEX) & (F.col("target_item") < n_items)
@@ -195,29 +239,12 @@ def fit(spark, cfg, version: int, predictor_dir: str) -> Optional[dict]:
     finally:
         tr.unpersist()
 
-    class _Fixed:
-        name = "prior-grid"
-
-        def __init__(self, s):
-            self.s = s
-
-        def score_all(self, part, elapsed_s):
-            return self.s  # one chunk: rank_scorer gets the whole view at once
-
     def ndcg(term: Optional[np.ndarray]) -> dict[str, float]:
-        out = {}
-        for v, (batch, elapsed, targets, s) in scored.items():
-            s = s if term is None else s + term[None, : s.shape[1]]
-            out[v] = rank_scorer(_Fixed(s), batch, elapsed, targets, n_items, (10,), candidates,
-                                 exclude_history=ec.exclude_history, chunk_size=len(s), quiet=True)["ndcg@10"]
-        return out
+        return {v: val.ndcg(v, s if term is None else s + term[None, : s.shape[1]]) for v, s in scored.items()}
 
     by_view = grid_scores(priors, tc.prior_weights, ndcg)
-    # The nightly choice pools both views (its own is small); the request-time one reads its own.
-    objectives = {"nightly": list(scored),
-                  "request_time": ["request_time"] if "request_time" in scored else list(scored)}
     out = {}
-    for view, on in objectives.items():
+    for view, on in val.objectives().items():
         c = choose({k: float(np.mean([s[v] for v in on])) for k, s in by_view.items()})
-        out[view] = {**c, "chosen_on": on, "rows": {v: int(len(scored[v][2])) for v in on}}
+        out[view] = {**c, "chosen_on": on, "rows": {v: int(len(val.views[v][2])) for v in on}}
     return out

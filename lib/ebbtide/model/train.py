@@ -773,7 +773,7 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
     import yaml
 
     from ebbtide import mlflow_uris, storage
-    from ebbtide.model import feed, launchers, predictor, prior, registry, warm_start
+    from ebbtide.model import feed, launchers, neighbours, predictor, prior, registry, warm_start
 
     cfg = _with_overrides(ctx.cfg, args)
     parent_uri = cfg.section("train").warm_start.strip()
@@ -940,6 +940,17 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
                              view, f"half-life {c['half_life_days']:g} days x weight {c['weight']:g}" if c["weight"] else "none",
                              " and ".join(f"{v} ({n} rows)" for v, n in c["rows"].items()), c["valid_ndcg_at_10"],
                              c["valid_ndcg_at_10_without"])
+        chosen_nb = None
+        if tc.item_neighbours:
+            with step(log, "choosing the item-neighbour term on the validation split"):
+                chosen_nb = neighbours.fit(spark, cfg, version, pdir)
+                predictor.set_meta(pdir, neighbours.META_KEY, chosen_nb)
+                if chosen_nb is None:
+                    log.warning("no item-neighbour term: the validation split has no rows or the train split no item pairs")
+                for view, c in (chosen_nb or {}).items():
+                    log.info("item-neighbour term for the %s ranking: %s (validation NDCG@10 %.4f; %.4f without)",
+                             view, f"half-life {c['half_life_days']:g} days x weight {c['weight']:g}" if c["weight"] else "none",
+                             c["valid_ndcg_at_10"], c["valid_ndcg_at_10_without"])
         model = {}
         if not args.no_register:
             version_tags = {"mlflow_run_id": run_id, tc.early_stopping_metric: r0["best_metric"], **tags}
@@ -978,4 +989,6 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
         "warm_start_skipped": scratch_because,
         "popularity_prior": chosen_prior and {view: {k: v for k, v in c.items() if k != "grid"}
                                               for view, c in chosen_prior.items()},
+        "item_neighbours": chosen_nb and {view: {k: v for k, v in c.items() if k != "grid"}
+                                          for view, c in chosen_nb.items()},
     }
