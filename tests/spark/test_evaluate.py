@@ -462,3 +462,48 @@ def test_evaluate_gate_promotes_a_strong_model_then_refuses_a_weak_one(ctx, spar
     # the challenger's own training run got its test metrics
     run_id = client.get_model_version("ebbtide", weak).run_id
     assert "test_ndcg_at_10" in client.get_run(run_id).data.metrics
+
+
+def test_the_item_neighbour_term_is_chosen_per_view_on_validation_and_saved_with_the_predictor(ctx, spark, cfg, tmp_path):
+    """ebbtide.model.neighbours.fit on real tables: the similarity comes from the train split's
+    (user, item) presence (the same as the numpy aggregates of the collected train rows), the grid
+    ranks the validation views the prior's choice ranks, and the predictor folder carries both."""
+    import dataclasses
+
+    import pandas as pd
+    import torch
+
+    from ebbtide import tables
+    from ebbtide.evaluation import baselines as B, protocols as P
+    from ebbtide.model import neighbours as NB, predictor as Pr, prior
+    from ebbtide.model.config import ModelConf
+    from ebbtide.model.network import EbbtideNet
+
+    torch.manual_seed(0)
+    mc = dataclasses.replace(ModelConf(), item_dim=8, hidden_dim=16, time_dim=4, event_type_dim=2, decay_heads=2)
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(2, N_ITEMS)], "item_index": range(2, N_ITEMS)})
+    folder = Pr.save(str(tmp_path / "pred"), EbbtideNet(mc, N_ITEMS, 3).state_dict(), dataclasses.asdict(mc), N_ITEMS,
+                     3, L, items, pd.DataFrame({"event_type": ["view"], "event_type_index": [2]}), session_gap_s=1800.0)
+    version = tables.version(spark, cfg, "gold_training_examples")
+    out = NB.fit(spark, cfg, version, folder)
+
+    assert set(out) == {"nightly", "request_time"}
+    assert out["nightly"]["chosen_on"] == ["nightly", "request_time"] and out["request_time"]["chosen_on"] == ["request_time"]
+    tc = cfg.section("train")
+    for c in out.values():
+        assert len(c["grid"]) == 1 + len(tc.neighbour_half_lives_days) * len(tc.neighbour_weights)
+        assert c["valid_ndcg_at_10"] == max(c["grid"].values()) and c["valid_ndcg_at_10_without"] == c["grid"]["0"]
+        assert (c["weight"] == 0.0) == (c["half_life_days"] is None)
+    # the similarity saved is the one the collected train rows give
+    df = P.apply_protocol(tables.read(spark, cfg, "gold_training_examples"), cfg.section("evaluate").protocol)
+    ref = NB.similarity(B.TrainEvents.from_pandas(P.training_rows(df).toPandas()).aggregates(N_ITEMS), tc.neighbour_top_k)
+    saved = NB.load(folder)
+    assert saved.nnz > 0 and abs(saved - ref).max() < 1e-6
+    # the grid's "0" is the network alone as the prior's validation ranks it
+    val = prior.validation(spark, cfg, version)
+    base = Pr.Predictor.load(folder).score_all(*val.views["request_time"][:2], view="request_time")
+    assert out["request_time"]["grid"]["0"] == pytest.approx(val.ndcg("request_time", base))
+    w, h = 2.0, 30.0
+    aff = NB.affinity(saved, *val.views["request_time"][:2], h * DAY)
+    assert out["request_time"]["grid"][f"{h:g}d x {w:g}"] == pytest.approx(
+        val.ndcg("request_time", base + NB.term_of(aff, w)))

@@ -56,8 +56,9 @@ def test_nightly_weights_count_known_items_before_midnight_only(spark):
 
 
 def test_the_nightly_job_ranks_with_the_models_prior_from_the_events_before_midnight(spark, cfg, ctx, tmp_path):
-    """A predictor folder whose training chose a prior (weight 1, half-life 7 days): the published
-    scores are the network's plus log p_recent of silver_events before the score date."""
+    """A predictor folder whose training chose a prior (weight 1, half-life 7 days) and an
+    item-neighbour term (m1 leads to m7): the published scores are the network's plus log p_recent
+    of silver_events before the score date plus the window's neighbour term."""
     import dataclasses
 
     import pandas as pd
@@ -79,6 +80,14 @@ def test_the_nightly_job_ranks_with_the_models_prior_from_the_events_before_midn
     # The nightly table ranks with the nightly view's choice, not the request-time one.
     Pr.set_meta(folder, prior.META_KEY, {"nightly": {"half_life_days": 7.0, "weight": 1.0},
                                          "request_time": {"half_life_days": 60.0, "weight": 0.25}})
+    from scipy import sparse
+
+    from ebbtide.model import neighbours as NB
+
+    sim = sparse.csr_matrix(([1.0, 0.5], ([3, 3], [9, 4])), shape=(N_ITEMS, N_ITEMS), dtype=np.float32)  # m1 -> m7, m2
+    NB.save(folder, sim)
+    Pr.set_meta(folder, NB.META_KEY, {"nightly": {"half_life_days": 30.0, "weight": 2.0},
+                                      "request_time": {"half_life_days": None, "weight": 0.0}})
     write_inputs(spark, cfg)
     cfg = with_score(cfg, k=3, because_top=0)
     score_and_publish(ctx.__class__(cfg, _spark=spark), D, ModelRef(folder, "tiny", 1, None))
@@ -101,8 +110,14 @@ def test_the_nightly_job_ranks_with_the_models_prior_from_the_events_before_midn
     got = recs[recs.user_id == "u1"].sort_values("rank")
     assert list(got.item_id) == list(ITEM_IDS[top])
     np.testing.assert_allclose(got.score, s[top], rtol=1e-5)
-    plain = p.score_all(f, np.array([midnight - f["last_ts"][0]], np.float32))[0]
+    e = np.array([midnight - f["last_ts"][0]], np.float32)
+    nb = p.neighbour_term(f, e)[0]
+    # m1 (u1's last item) leads to m7 (the strongest) and to m2 at half its similarity; m8 to nothing
+    want = {"m7": 1.0, "m2": 0.5, "m8": 0.0}
+    assert {k: float(nb[index[k]]) for k in want} == pytest.approx({k: 2.0 * np.log(a + NB.FLOOR) for k, a in want.items()})
+    plain = p.score_all(f, e)[0]
     assert not np.allclose(got.score, plain[top])  # the prior moved the scores
+    np.testing.assert_allclose(p.score_all(f, e, log_p=log_p)[0][2:] - plain[2:], log_p[2:], rtol=1e-5, atol=1e-5)
 
 
 def test_a_capped_view_is_sampled_in_spark_before_it_reaches_the_driver(spark, cfg):

@@ -134,6 +134,8 @@ def test_local_run_tracks_registers_and_loads_in_a_fresh_process(spark, data_roo
             "ids": p.item_ids(idx[0]).tolist(), "p7": churn["p_return_7d"].tolist(),
             "hl": churn["half_life_days"].tolist(), "pyfunc_cols": list(out.columns),
             "pyfunc_items": out["item_ids"].tolist(), "n": len(out), "prior": p.meta.get("popularity_prior"),
+            "nb": p.meta.get("item_neighbours"), "has_sim": p.neighbours is not None,
+            "nbterm": (lambda t: None if t is None else t.tolist())(p.neighbour_term(d, elapsed)),
         }}))
         """
     )
@@ -141,7 +143,9 @@ def test_local_run_tracks_registers_and_loads_in_a_fresh_process(spark, data_roo
     proc = subprocess.run([PY, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    np.testing.assert_allclose(np.array(got["scores"]), expected, rtol=1e-5, atol=1e-5)
+    # the network's scores, plus the item-neighbour term where training chose one for the nightly view
+    nbterm = np.array(got["nbterm"]) if got["nbterm"] is not None else 0.0
+    np.testing.assert_allclose(np.array(got["scores"]), expected + nbterm, rtol=1e-5, atol=1e-5)
     idx = np.array(got["idx"])
     assert idx.shape == (4, 5) and not np.isin(idx, [0, 1, 2, 3]).any()
     assert got["ids"] == [f"i{i}" for i in idx[0]]
@@ -161,6 +165,9 @@ def test_local_run_tracks_registers_and_loads_in_a_fresh_process(spark, data_roo
         assert prior["valid_ndcg_at_10_without"] == prior["grid"]["0"]
         assert (prior["weight"] == 0.0) == (prior["half_life_days"] is None)
     assert out["popularity_prior"] == {v: {k: x for k, x in c.items() if k != "grid"} for v, c in priors.items()}
+    # Then the item-neighbour term (its choice on real tables: tests/spark/test_evaluate.py). These
+    # tables hold one user per example, so no two items share a user: no term, and none is served.
+    assert got["nb"] is None and not got["has_sim"] and got["nbterm"] is None and out["item_neighbours"] is None
 
 
 def test_same_seed_same_data_one_process_same_weights(spark, data_root, tmp_path):

@@ -12,9 +12,9 @@ add
 where ``aff(item) = sum over the window's items j of 2^(-age_j / half-life) x sim(j, item)`` and
 ``sim`` is the Jaccard similarity of the items' user sets in the train split (the baseline's own,
 ``baselines.cooccurrence_counts``), kept to each item's ``train.neighbour_top_k`` most similar
-items so that the predictor folder stays small. Normalised per row, the term is 0 for the user's
-strongest neighbour and at most ``weight x log FLOOR`` below it for an item no window item leads
-to; a window without any neighbour gets no term.
+items so that the predictor folder stays small. Normalised per row, the term is
+``weight x log(1 + FLOOR)`` for the user's strongest neighbour and ``weight x log FLOOR`` for an
+item no window item leads to; a window without any neighbour gets no term.
 
 (half-life, weight) are chosen on the validation split after the popularity prior, one pair per
 view, each with that view's popularity prior applied and on that view's objective (``prior.fit``),
