@@ -29,6 +29,27 @@ TINY = (
 )
 
 
+def tiny_predictor(folder, n_items: int, max_len: int = 5, item_ids=None, seed: int = 0) -> str:
+    """A predictor folder of an untrained, tiny EbbtideNet (items ``item_ids``, default i2..i{n-1},
+    at indices 2..n-1; one event type, "view"), for tests of what the ranking adds to the network."""
+    import dataclasses
+
+    import pandas as pd
+    import torch
+
+    from ebbtide.model import predictor
+    from ebbtide.model.config import ModelConf
+    from ebbtide.model.network import EbbtideNet
+
+    torch.manual_seed(seed)
+    mc = dataclasses.replace(ModelConf(), item_dim=8, hidden_dim=16, time_dim=4, event_type_dim=2, decay_heads=2)
+    ids = [f"i{i}" for i in range(2, n_items)] if item_ids is None else [str(x) for x in item_ids]
+    items = pd.DataFrame({"item_id": ids, "item_index": range(2, n_items)})
+    events = pd.DataFrame({"event_type": ["view"], "event_type_index": [2]})
+    return predictor.save(str(folder), EbbtideNet(mc, n_items, 3).state_dict(), dataclasses.asdict(mc), n_items, 3,
+                          max_len, items, events, session_gap_s=1800.0)
+
+
 def load_script(rel_path: str, name: str):
     """A script of the repository (bench/, scripts/) imported as a module, to call its main()."""
     import importlib.util

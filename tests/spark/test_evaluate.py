@@ -468,22 +468,13 @@ def test_the_item_neighbour_term_is_chosen_per_view_on_validation_and_saved_with
     """ebbtide.model.neighbours.fit on real tables: the similarity comes from the train split's
     (user, item) presence (the same as the numpy aggregates of the collected train rows), the grid
     ranks the validation views the prior's choice ranks, and the predictor folder carries both."""
-    import dataclasses
-
-    import pandas as pd
-    import torch
+    from conftest import tiny_predictor
 
     from ebbtide import tables
     from ebbtide.evaluation import baselines as B, protocols as P
     from ebbtide.model import neighbours as NB, predictor as Pr, prior
-    from ebbtide.model.config import ModelConf
-    from ebbtide.model.network import EbbtideNet
 
-    torch.manual_seed(0)
-    mc = dataclasses.replace(ModelConf(), item_dim=8, hidden_dim=16, time_dim=4, event_type_dim=2, decay_heads=2)
-    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(2, N_ITEMS)], "item_index": range(2, N_ITEMS)})
-    folder = Pr.save(str(tmp_path / "pred"), EbbtideNet(mc, N_ITEMS, 3).state_dict(), dataclasses.asdict(mc), N_ITEMS,
-                     3, L, items, pd.DataFrame({"event_type": ["view"], "event_type_index": [2]}), session_gap_s=1800.0)
+    folder = tiny_predictor(tmp_path / "pred", N_ITEMS, L)
     version = tables.version(spark, cfg, "gold_training_examples")
     out = NB.fit(spark, cfg, version, folder)
 

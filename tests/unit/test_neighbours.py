@@ -2,18 +2,12 @@
 window, the term, and how a predictor applies the choice per view. No Spark."""
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
-import pandas as pd
 import pytest
-import torch
 
 from ebbtide.evaluation import baselines as B
 from ebbtide.model import neighbours as NB
 from ebbtide.model import predictor as P
-from ebbtide.model.config import ModelConf
-from ebbtide.model.network import EbbtideNet
 
 DAY = 86400.0
 
@@ -63,13 +57,9 @@ def test_term_is_zero_for_the_strongest_neighbour_and_weight_x_log_floor_for_non
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    torch.manual_seed(0)
-    mc = dataclasses.replace(ModelConf(), item_dim=8, hidden_dim=16, time_dim=4, event_type_dim=2, decay_heads=2)
-    net = EbbtideNet(mc, 8, 3)
-    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(2, 8)], "item_index": range(2, 8)})
-    events = pd.DataFrame({"event_type": ["view"], "event_type_index": [2]})
-    return P.save(str(tmp_path_factory.mktemp("pred")), net.state_dict(), dataclasses.asdict(mc), 8, 3, 5,
-                  items, events, session_gap_s=1800.0)
+    from conftest import tiny_predictor
+
+    return tiny_predictor(tmp_path_factory.mktemp("pred"), 8)
 
 
 def test_a_predictor_adds_the_term_chosen_for_each_view(folder):

@@ -2,17 +2,11 @@
 validation, and how a predictor applies it. No Spark."""
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
-import pandas as pd
 import pytest
-import torch
 
 from ebbtide.model import predictor as P
 from ebbtide.model import prior
-from ebbtide.model.config import ModelConf
-from ebbtide.model.network import EbbtideNet
 
 
 def test_log_prior_is_a_log_distribution_with_pseudo_counts():
@@ -78,13 +72,9 @@ def test_choose_finds_the_half_life_and_weight_that_fix_the_ranking():
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    torch.manual_seed(0)
-    mc = dataclasses.replace(ModelConf(), item_dim=8, hidden_dim=16, time_dim=4, event_type_dim=2, decay_heads=2)
-    net = EbbtideNet(mc, 12, 3)
-    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(2, 12)], "item_index": range(2, 12)})
-    events = pd.DataFrame({"event_type": ["view"], "event_type_index": [2]})
-    return P.save(str(tmp_path_factory.mktemp("pred")), net.state_dict(), dataclasses.asdict(mc), 12, 3, 5,
-                  items, events, session_gap_s=1800.0)
+    from conftest import tiny_predictor
+
+    return tiny_predictor(tmp_path_factory.mktemp("pred"), 12)
 
 
 def test_a_predictor_adds_its_chosen_prior_to_the_ranking_only(folder):

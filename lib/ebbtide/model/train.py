@@ -767,6 +767,24 @@ def fit_churn_calibration(spark, cfg: "Config", version: int, predictor_dir: str
     return calibration.fit(head, batch, elapsed, labels)
 
 
+def _choose_on_validation(what: str, module, spark, cfg, version: int, pdir: str, missing: str) -> Optional[dict]:
+    """``module.fit`` (``ebbtide.model.prior`` or ``neighbours``) on a saved predictor folder: the
+    choice per view goes into its predictor.json under ``module.META_KEY``, and into the log."""
+    from ebbtide.model import predictor
+
+    with step(log, f"choosing the {what} on the validation split"):
+        chosen = module.fit(spark, cfg, version, pdir)
+        predictor.set_meta(pdir, module.META_KEY, chosen)
+        if chosen is None:
+            log.warning("no %s: %s", what, missing)
+        for view, c in (chosen or {}).items():
+            log.info("%s for the %s ranking: %s (validation NDCG@10 on %s %.4f; %.4f without)", what, view,
+                     f"half-life {c['half_life_days']:g} days x weight {c['weight']:g}" if c["weight"] else "none",
+                     " and ".join(f"{v} ({n} rows)" for v, n in c["rows"].items()), c["valid_ndcg_at_10"],
+                     c["valid_ndcg_at_10_without"])
+    return chosen
+
+
 def run(ctx: "Context", args: argparse.Namespace) -> dict:
     import tempfile
 
@@ -928,29 +946,15 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
                 else:
                     log.warning("churn calibration skipped: too few users in the train-period snapshot; "
                                 "the return-time head is served as it is")
-        chosen_prior = None
+        # The ranking's terms beside the network, each chosen on the validation split in turn (the
+        # neighbour term on top of the popularity prior chosen first).
+        chosen_prior = chosen_nb = None
         if tc.popularity_prior:
-            with step(log, "choosing the popularity prior on the validation split"):
-                chosen_prior = prior.fit(spark, cfg, version, pdir)
-                predictor.set_meta(pdir, prior.META_KEY, chosen_prior)
-                if chosen_prior is None:
-                    log.warning("no popularity prior: the validation split has no rows to choose it on")
-                for view, c in (chosen_prior or {}).items():
-                    log.info("popularity prior for the %s ranking: %s (validation NDCG@10 on %s %.4f; %.4f without)",
-                             view, f"half-life {c['half_life_days']:g} days x weight {c['weight']:g}" if c["weight"] else "none",
-                             " and ".join(f"{v} ({n} rows)" for v, n in c["rows"].items()), c["valid_ndcg_at_10"],
-                             c["valid_ndcg_at_10_without"])
-        chosen_nb = None
+            chosen_prior = _choose_on_validation("popularity prior", prior, spark, cfg, version, pdir,
+                                                 "the validation split has no rows to choose it on")
         if tc.item_neighbours:
-            with step(log, "choosing the item-neighbour term on the validation split"):
-                chosen_nb = neighbours.fit(spark, cfg, version, pdir)
-                predictor.set_meta(pdir, neighbours.META_KEY, chosen_nb)
-                if chosen_nb is None:
-                    log.warning("no item-neighbour term: the validation split has no rows or the train split no item pairs")
-                for view, c in (chosen_nb or {}).items():
-                    log.info("item-neighbour term for the %s ranking: %s (validation NDCG@10 %.4f; %.4f without)",
-                             view, f"half-life {c['half_life_days']:g} days x weight {c['weight']:g}" if c["weight"] else "none",
-                             c["valid_ndcg_at_10"], c["valid_ndcg_at_10_without"])
+            chosen_nb = _choose_on_validation("item-neighbour term", neighbours, spark, cfg, version, pdir,
+                                              "the validation split has no rows or the train split no item pairs")
         model = {}
         if not args.no_register:
             version_tags = {"mlflow_run_id": run_id, tc.early_stopping_metric: r0["best_metric"], **tags}
