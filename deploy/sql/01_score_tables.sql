@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS gold_recommendations (
   user_id       STRING    COMMENT 'user scored (active within score.lookback_days before score_date)',
   rank          INT       COMMENT '1 = best, at most score.k per user',
   item_id       STRING    COMMENT 'recommended item, items the user already consumed are excluded unless configured otherwise',
-  score         DOUBLE    COMMENT 'model score (logit) of the item for this user at the time elapsed since the last event, plus the model\'s popularity prior when it has one; comparable within a user and a model version only',
+  score         DOUBLE    COMMENT 'model score (logit) of the item for this user at the time elapsed since the last event, plus the model\'s popularity prior and item-neighbour term when it has them; comparable within a user and a model version only',
   model_name    STRING    COMMENT 'registered model name (or the model URI when scored from a bare URI)',
   model_version INT       COMMENT 'registered model version, null when scored from a bare URI',
   run_id        STRING    COMMENT 'id of the scoring run that wrote the row',

@@ -608,10 +608,11 @@ GOLD_RECOMMENDATIONS = TableSpec(
                doc="never an item the user consumed before score_date (unless `score.exclude_consumed: false`), never "
                    "a denied one, only allowed ones when an allow list is set"),
         Column("score", "double", "model score (logit) of the item for this user at the time elapsed since the last "
-               "event, plus the model's popularity prior when it has one; comparable within a user and a model "
-               "version only",
+               "event, plus the model's popularity prior and item-neighbour term when it has them; comparable "
+               "within a user and a model version only",
                doc="the model's score (logit) at the time elapsed since the user's last event, plus its popularity "
-                   "prior (weight x log of the item's recent share of events) when training chose one; comparable "
+                   "prior (weight x log of the item's recent share of events) and its item-neighbour term (weight x "
+                   "log of the item's affinity to the user's recent items) when training chose them; comparable "
                    "within a user and a model version only"),
         *_LINEAGE,
         Column("because", "array<struct<item_id: string, ts: timestamp, weight: double>>",
