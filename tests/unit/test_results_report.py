@@ -85,3 +85,20 @@ def test_a_conf_overlay_is_named_in_the_report_and_part_of_the_signature(tmp_pat
     before = R._signature("ds", args)
     prof.write_text("train:\n  lr: 0.002\n")
     assert R._signature("ds", args) != before
+
+
+def test_each_runs_ranking_terms_are_recorded_per_view():
+    """What a run saves of its training's choices: the popularity prior (one flat pair from before
+    the per-view choice serves both views) and the item-neighbour term, per view; none chosen or
+    none made reads as None, never as a missing key."""
+    R = _results_module()
+    tr = {"popularity_prior": {"nightly": {"half_life_days": 14.0, "weight": 1.0},
+                               "request_time": {"half_life_days": None, "weight": 0.0}},
+          "item_neighbours": {"nightly": {"half_life_days": 30.0, "weight": 4.0},
+                              "request_time": {"half_life_days": 365.0, "weight": 0.5}}}
+    assert R._prior_choice(tr) == {
+        "prior_half_life_days": 14.0, "prior_weight": 1.0, "rt_prior_half_life_days": None, "rt_prior_weight": 0.0,
+        "nb_half_life_days": 30.0, "nb_weight": 4.0, "rt_nb_half_life_days": 365.0, "rt_nb_weight": 0.5}
+    old = R._prior_choice({"popularity_prior": {"half_life_days": 3.0, "weight": 2.0}, "item_neighbours": None})
+    assert old["prior_weight"] == old["rt_prior_weight"] == 2.0
+    assert old["nb_weight"] is None and old["rt_nb_half_life_days"] is None
