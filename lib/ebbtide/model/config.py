@@ -107,7 +107,7 @@ class TrainConf:
     # on the validation split the same way, one per view: a half-life of the window's weights and a
     # weight from these grids, or none (weight 0). The similarity keeps each item's top_k neighbours.
     item_neighbours: bool = True
-    neighbour_half_lives_days: list[float] = field(default_factory=lambda: [30.0, 365.0])
+    neighbour_half_lives_days: list[float] = field(default_factory=lambda: [30.0])
     neighbour_weights: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
     neighbour_top_k: int = 200
     # constant, or cosine: linear warm-up over warmup_share of all steps, then cosine decay to
