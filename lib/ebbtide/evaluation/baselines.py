@@ -233,6 +233,23 @@ def input_ages_s(batch: dict[str, np.ndarray], elapsed_s: np.ndarray) -> np.ndar
     return np.where(np.asarray(batch["item_idx"]) >= N_SPECIAL, ages, np.inf)
 
 
+def window_affinity(sim, batch: dict[str, np.ndarray], elapsed_s: np.ndarray, half_life_s: float) -> np.ndarray:
+    """(n, sim's items) float64: per row, the sum over the window's items j of 2^(-age_j / half-life)
+    x sim(j, item), ``sim`` a sparse (items x items) similarity. An item at or past the similarity's
+    size (newer than it) has no neighbours. The co-occurrence baseline's score and the model's
+    item-neighbour term (``ebbtide.model.neighbours``)."""
+    from scipy import sparse
+
+    items = np.asarray(batch["item_idx"], dtype=np.int64)
+    n, L = items.shape
+    n_sim = sim.shape[0]
+    w = decay_weight(input_ages_s(batch, elapsed_s), half_life_s)  # 0 for pad (age inf)
+    w = np.where(items < n_sim, w, 0.0)
+    rows = np.repeat(np.arange(n), L)
+    win = sparse.csr_matrix((w.ravel(), (rows, np.minimum(items, n_sim - 1).ravel())), shape=(n, n_sim))
+    return np.asarray((win @ sim).todense(), dtype=np.float64)
+
+
 class MostPopular:
     name = "most_popular"
 
@@ -303,14 +320,7 @@ class ItemCooccurrence:
         return self
 
     def score_all(self, batch, elapsed_s):
-        from scipy import sparse
-
-        items = np.asarray(batch["item_idx"], dtype=np.int64)
-        w = decay_weight(input_ages_s(batch, elapsed_s), self.h)  # 0 for pad (age inf)
-        n, L = items.shape
-        rows = np.repeat(np.arange(n), L)
-        aff = sparse.csr_matrix((w.ravel(), (rows, items.ravel())), shape=(n, self.n_items))
-        s = np.asarray((aff @ self.sim).todense(), dtype=np.float64)
+        s = window_affinity(self.sim, batch, elapsed_s, self.h)
         return (s + _TIE_BREAK * self.pop[None, :]).astype(np.float32)
 
 

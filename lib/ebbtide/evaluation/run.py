@@ -389,9 +389,7 @@ def run(ctx, args) -> dict:
             fit = P.churn_snapshot(ex, fit_cut, observe_until_s=t1).select(*snap_cols).toPandas()
             at_t1 = P.value_counts(P.churn_snapshot(ex, t1, observe_until_s=t1), "elapsed_s").toPandas()
     churn_scorers = []
-    if not with_baselines:
-        pass
-    elif len(snap) and len(fit):
+    if with_baselines and len(snap) and len(fit):
         fb = P.to_batch(fit)
         fe = fit["elapsed_s"].to_numpy()
         flab = {d: P.churn_labels(fit["returned"].to_numpy(), fit["return_after_s"].to_numpy(), d) for d in horizons}

@@ -48,29 +48,19 @@ DAY_S = 86400.0
 def similarity(agg, top_k: int) -> "sparse.csr_matrix":
     """(n_items, n_items) float32 CSR: per item its ``top_k`` most similar items by the Jaccard
     similarity of their train users (``agg``: ``evaluation.baselines.TrainAggregates``)."""
-    from scipy import sparse
-
     from ebbtide.evaluation.baselines import ItemCooccurrence
 
-    sim = ItemCooccurrence(agg.n_items).fit(agg).sim.tocsr()
-    if top_k <= 0:
-        return sim.astype(np.float32)
-    rows, cols, vals = [], [], []
-    for i in range(sim.shape[0]):
-        a, b = sim.indptr[i], sim.indptr[i + 1]
-        if b - a > top_k:
-            keep = a + np.argpartition(-sim.data[a:b], top_k - 1)[:top_k]
-        else:
-            keep = np.arange(a, b)
-        rows.append(np.full(len(keep), i, dtype=np.int64))
-        cols.append(sim.indices[keep])
-        vals.append(sim.data[keep])
-    n = sim.shape[0]
-    out = sparse.csr_matrix((np.concatenate(vals or [np.zeros(0)]).astype(np.float32),
-                             (np.concatenate(rows or [np.zeros(0, np.int64)]), np.concatenate(cols or [np.zeros(0, np.int64)]))),
-                            shape=(n, n))
-    out.sort_indices()
-    return out
+    sim = ItemCooccurrence(agg.n_items).fit(agg).sim.tocsr().astype(np.float32)
+    if top_k > 0:
+        keep = np.ones(sim.nnz, dtype=bool)
+        for i in range(sim.shape[0]):
+            a, b = sim.indptr[i], sim.indptr[i + 1]
+            if b - a > top_k:
+                keep[a:b] = False
+                keep[a + np.argpartition(-sim.data[a:b], top_k - 1)[:top_k]] = True
+        sim.data[~keep] = 0.0
+        sim.eliminate_zeros()
+    return sim
 
 
 def save(folder: str, sim: "sparse.csr_matrix") -> str:
@@ -97,21 +87,13 @@ def chosen(meta: Optional[dict], view: str = "nightly") -> dict:
 
 
 def affinity(sim: "sparse.csr_matrix", batch: dict, elapsed_s: np.ndarray, half_life_s: float) -> np.ndarray:
-    """(n, n_sim) float32: per row, the window's items' decayed weights times their similarities,
-    divided by the row's largest (a row without any neighbour stays 0)."""
-    from scipy import sparse
+    """(n, n_sim) float32: per row, the window's items' decayed weights times their similarities
+    (``baselines.window_affinity``, the co-occurrence baseline's score), divided by the row's
+    largest (a row without any neighbour stays 0)."""
+    from ebbtide.evaluation.baselines import window_affinity
 
-    from ebbtide.evaluation.baselines import decay_weight, input_ages_s
-
-    items = np.asarray(batch["item_idx"], dtype=np.int64)
-    n, L = items.shape
-    n_sim = sim.shape[0]
-    w = decay_weight(input_ages_s(batch, elapsed_s), half_life_s)  # 0 for pad (age inf)
-    w = np.where(items < n_sim, w, 0.0)  # an item newer than the similarity has no neighbours
-    rows = np.repeat(np.arange(n), L)
-    win = sparse.csr_matrix((w.ravel(), (rows, np.minimum(items, n_sim - 1).ravel())), shape=(n, n_sim))
-    aff = np.asarray((win @ sim).todense(), dtype=np.float32)
-    top = aff.max(axis=1, keepdims=True) if aff.size else np.zeros((n, 1), np.float32)
+    aff = window_affinity(sim, batch, elapsed_s, half_life_s).astype(np.float32)
+    top = aff.max(axis=1, keepdims=True) if aff.size else np.zeros((len(aff), 1), np.float32)
     return np.divide(aff, top, out=np.zeros_like(aff), where=top > 0)
 
 
@@ -136,18 +118,18 @@ def term(sim: Optional["sparse.csr_matrix"], meta: Optional[dict], batch: dict, 
     return out
 
 
-def fit(spark, cfg, version: int, predictor_dir: str) -> Optional[dict[str, Any]]:
+def fit(spark, cfg, version: int, predictor_dir: str, val=None) -> Optional[dict[str, Any]]:
     """Build the similarity from the train split, save it in ``predictor_dir``, and choose the term
     per view on the validation split on top of the network and its chosen popularity prior (the
-    rows, candidates and objectives ``prior.fit`` chooses on). ``{view: choice}``, or None without
-    validation rows or item pairs."""
+    rows, candidates and objectives ``prior.fit`` chooses on; ``val``, ``prior.validation``'s, when
+    the caller has it). ``{view: choice}``, or None without validation rows or item pairs."""
     from ebbtide.evaluation import baselines as B
     from ebbtide.evaluation import protocols as P
     from ebbtide.model import prior
     from ebbtide.model.predictor import Predictor
 
     tc = cfg.section("train")
-    val = prior.validation(spark, cfg, version)
+    val = val or prior.validation(spark, cfg, version)
     if val is None:
         return None
     pred = Predictor.load(predictor_dir)

@@ -203,11 +203,12 @@ def validation(spark, cfg, version: int) -> Optional[Validation]:
     return Validation(df, n_items, candidates, views, ec.exclude_history)
 
 
-def fit(spark, cfg, version: int, predictor_dir: str) -> Optional[dict]:
+def fit(spark, cfg, version: int, predictor_dir: str, val: Optional[Validation] = None) -> Optional[dict]:
     """Choose the priors of a freshly trained predictor on the validation split, one per view (see
     the module's docstring for each one's objective): ``{view: choice}``. The views are the rows,
     candidates and exclusions ``ebbtide evaluate`` ranks, with p_recent from the train split as
-    evaluation computes it. None without validation rows."""
+    evaluation computes it (``val``: ``validation``'s views when the caller has them). None without
+    validation rows."""
     from pyspark.sql import functions as F
 
     from ebbtide.evaluation import protocols as P
@@ -217,7 +218,7 @@ def fit(spark, cfg, version: int, predictor_dir: str) -> Optional[dict]:
     from ebbtide.sequences import FIRST_INDEX
 
     tc = cfg.section("train")
-    val = validation(spark, cfg, version)
+    val = val or validation(spark, cfg, version)
     if val is None:
         return None
     n_items = val.n_items

@@ -767,13 +767,14 @@ def fit_churn_calibration(spark, cfg: "Config", version: int, predictor_dir: str
     return calibration.fit(head, batch, elapsed, labels)
 
 
-def _choose_on_validation(what: str, module, spark, cfg, version: int, pdir: str, missing: str) -> Optional[dict]:
-    """``module.fit`` (``ebbtide.model.prior`` or ``neighbours``) on a saved predictor folder: the
-    choice per view goes into its predictor.json under ``module.META_KEY``, and into the log."""
+def _choose_on_validation(what: str, module, spark, cfg, version: int, pdir: str, missing: str, val) -> Optional[dict]:
+    """``module.fit`` (``ebbtide.model.prior`` or ``neighbours``) on a saved predictor folder and the
+    validation views ``val`` (``prior.validation``): the choice per view goes into its predictor.json
+    under ``module.META_KEY``, and into the log."""
     from ebbtide.model import predictor
 
     with step(log, f"choosing the {what} on the validation split"):
-        chosen = module.fit(spark, cfg, version, pdir)
+        chosen = module.fit(spark, cfg, version, pdir, val) if val is not None else None
         predictor.set_meta(pdir, module.META_KEY, chosen)
         if chosen is None:
             log.warning("no %s: %s", what, missing)
@@ -949,12 +950,15 @@ def run(ctx: "Context", args: argparse.Namespace) -> dict:
         # The ranking's terms beside the network, each chosen on the validation split in turn (the
         # neighbour term on top of the popularity prior chosen first).
         chosen_prior = chosen_nb = None
+        if tc.popularity_prior or tc.item_neighbours:
+            with step(log, "collecting the validation views"):  # once for both choices
+                val = prior.validation(spark, cfg, version)
         if tc.popularity_prior:
             chosen_prior = _choose_on_validation("popularity prior", prior, spark, cfg, version, pdir,
-                                                 "the validation split has no rows to choose it on")
+                                                 "the validation split has no rows to choose it on", val)
         if tc.item_neighbours:
             chosen_nb = _choose_on_validation("item-neighbour term", neighbours, spark, cfg, version, pdir,
-                                              "the validation split has no rows or the train split no item pairs")
+                                              "the validation split has no rows or the train split no item pairs", val)
         model = {}
         if not args.no_register:
             version_tags = {"mlflow_run_id": run_id, tc.early_stopping_metric: r0["best_metric"], **tags}
