@@ -34,6 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK_PROFILE = ROOT / "conf" / "profiles" / "quick.yaml"
 ML_SMALL = ROOT.parent / "shared" / "data" / "ml-latest-small"
 PEERS = ("GRU4Rec", "SASRec")
+# The peers' saved figures, committed beside the report: dataset -> "MODEL#SEED" -> {inputs, result}.
+# A fresh clone reuses each one whose inputs digest (_peer_inputs) matches its own export, instead of
+# the hours of CPU a RecBole fit costs here; a changed split, row set or peer script runs it again.
+PEER_STORE = ROOT / "docs" / "results-peers.json"
 
 
 def _recbole_python(log) -> str:
@@ -289,15 +293,19 @@ def run_dataset(ds: str, args, log, spark=None):
         _, info["recbole_train_events"] = export_for_recbole(spark, cfg, peer_dir, cut["valid_start"].replace(tzinfo=None))
         peer_cache = root / "recbole" / "peers.json"
         cached = json.loads(peer_cache.read_text()) if peer_cache.exists() and not args.fresh else {}
+        committed = {} if args.fresh else _read_json(PEER_STORE).get(ds, {})
         peer_key = _peer_inputs(peer_dir, args)
         for model in args.peers.split(","):
             for seed in [42 + i for i in range(args.recbole_seeds)]:
-                hit = cached.get(f"{model}#{seed}", {})
-                if hit.get("inputs") == peer_key:
+                key = f"{model}#{seed}"
+                store, hit = saved_peer(key, peer_key, (peer_cache, cached), (PEER_STORE, committed))
+                if hit:
                     # A peer's figures depend only on the exported split and its own script: a commit
                     # that changes neither keeps them (hours of CPU on this machine).
-                    runs[f"{model}#{seed}"] = hit["result"]
-                    log.info("RecBole %s seed %d on %s: kept from %s (same inputs)", model, seed, ds, peer_cache)
+                    runs[key] = hit["result"]
+                    cached[key] = hit
+                    peer_cache.write_text(json.dumps(cached, indent=1))
+                    log.info("RecBole %s seed %d on %s: kept from %s (same inputs)", model, seed, ds, _rel(store))
                     save()
                     continue
                 if f"{model}#{seed}" in runs:
@@ -310,6 +318,34 @@ def run_dataset(ds: str, args, log, spark=None):
                 cached[f"{model}#{seed}"] = {"inputs": peer_key, "result": rec}
                 peer_cache.write_text(json.dumps(cached, indent=1))
     return _runs_of(runs), info, spark
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def saved_peer(key: str, inputs: str, *stores: tuple[Path, dict]) -> tuple[Optional[Path], dict]:
+    """The first store (path, its "MODEL#SEED" -> {inputs, result}) holding ``key`` saved from the
+    same inputs digest: (path, entry), or (None, {})."""
+    for path, entries in stores:
+        hit = entries.get(key, {})
+        if hit.get("inputs") == inputs:
+            return path, hit
+    return None, {}
+
+
+def store_peers(root: Path, datasets: list[str], store: Path = PEER_STORE) -> dict:
+    """Copy each dataset's saved peer figures (root/DATASET/recbole/peers.json) into the committed
+    store, keeping the store's other datasets and models. Returns the store."""
+    out = _read_json(store)
+    for ds in datasets:
+        saved = _read_json(root / ds / "recbole" / "peers.json")
+        if saved:
+            out[ds] = {**out.get(ds, {}), **saved}
+    if out:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        store.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+    return out
 
 
 def _load_saved(root: Path, datasets: list[str], commit: str = ""):
@@ -476,6 +512,8 @@ def main() -> int:
     res, info = {**res, **saved_res}, {**info, **saved_info}
     res = finish(res)
     write_markdown(Path(args.out), res, info, args, time.perf_counter() - t_start)
+    if not args.quick and not args.skip_recbole and Path(args.out).resolve() == (ROOT / "docs" / "results.md").resolve():
+        store_peers(Path(args.root), [d for d in DATASETS if d in res])
     print(json.dumps(summary_line(res), allow_nan=False))
     return 0
 
@@ -501,7 +539,9 @@ def write_markdown(path: Path, res, info, args, seconds: float) -> None:
         f"Settings: ebbtide and ebbtide_no_time (the same network and seeds, every time input zeroed) "
         f"{args.seeds} seed(s) x at most {args.epochs} epochs (early stopping on validation); RecBole "
         f"{args.recbole_seeds} seed(s) x at most {args.recbole_epochs} epochs (early stopping after "
-        f"{args.recbole_patience} epochs without improvement on RecBole's own hold-out of the train split); "
+        f"{args.recbole_patience} epochs without improvement on RecBole's own hold-out of the train split; "
+        "a peer whose inputs (split, rows, script, settings) match a saved fit keeps that fit's figures and "
+        "seconds: docs/results-peers.json); "
         f"{overlay}"
         f"{os.cpu_count()} CPU cores ({platform.machine()}), {args.jobs} dataset lane(s); total {seconds / 60:.1f} min. "
         "`train s`: training wall seconds; `best s`: seconds until the epoch that was kept (RecBole: pro rata "

@@ -102,3 +102,27 @@ def test_each_runs_ranking_terms_are_recorded_per_view():
     old = R._prior_choice({"popularity_prior": {"half_life_days": 3.0, "weight": 2.0}, "item_neighbours": None})
     assert old["prior_weight"] == old["rt_prior_weight"] == 2.0
     assert old["nb_weight"] is None and old["rt_nb_half_life_days"] is None
+
+
+def test_peer_figures_are_committed_and_reused_only_for_the_same_inputs(tmp_path):
+    """A RecBole peer costs an hour per dataset here: its figures go to a committed store, keyed by
+    the digest of its inputs, and a fresh clone reuses them only when its own export matches."""
+    R = _results_module()
+    rec = {"ndcg@10": 0.089, "train_s": 871.2}
+    (tmp_path / "ml-100k" / "recbole").mkdir(parents=True)
+    (tmp_path / "ml-100k" / "recbole" / "peers.json").write_text(
+        json.dumps({"GRU4Rec#42": {"inputs": "abc", "result": rec}}))
+    store = tmp_path / "docs" / "results-peers.json"
+    store.parent.mkdir()
+    store.write_text(json.dumps({"generated": {"GRU4Rec#42": {"inputs": "zzz", "result": {}}},
+                                 "ml-100k": {"SASRec#42": {"inputs": "abc", "result": {"ndcg@10": 0.087}}}}))
+    out = R.store_peers(tmp_path, ["ml-100k", "ml-latest-small"], store)
+    assert json.loads(store.read_text()) == out
+    assert set(out) == {"generated", "ml-100k"}  # other datasets and models are kept, none invented
+    assert set(out["ml-100k"]) == {"GRU4Rec#42", "SASRec#42"}
+
+    local = {"GRU4Rec#42": {"inputs": "old", "result": {"ndcg@10": 0.5}}}
+    path, hit = R.saved_peer("GRU4Rec#42", "abc", (tmp_path / "local.json", local), (store, out["ml-100k"]))
+    assert path == store and hit["result"] == rec  # the local entry is from other inputs
+    assert R.saved_peer("GRU4Rec#42", "changed", (store, out["ml-100k"])) == (None, {})
+    assert R.saved_peer("GRU4Rec#43", "abc", (store, out["ml-100k"])) == (None, {})
