@@ -64,7 +64,7 @@ def train(net: EbbtideNet, batch, steps: int, lr: float = 0.01) -> list[float]:
 # ------------------------------------------------------------------ shapes, masking, variants
 
 
-@pytest.mark.parametrize("encoder", ["lstm", "gru", "time_lstm", "attention"])
+@pytest.mark.parametrize("encoder", ["lstm", "gru", "time_lstm", "time_gru", "attention"])
 def test_shapes_and_pad_oov_never_scored(encoder):
     torch.manual_seed(0)
     net = EbbtideNet(tiny_conf(encoder=encoder), N_ITEMS, N_EVENT_TYPES).eval()
@@ -145,7 +145,7 @@ def test_decay_readout_forgets_with_elapsed_time():
     assert hl.shape == (4,) and torch.allclose(hl[[0, -1]], torch.tensor([0.05, 60.0]), rtol=1e-4)
 
 
-@pytest.mark.parametrize("encoder", ["lstm", "gru", "time_lstm", "attention"])
+@pytest.mark.parametrize("encoder", ["lstm", "gru", "time_lstm", "time_gru", "attention"])
 def test_every_encoder_runs_forward_and_backward(encoder):
     torch.manual_seed(0)
     net = EbbtideNet(tiny_conf(encoder=encoder, dropout=0.1), N_ITEMS, N_EVENT_TYPES).train()
@@ -195,7 +195,7 @@ def _open_gates(net: EbbtideNet) -> None:
         net.elapsed_gate.fill_(1.0)
 
 
-@pytest.mark.parametrize("encoder", ["time_lstm", "attention"])
+@pytest.mark.parametrize("encoder", ["time_lstm", "time_gru", "attention"])
 def test_time_inputs_modes_build_the_same_network(encoder):
     """model.time_inputs adds no parameter and no draw: every mode starts from the same weights, and
     `all` (the default) computes what it computed before the switch existed."""
@@ -237,7 +237,7 @@ def test_time_inputs_gaps_ignores_the_hour_of_week_only():
         assert not torch.allclose(full.item_scores(batch, e), full.item_scores(hours, e))
 
 
-@pytest.mark.parametrize("encoder", ["time_lstm", "attention"])
+@pytest.mark.parametrize("encoder", ["time_lstm", "time_gru", "attention"])
 def test_time_inputs_none_keeps_time_only_in_the_read_out_and_the_elapsed_time(encoder):
     """The recurrence reads no gap, hour or session start, so its outputs (and the return-time head
     on them) do not change with those inputs; the read-out still ages the events by the real gaps
@@ -261,7 +261,7 @@ def test_time_inputs_none_keeps_time_only_in_the_read_out_and_the_elapsed_time(e
         assert not torch.allclose(a, net.item_scores(batch, torch.full((8,), 30 * DAY)))
         r, r_gaps = net.return_time_at(batch, e), net.return_time_at(gaps, e)
         assert not torch.allclose(r["p_return_7d"], net.return_time_at(batch, torch.full((8,), 30 * DAY))["p_return_7d"])
-    if encoder == "time_lstm":
+    if encoder != "attention":
         # The recurrence's outputs ignore all three inputs, and so does the return-time head. (The
         # attention encoder decays its own scores by the real event times, so its outputs do not.)
         assert torch.equal(enc["outputs"], enc_gaps["outputs"])
@@ -332,7 +332,7 @@ def test_bad_encoder_name_is_refused():
 # ------------------------------------------------------------------ learning
 
 
-@pytest.mark.parametrize("encoder", ["lstm", "gru", "time_lstm", "attention"])
+@pytest.mark.parametrize("encoder", ["lstm", "gru", "time_lstm", "time_gru", "attention"])
 def test_learns_the_successor_of_the_last_item(encoder):
     torch.manual_seed(0)
     net = EbbtideNet(tiny_conf(encoder=encoder), N_ITEMS, N_EVENT_TYPES)

@@ -13,9 +13,10 @@ from ebbtide.config import register_section
 @register_section("model")
 @dataclass(frozen=True)
 class ModelConf:
-    # lstm | gru: plain recurrent baselines for ablation; time_lstm: the time-aware LSTM;
-    # attention: causal self-attention with time-decayed scores (TiSASRec-like) and the same read-out.
-    encoder: Literal["lstm", "gru", "time_lstm", "attention"] = "time_lstm"
+    # lstm | gru: plain recurrent baselines for ablation; time_lstm: the time-aware LSTM; time_gru:
+    # the same read-out on a GRU; attention: causal self-attention with time-decayed scores
+    # (TiSASRec-like) and the same read-out.
+    encoder: Literal["lstm", "gru", "time_lstm", "time_gru", "attention"] = "time_lstm"
     # attention encoder only.
     attention_layers: int = 2
     attention_heads: int = 2

@@ -36,6 +36,7 @@ ENCODERS = {
     "lstm": ("lstm", False),
     "gru": ("gru", False),
     "time_lstm": ("lstm", True),
+    "time_gru": ("gru", True),
     "attention": ("attention", True),
 }
 # Proposal q_j ~ (count_j + 1)^alpha for the popularity sampler: flatter than the counts, so that the
