@@ -13,10 +13,17 @@ so a search cannot read it. One JSON line per trial; the chosen setting then run
 `make results` like any other.
 
 It ranks the request-time view only. The headline is the nightly view, which needs each user's
-valid days and their item sets: before a setting becomes a default, train it and run
-`ebbtide evaluate --split valid --no-champion --no-promote` on the model, which reports both views
-and churn on the validation split (a setting that won here lost the nightly view there:
-docs/training.md, `time_inputs`).
+valid days and their item sets (a setting that won here lost the nightly view there:
+docs/training.md, `time_inputs`). So before a setting becomes a default, `trial` runs it the way
+`make results` does, on the validation split:
+
+    .venv/bin/python bench/tune.py trial --root .ebbtide/results/ml-100k --grid GRID.json \
+        --seeds 42,43 --out .tune/ml-100k-trials.jsonl
+
+trains each trial with the train stage (Petastorm feed, the popularity prior and the item-neighbour
+term chosen on validation, the model registered in the root's MLflow) and evaluates the version with
+`ebbtide evaluate --split valid --models-only`: nightly and request-time NDCG@10 / Recall@10 / MRR@10
+and churn ROC-AUC, one JSON line per (trial, seed), resumable.
 """
 from __future__ import annotations
 
@@ -233,6 +240,62 @@ def search(args) -> None:
             out.flush()
 
 
+def _override(key: str, value) -> str:
+    """A grid entry as a config override: strings as they are, anything else as JSON (YAML reads it)."""
+    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+
+
+def trial(args, spark=None) -> None:
+    """Each trial of the grid (x seed) through the real train stage on ``--root`` and then
+    ``ebbtide evaluate --split valid --models-only`` on the version it registered: both views with
+    the prior and neighbour terms training chose, and churn. One JSON line per (trial, seed), appended
+    to ``--out`` as it finishes; a rerun skips the pairs already there. The first evaluation also
+    ranks the baselines once, as {"reference": MODEL} lines."""
+    from ebbtide.cli import Context, run_stage
+    from ebbtide.config import load_config
+    from ebbtide.evaluation.report import figures_by_model
+    from ebbtide.log import setup_logging
+
+    setup_logging("INFO")
+    out = Path(args.out)
+    done, have_reference = set(), False
+    if out.exists():
+        for line in out.read_text().splitlines():
+            rec = json.loads(line)
+            have_reference |= "reference" in rec
+            if "trial_key" in rec:
+                done.add((rec["trial_key"], rec["seed"]))
+    seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
+    base = [f"storage.root={Path(args.root).resolve()}",
+            f"evaluate.exclude_history={'false' if args.keep_history else 'true'}", *args.sets]
+    for i, settings in enumerate(_trials(json.loads(Path(args.grid).read_text()))):
+        key = json.dumps(settings, sort_keys=True)
+        for seed in seeds:
+            if (key, seed) in done:
+                print(json.dumps({"skipped": i, "seed": seed, "trial_key": key}), flush=True)
+                continue
+            overrides = [*base, *(_override(k, v) for k, v in settings.items()), f"train.seed={seed}"]
+            ctx = Context(load_config(env="local", overrides=overrides), _spark=spark)
+            t0 = time.perf_counter()
+            # A (trial, seed) killed after its training re-attaches to the finished run here.
+            tr = run_stage("train", ["--launcher", "local", "--no-resume"], ctx)
+            train_s = time.perf_counter() - t0
+            spark = ctx.spark
+            ev = run_stage("evaluate", ["--model-uri", tr["model_uri"], "--split", "valid", "--no-champion",
+                                        "--no-promote", *([] if not have_reference else ["--models-only"])], ctx)
+            figures = figures_by_model(ev)
+            rec = {"trial": i, "seed": seed, **settings, **figures.pop("ebbtide"),
+                   "best_epoch": tr.get("best_epoch"), "train_s": round(train_s, 1),
+                   "best_s": tr.get("seconds_to_best"), "popularity_prior": tr.get("popularity_prior"),
+                   "item_neighbours": tr.get("item_neighbours"), "trial_key": key}
+            lines = [] if have_reference else [{"reference": m, "split": "valid", **f} for m, f in figures.items()]
+            have_reference = True
+            with out.open("a") as f:
+                for r in [*lines, rec]:
+                    print(json.dumps(r), flush=True)
+                    f.write(json.dumps(r) + "\n")
+
+
 def _markov_ndcg(tr, va, rows, n_items: int, batch_size: int) -> float:
     """The bar on the same rows and metric: a first-order Markov chain (counts of item -> next item
     over the train windows, the target included; popularity breaks ties and ranks unseen rows)."""
@@ -298,8 +361,17 @@ def main() -> int:
     s.add_argument("--out", help="append each trial's JSON line here too")
     s.add_argument("--feed-blocks", type=int, default=0,
                    help="> 0: read each epoch as the Petastorm feed does from this many row groups (train.shuffle_rows buffer); 0: uniform sample")
+    t = sub.add_parser("trial", help="train each trial of a grid with the train stage and evaluate it on the valid "
+                       "split: both views and churn (needs Spark and a root whose tables are built)")
+    t.add_argument("--root", required=True, help="storage.root of the dataset (e.g. a make results lane's root)")
+    t.add_argument("--grid", required=True, help="as for search; keys are config keys (model.x, train.y, ...)")
+    t.add_argument("--seeds", default="42", help="comma-separated training seeds (default 42)")
+    t.add_argument("--out", required=True, help="JSON lines, appended; (trial, seed) pairs already there are skipped")
+    t.add_argument("--keep-history", action="store_true", help="rank the window's items too (as results.py's flag)")
+    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every trial, e.g. the generated data's ebbtide.synth.MODEL_SETTINGS (repeatable)")
     args = p.parse_args()
-    export(args) if args.cmd == "export" else search(args)
+    {"export": export, "search": search, "trial": trial}[args.cmd](args)
     return 0
 
 

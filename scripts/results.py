@@ -30,6 +30,12 @@ from typing import Optional
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+# The nightly view's metrics (request_time_{metric} the other view's) and the churn ROC-AUCs.
+from ebbtide.evaluation.report import CHURN_FIGURES as CHURN_KEYS  # noqa: E402
+from ebbtide.evaluation.report import FIGURE_METRICS as METRICS  # noqa: E402
+from ebbtide.evaluation.report import figures_by_model  # noqa: E402
+
 # --quick trains every ebbtide model on this profile: a few minutes each (conf/profiles/quick.yaml).
 QUICK_PROFILE = ROOT / "conf" / "profiles" / "quick.yaml"
 ML_SMALL = ROOT.parent / "shared" / "data" / "ml-latest-small"
@@ -100,10 +106,6 @@ def _agg(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-METRICS = ("ndcg@10", "recall@10", "mrr@10")  # the nightly view; request_time_{metric} the other view
-# results key -> evaluate summary key: churn ROC-AUC at 7 and 30 days, and over users active in the last week.
-CHURN_KEYS = {"churn_auc": "churn_roc_auc_7d", "churn_auc_30d": "churn_roc_auc_30d",
-              "churn_auc_recent": "churn_roc_auc_7d_recent", "churn_auc_30d_recent": "churn_roc_auc_30d_recent"}
 DATASETS = ("ml-100k", "ml-latest-small", "generated")
 
 
@@ -264,15 +266,7 @@ def run_dataset(ds: str, args, log, spark=None):
             # fit is minutes).
             ev = run_stage("evaluate", ["--model-uri", tr["model_uri"], "--no-champion", "--no-promote",
                                         *([] if name == "ebbtide" else ["--models-only"])], sctx)
-            scored: dict[str, dict[str, float]] = {}
-            for metric in METRICS:
-                for model, v in ev[metric].items():
-                    scored.setdefault(model, {})[metric] = v
-                for model, v in ev["request_time"].get(metric, {}).items():
-                    scored.setdefault(model, {})[f"request_time_{metric}"] = v
-            for key, horizon in CHURN_KEYS.items():
-                for model, v in (ev.get(horizon) or {}).items():
-                    scored.setdefault(model, {})[key] = v
+            scored = figures_by_model(ev)
             # The model is called "ebbtide" inside evaluate whatever the variant.
             runs[f"{name}#{seed}"] = {**scored.pop("ebbtide"), "train_s": round(train_s, 1),
                                       "best_s": tr.get("seconds_to_best"), "best_epoch": tr.get("best_epoch"),
@@ -464,7 +458,6 @@ def main() -> int:
         args.seeds, args.skip_recbole = 1, True
         args.confs = [str(QUICK_PROFILE), *args.confs]
     args.out = args.out or str(ROOT / (".ebbtide/results-quick.md" if args.quick else "docs/results.md"))
-    sys.path.insert(0, str(ROOT / "lib"))
     from ebbtide.config import ConfigError, conf_file, load_config
     from ebbtide.log import get_logger, setup_logging
 

@@ -17,6 +17,27 @@ VIEW_TITLES = {
                     "(sampled = persisted negatives, secondary)",
 }
 
+# What a results table keeps of an evaluate summary, per model: the nightly view's metrics, the
+# request-time view's as request_time_{metric}, and the churn ROC-AUCs under these names.
+FIGURE_METRICS = ("ndcg@10", "recall@10", "mrr@10")
+CHURN_FIGURES = {"churn_auc": "churn_roc_auc_7d", "churn_auc_30d": "churn_roc_auc_30d",
+                 "churn_auc_recent": "churn_roc_auc_7d_recent", "churn_auc_30d_recent": "churn_roc_auc_30d_recent"}
+
+
+def figures_by_model(summary: dict) -> dict[str, dict[str, float]]:
+    """An evaluate summary's figures as model -> {figure: value} (FIGURE_METRICS, request_time_*,
+    CHURN_FIGURES); the evaluated model is "ebbtide" whatever its variant."""
+    out: dict[str, dict[str, float]] = {}
+    for metric in FIGURE_METRICS:
+        for model, v in summary.get(metric, {}).items():
+            out.setdefault(model, {})[metric] = v
+        for model, v in summary.get("request_time", {}).get(metric, {}).items():
+            out.setdefault(model, {})[f"request_time_{metric}"] = v
+    for key, horizon in CHURN_FIGURES.items():
+        for model, v in (summary.get(horizon) or {}).items():
+            out.setdefault(model, {})[key] = v
+    return out
+
 
 def _fmt(v: Any) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
