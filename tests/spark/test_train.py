@@ -364,3 +364,30 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def test_a_weight_average_is_validated_and_kept_without_changing_the_training_steps(spark, data_root, tmp_path):
+    """train.ema_decay > 0: the raw weights follow exactly the steps of a run without the average
+    (the average only watches), while validation ranks, and best.pt keeps, the average."""
+    import torch
+
+    from ebbtide.model.train import BEST_WEIGHTS, LAST_CKPT
+
+    common = ("train.epochs=2", "train.max_steps_per_epoch=6", "train.reader_workers=1", "train.early_stopping_patience=5")
+    raw, _ = _train(spark, data_root, tmp_path / "raw", *common, argv=["--no-register"])
+    avg, _ = _train(spark, data_root, tmp_path / "avg", *common, "train.ema_decay=0.5", argv=["--no-register"])
+    assert avg["param_checksums"] == raw["param_checksums"]
+
+    def checkpoint(name):
+        folder = next(Path(tmp_path, name, "checkpoints").glob(f"*/{LAST_CKPT}")).parent
+        return (torch.load(folder / LAST_CKPT, map_location="cpu", weights_only=False),
+                torch.load(folder / BEST_WEIGHTS, map_location="cpu", weights_only=True))
+
+    last, best = checkpoint("avg")
+    assert checkpoint("raw")[0]["ema"] is None
+    assert [h["val_loss"] for h in last["history"]] != [h["val_loss"] for h in checkpoint("raw")[0]["history"]]
+    ema = {k.removeprefix("module."): v for k, v in last["ema"].items() if k.startswith("module.")}
+    assert int(last["ema"]["n_averaged"]) == 12  # every optimizer step of both epochs
+    if avg["best_epoch"] == 2:
+        assert all(torch.equal(best[k], ema[k]) for k in best)
+    assert any(not torch.equal(last["model"][k], ema[k]) for k in ema)

@@ -796,3 +796,24 @@ def test_return_time_at_conditions_on_the_elapsed_time(encoder):
 
 def test_features_constant_lists_the_batch_columns():
     assert FEATURES == ("item_idx", "event_type_idx", "gap_s", "hour_of_week", "session_start", "length")
+
+
+def test_the_weight_average_is_an_exponential_moving_average_of_the_steps():
+    from ebbtide.model.train import weight_average
+
+    assert weight_average(torch.nn.Linear(2, 1), 0.0) is None
+    with pytest.raises(ValueError, match="ema_decay"):
+        weight_average(torch.nn.Linear(2, 1), 1.0)
+    lin = torch.nn.Linear(2, 1, bias=False)
+    ema = weight_average(lin, 0.75)
+    seen = []
+    for v in (4.0, 8.0, 0.0):
+        with torch.no_grad():
+            lin.weight.fill_(v)
+        ema.update_parameters(lin)
+        seen.append(float(ema.module.weight[0, 0]))
+    # The first update copies; then 0.75 x average + 0.25 x weights.
+    assert seen == [4.0, 0.75 * 4.0 + 0.25 * 8.0, 0.75 * 5.0]
+    again = weight_average(lin, 0.75)
+    again.load_state_dict(ema.state_dict())  # what a resumed run restores from its checkpoint
+    assert float(again.module.weight[0, 0]) == seen[-1] and int(again.n_averaged) == 3

@@ -129,6 +129,11 @@ class TrainConf:
     # Base learning rate for one process; scaled by the world size.
     lr: float = 0.002
     weight_decay: float = 0.0
+    # > 0: keep an exponential moving average of the weights (this decay per optimizer step) and
+    # validate, keep as the best epoch and ship the average instead of the raw weights; 0 = off.
+    # An average over the last ~1 / (1 - decay) steps is a smoother model than the last step's, so
+    # the epoch early stopping keeps depends less on where the last batches happened to leave it.
+    ema_decay: float = 0.0
     grad_clip: float = 5.0
     seed: int = 42
     early_stopping_patience: int = 3

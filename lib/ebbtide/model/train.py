@@ -326,6 +326,19 @@ def evaluate(net, files: list, *, k: int, batch_size: int, device, autocast_ctx,
     }
 
 
+def weight_average(net, decay: float):
+    """torch's AveragedModel of ``net``: an exponential moving average of its parameters with this
+    decay per update (the first update copies them); None for decay 0. Buffers are not averaged:
+    the network's are constants (the sampler's proposal, the pad mask)."""
+    if not decay:
+        return None
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"train.ema_decay must be in [0, 1), got {decay}")
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
 def train_fn(spec: TrainSpec) -> dict:
     """Train on this process's shard; rank 0 evaluates, checkpoints and logs. Returns this rank's summary.
 
@@ -420,6 +433,12 @@ def train_fn(spec: TrainSpec) -> dict:
                      warm["copied"], warm["prefix_copied"], warm["new_item_rows"], warm["recomputed"] or "nothing")
 
     model, opt = pg.wrap(net, opt)
+    # After wrap, which hands every rank rank 0's weights: each rank then averages the same steps.
+    ema = weight_average(net, tc.ema_decay)
+    if ema is not None and state is not None and state.get("ema") is not None:
+        ema.load_state_dict(state["ema"])
+    # What validation ranks, early stopping keeps and the predictor ships.
+    kept = ema.module if ema is not None else net
     metric = tc.early_stopping_metric
     steps = feed.steps_per_epoch(spec.train_rows, tc.batch_size, world, tc.max_steps_per_epoch, tc.epoch_share)
     if tc.max_seconds < 0:
@@ -485,6 +504,8 @@ def train_fn(spec: TrainSpec) -> dict:
                     torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
                 pg.step(opt, scaler)
                 sched.step()
+                if ema is not None:
+                    ema.update_parameters(net)
                 if scaler is not None:
                     scaler.update()
                 sums[0] += float(total.detach())
@@ -505,7 +526,7 @@ def train_fn(spec: TrainSpec) -> dict:
         }
         if rank == 0:
             val = evaluate(
-                net, spec.valid_files, k=tc.eval_k, batch_size=tc.eval_batch_size, device=device,
+                kept, spec.valid_files, k=tc.eval_k, batch_size=tc.eval_batch_size, device=device,
                 autocast_ctx=autocast_ctx, max_rows=tc.max_valid_rows, workers=tc.reader_workers,
                 storage_options=opts,
             )
@@ -519,7 +540,7 @@ def train_fn(spec: TrainSpec) -> dict:
         if _metric_is_better(metric, value, best):
             best, best_epoch, bad_epochs = value, epoch, 0
             if rank == 0:
-                storage.torch_save(net.state_dict(), storage.join(spec.checkpoint_dir, BEST_WEIGHTS), opts)
+                storage.torch_save(kept.state_dict(), storage.join(spec.checkpoint_dir, BEST_WEIGHTS), opts)
         else:
             bad_epochs += 1
         stopped = bad_epochs >= tc.early_stopping_patience
@@ -537,6 +558,7 @@ def train_fn(spec: TrainSpec) -> dict:
                     "epoch": epoch, "model": net.state_dict(), "optimizer": opt.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else None,
                     "scheduler": sched.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
                     "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "stopped": stopped,
                     "planned_epochs": plan["epochs"],
                     "history": history, "mlflow_run_id": spec.mlflow_run_id,
@@ -636,7 +658,7 @@ def _with_overrides(cfg: "Config", args: argparse.Namespace) -> "Config":
 
 
 # train.* options whose default changes nothing: left out of the fingerprint while at it.
-NEUTRAL_TRAIN_OPTIONS = {"query_time_uniform_share": 0.0}
+NEUTRAL_TRAIN_OPTIONS = {"query_time_uniform_share": 0.0, "ema_decay": 0.0}
 
 
 def world_size_of(tc) -> int:
